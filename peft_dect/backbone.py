@@ -1,0 +1,269 @@
+"""Masked or causal LM -> Features: prompting, tokenisation with safe truncation, one batched pass per input."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .features import FeatureCache, Features
+from .prompting import Template, Verbalizer, label_log_probs
+
+
+logger = logging.getLogger(__name__)
+
+MASKED, CAUSAL = "masked", "causal"
+
+
+def lm_kind(model: nn.Module) -> str:
+    """'masked' or 'causal' for a transformers LM with its head; a clear TypeError for anything else."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    name = type(model).__name__
+    if name in MODEL_FOR_MASKED_LM_MAPPING_NAMES.values() or name.endswith("ForMaskedLM"):
+        kind = MASKED
+    elif name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() or name.endswith(("ForCausalLM", "LMHeadModel")):
+        kind = CAUSAL
+    else:
+        kind = None
+    get_out = getattr(model, "get_output_embeddings", None)
+    if kind is None or get_out is None or get_out() is None:
+        raise TypeError(
+            f"{name} has no language-modelling head. peft-dect needs the LM head to score label words: load the "
+            "model with AutoModelForMaskedLM (BERT, RoBERTa, ...) or AutoModelForCausalLM (Llama, SmolLM2, ...)."
+        )
+    return kind
+
+
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(body, head) such that head(body(x).last_hidden_state) are the vocabulary logits, or None if not separable.
+
+    Applying the head to the prediction position only avoids computing vocabulary logits for every token.
+    """
+    body = getattr(model, "base_model", model)
+    out_emb = model.get_output_embeddings()
+    if body is model or out_emb is None:
+        return None
+    holders, others = [], []
+    for _, child in model.named_children():
+        if child is body:
+            continue
+        if any(sub is out_emb for sub in child.modules()):
+            holders.append(child)
+        elif any(True for _ in child.parameters()):
+            others.append(child)
+    if len(holders) != 1 or others:
+        return None
+    return body, holders[0]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short id of the weights the features depend on: name, shape and a checksum of a few embedding rows."""
+    emb = model.get_input_embeddings().weight
+    checksum = float(emb.detach()[:: max(1, emb.shape[0] // 64)].double().sum())
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return f"{type(model).__name__}|{name}|{tuple(emb.shape)}|{checksum:.8e}"
+
+
+def default_max_length(model: nn.Module, tokenizer) -> int:
+    limits = [getattr(tokenizer, "model_max_length", None), getattr(model.config, "max_position_embeddings", None)]
+    limits = [int(x) for x in limits if x is not None and 0 < x < 1_000_000]
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limits = [x - 2 if x == model.config.max_position_embeddings else x for x in limits]
+    return min(limits) if limits else 512
+
+
+class Backbone:
+    """Runs a frozen masked or causal LM once per prompted input and keeps what DecT needs (`Features`).
+
+    The prediction position is the mask token for a masked LM and the last prompt token for a causal LM (the
+    prompt ends where the label word would follow). Only that position goes through the LM head.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        template: Template,
+        verbalizer: Verbalizer,
+        *,
+        max_length: int | None = None,
+        batch_size: int = 16,
+        show_progress: bool = True,
+        cache: FeatureCache | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.verbalizer = verbalizer
+        self.kind = lm_kind(model)
+        if self.kind == CAUSAL:
+            template.check_causal()
+        elif tokenizer.mask_token is None:
+            raise ValueError(f"{type(tokenizer).__name__} has no mask token, which a masked LM template needs.")
+        self.max_length = max_length or default_max_length(model, tokenizer)
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.cache = cache if cache is not None else FeatureCache()
+        self.passes = 0  # inputs sent through the model, for tests and benchmarks
+        self.truncated = 0
+        self._split = split_head(model)
+        self._word_ids, self._word_mask = verbalizer.id_matrix()
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        self._key_prefix = "|".join(
+            [
+                model_fingerprint(model),
+                template.text,
+                self.kind,
+                str(verbalizer.token_ids),
+                verbalizer.aggregation,
+                str(self.max_length),
+            ]
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- prompts and tokens
+    def render(self, text_a: str, text_b: str | None = None) -> str:
+        if self.kind == MASKED:
+            return self.template.render(text_a, text_b, mask_token=self.tokenizer.mask_token)
+        return self.template.render(text_a, text_b)
+
+    def tokenize(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None) -> list[list[int]]:
+        """Token ids of each prompt; over-long inputs lose text-field tokens, never template or mask tokens."""
+        texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
+        prompts = [self.render(a, b) for a, b in zip(texts_a, texts_b)]
+        ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        truncated = 0
+        for i, row in enumerate(ids):
+            if len(row) > self.max_length:
+                ids[i] = self._truncate(texts_a[i], texts_b[i])
+                truncated += 1
+        if truncated:
+            self.truncated += truncated
+            logger.warning(
+                "Truncated the text of %d input(s) to fit max_length=%d tokens; the template and mask were kept.",
+                truncated,
+                self.max_length,
+            )
+        if self.kind == MASKED:
+            mask_id = self.tokenizer.mask_token_id
+            for i, row in enumerate(ids):
+                if row.count(mask_id) != 1:
+                    raise ValueError(
+                        f"Input {i} has {row.count(mask_id)} mask tokens after prompting (its text contains "
+                        f"{self.tokenizer.mask_token!r}?); the prompt must have exactly one."
+                    )
+        return ids
+
+    def _truncate(self, text_a: str, text_b: str | None) -> list[int]:
+        texts = {"text_a": text_a, "text_b": text_b}
+        for _ in range(8):
+            ids = self.tokenizer(self.render(texts["text_a"], texts["text_b"]), add_special_tokens=True)["input_ids"]
+            excess = len(ids) - self.max_length
+            if excess <= 0:
+                return ids
+            pieces = {f: self.tokenizer.encode(texts[f], add_special_tokens=False) for f in self.template.fields}
+            longest = max(pieces, key=lambda f: len(pieces[f]))
+            if not pieces[longest]:
+                break
+            keep = max(0, len(pieces[longest]) - excess - 1)
+            texts[longest] = self.tokenizer.decode(pieces[longest][:keep])
+        raise ValueError(
+            f"The template {self.template.text!r} alone needs more than max_length={self.max_length} tokens; "
+            "shorten the template or raise max_length."
+        )
+
+    def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-pad token id lists into `input_ids` and `attention_mask` tensors."""
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            attention_mask[i, : len(r)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Index of the prediction position in each row (works with left or right padding)."""
+        if self.kind == MASKED:
+            is_mask = input_ids == self.tokenizer.mask_token_id
+            if not bool((is_mask.sum(-1) == 1).all()):
+                raise ValueError("Every input must contain exactly one mask token; prompt inputs with the template.")
+            return is_mask.long().argmax(-1)
+        if attention_mask is None:
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
+        idx = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return (attention_mask.long() * (idx + 1)).argmax(-1)
+
+    # ---------------------------------------------------------------- the forward pass
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Features:
+        """Features of a tokenised batch (no gradient needed for the frozen model, but autograd-safe)."""
+        pos = self.positions(input_ids, attention_mask)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        if self._split is not None:
+            body, head = self._split
+            out = body(input_ids=input_ids, attention_mask=attention_mask)
+            hidden = out[0][rows, pos]
+            vocab_logits = head(hidden)
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            hidden = out.hidden_states[-1][rows, pos]
+            vocab_logits = out.logits[rows, pos]
+        ids, mask = self._word_ids.to(hidden.device), self._word_mask.to(hidden.device)
+        return Features(hidden.float(), label_log_probs(vocab_logits, ids, mask, self.verbalizer.aggregation))
+
+    def keys(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None) -> list[str]:
+        texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
+        return [
+            hashlib.sha1(f"{self._key_prefix}|{a}|{b}".encode("utf-8", "surrogatepass")).hexdigest()
+            for a, b in zip(texts_a, texts_b)
+        ]
+
+    def extract(
+        self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, *, desc: str = "features"
+    ) -> Features:
+        """Features for every input, from the cache where possible; new inputs run once, in length-sorted batches."""
+        keys = self.keys(texts_a, texts_b)
+        todo = self.cache.missing(keys)
+        if todo:
+            sub_b = [texts_b[i] for i in todo] if texts_b is not None else None
+            ids = self.tokenize([texts_a[i] for i in todo], sub_b)
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            parts: list[Features] = []
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.inference_mode():
+                    for start in tqdm(
+                        range(0, len(order), self.batch_size),
+                        desc=desc,
+                        disable=not self.show_progress,
+                        unit="batch",
+                    ):
+                        chunk = order[start : start + self.batch_size]
+                        batch = {k: v.to(self.device) for k, v in self.collate([ids[i] for i in chunk]).items()}
+                        feats = self.forward(**batch)
+                        parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
+                        self.passes += len(chunk)
+            finally:
+                self.model.train(was_training)
+            sorted_feats = Features.cat(parts)
+            inverse = torch.empty(len(order), dtype=torch.long)
+            inverse[torch.tensor(order)] = torch.arange(len(order))
+            new = sorted_feats[inverse]
+            # Leave inference mode: cached tensors must be usable by autograd later (decoder training).
+            new = Features(new.hidden.clone(), new.label_logits.clone())
+            new.check_finite(index=todo)
+            self.cache.put([keys[i] for i in todo], new)
+        return self.cache.gather(keys)

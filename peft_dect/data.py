@@ -1,0 +1,108 @@
+"""Turning user data (datasets, dicts, lists of texts) into texts and class indices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+
+logger = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("text", "sentence", "text_a", "sentence1", "question", "question1", "premise")
+PAIR_COLUMNS = ("text_b", "sentence2", "question2", "hypothesis")
+
+
+def _columns(data) -> list[str]:
+    if hasattr(data, "column_names"):
+        return list(data.column_names)
+    if isinstance(data, Mapping):
+        return list(data)
+    raise TypeError(
+        f"Expected a datasets.Dataset or a dict of columns, got {type(data).__name__}; "
+        "for plain texts pass a list of strings (or of (text_a, text_b) pairs)."
+    )
+
+
+def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str) -> str | None:
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"The {what} column {given!r} is not in the data (columns: {columns}).")
+        return given
+    found = [c for c in candidates if c in columns]
+    return found[0] if found else None
+
+
+def read_texts(
+    data: Any, *, needs_pair: bool, text_column: str | None = None, text_pair_column: str | None = None
+) -> tuple[list[str], list[str] | None]:
+    """Texts (and second texts when the template has {text_b}) from a list, a dict of columns or a Dataset."""
+    if isinstance(data, str):
+        data = [data]
+    if isinstance(data, Sequence) and not isinstance(data, Mapping) and not hasattr(data, "column_names"):
+        items = list(data)
+        if not needs_pair:
+            if not all(isinstance(t, str) for t in items):
+                raise TypeError("Expected a list of strings; the template has no {text_b}, so pairs are not used.")
+            return items, None
+        if not all(isinstance(t, (tuple, list)) and len(t) == 2 for t in items):
+            raise TypeError("The template has {text_b}: give (text_a, text_b) pairs.")
+        return [str(a) for a, _ in items], [str(b) for _, b in items]
+    columns = _columns(data)
+    col_a = _pick(columns, text_column, TEXT_COLUMNS, "text")
+    if col_a is None:
+        raise ValueError(f"No text column found among {columns}; set text_column in the config (e.g. 'sentence').")
+    texts_a = [str(t) if t is not None else "" for t in data[col_a]]
+    if not needs_pair:
+        return texts_a, None
+    col_b = _pick([c for c in columns if c != col_a], text_pair_column, PAIR_COLUMNS, "second text")
+    if col_b is None:
+        raise ValueError(
+            f"The template uses {{text_b}} but no second text column was found among {columns}; "
+            "set text_pair_column in the config, or use a single-text template."
+        )
+    return texts_a, [str(t) if t is not None else "" for t in data[col_b]]
+
+
+def _label_names(data, column: str) -> list[str] | None:
+    feature = getattr(data, "features", {}).get(column) if hasattr(data, "features") else None
+    return list(feature.names) if feature is not None and hasattr(feature, "names") else None
+
+
+def read_labels(data: Any, classes: Sequence[str], column: str = "label") -> torch.Tensor:
+    """Class indices of the labels in `data[column]`.
+
+    A label maps to the class of the same name; otherwise an integer label `i` maps to the i-th class of
+    `label_words` (their order). Anything else is an error naming the label and the known classes.
+    """
+    columns = _columns(data)
+    if column not in columns:
+        raise ValueError(f"The label column {column!r} is not in the data (columns: {columns}); set label_column.")
+    names = _label_names(data, column)
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for row, value in enumerate(data[column]):
+        if names is not None and isinstance(value, int) and 0 <= value < len(names):
+            value = names[value]
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(
+                f"Row {row} has a float label {value}: this is a classifier; regression targets (e.g. STS-B scores) "
+                "need to be binned into classes first."
+            )
+        key = str(int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+        if key in index:
+            out.append(index[key])
+        elif key.lstrip("-").isdigit() and 0 <= int(key) < len(classes):
+            out.append(int(key))
+        else:
+            raise ValueError(
+                f"Row {row} has label {value!r}, which label_words does not name. Known classes: {list(classes)} "
+                "(integer labels index them in this order). Add the class to label_words or fix the data."
+            )
+    labels = torch.tensor(out, dtype=torch.long)
+    missing = [classes[c] for c in range(len(classes)) if not bool((labels == c).any())]
+    if missing and len(labels):
+        logger.warning("Classes %s have no example in the data; their decoder radii stay at 0.", missing)
+    return labels

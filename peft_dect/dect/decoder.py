@@ -1,0 +1,119 @@
+"""The DecT decoder, as in the paper: a projection, fixed random class prototypes and learned radii.
+
+    z = W h,   score_k = -|| z / ||z|| - p_k || + r_k + lam * q_k
+
+`h` is the hidden state at the prediction position, `p_k` fixed Xavier-initialised prototypes, `r_k` radii
+initialised to the mean distance of a class's projected examples to their mean, and `q` the (calibrated)
+label-word probabilities. Everything here is batched over G independent decoders ("members") that share the
+training features, so a whole hyperparameter grid or cross-validation trains in one loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DecoderWeights:
+    """Trained decoder tensors of G members: W (G, d, H), radii (G, C); prototypes (C, d) are shared."""
+
+    W: torch.Tensor
+    radii: torch.Tensor
+    prototypes: torch.Tensor
+
+    def member(self, g: int) -> DecoderWeights:
+        return DecoderWeights(self.W[g : g + 1].clone(), self.radii[g : g + 1].clone(), self.prototypes)
+
+
+def init_weights(hidden_size: int, decoder_dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded initial W (d, H), as `nn.Linear` initialises it, and Xavier-uniform prototypes (C, d)."""
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(hidden_size)  # kaiming_uniform_(a=sqrt(5)) of nn.Linear
+    W = (torch.rand(decoder_dim, hidden_size, generator=gen) * 2 - 1) * bound
+    xavier = math.sqrt(6.0 / (num_classes + decoder_dim))
+    prototypes = (torch.rand(num_classes, decoder_dim, generator=gen) * 2 - 1) * xavier
+    return W, prototypes
+
+
+def project(W: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """z = W h for every member: W (G, d, H), hidden (N, H) -> (G, N, d), as one matrix product."""
+    G, d, H = W.shape
+    return (W.reshape(G * d, H) @ hidden.T).view(G, d, -1).transpose(1, 2)
+
+
+def distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """|| normalize(z) - p_k || for z (G, N, d) and prototypes (C, d) -> (G, N, C)."""
+    zn = F.normalize(z, dim=-1)
+    diff = zn.unsqueeze(-2) - prototypes
+    return diff.pow(2).sum(-1).clamp_min(1e-12).sqrt()
+
+
+def scores(weights: DecoderWeights, hidden: torch.Tensor, q: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
+    """Class scores (G, N, C) of every member for hidden (N, H) and probabilities q (N, C) or (G, N, C)."""
+    z = project(weights.W, hidden)
+    lam = torch.as_tensor(lam, dtype=z.dtype, device=z.device).reshape(-1, 1, 1)
+    return -distances(z, weights.prototypes) + weights.radii.unsqueeze(1) + lam * q
+
+
+def init_radii(W: torch.Tensor, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, num_classes: int):
+    """Per member and class, the mean distance of the projected examples to their projected class mean (G, C).
+
+    As the reference code does, distances are measured before normalisation. `weight` (G, N) is 1 for the examples
+    a member trains on.
+    """
+    z = project(W, hidden)
+    onehot = F.one_hot(labels, num_classes).to(z.dtype)  # (N, C)
+    w = weight.unsqueeze(-1) * onehot  # (G, N, C)
+    count = w.sum(1).clamp_min(1.0)  # (G, C)
+    mean = torch.einsum("gnc,gnd->gcd", w, z) / count.unsqueeze(-1)
+    dist = (z.unsqueeze(2) - mean.unsqueeze(1)).norm(dim=-1)  # (G, N, C)
+    return (dist * w).sum(1) / count
+
+
+def train(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    q: torch.Tensor,
+    lam: torch.Tensor,
+    *,
+    num_classes: int,
+    decoder_dim: int,
+    epochs: int,
+    lr: float,
+    seed: int,
+    weight: torch.Tensor | None = None,
+    checkpoints: tuple[int, ...] = (),
+) -> tuple[DecoderWeights, dict[int, DecoderWeights]]:
+    """Full-batch Adam on the cross-entropy of the scores, for G members at once.
+
+    hidden (N, H), labels (N,), q (G, N, C) or (N, C), lam (G,), weight (G, N) marks each member's training rows
+    (all ones by default). Returns the final weights and snapshots at the given epoch `checkpoints`.
+    """
+    G = lam.shape[0]
+    hidden = hidden.float()
+    if weight is None:
+        weight = torch.ones(G, hidden.shape[0])
+    W0, prototypes = init_weights(hidden.shape[1], decoder_dim, num_classes, seed)
+    W = W0.unsqueeze(0).repeat(G, 1, 1).requires_grad_(True)
+    with torch.no_grad():
+        radii = init_radii(W, hidden, labels, weight, num_classes).requires_grad_(True)
+    opt = torch.optim.Adam([W, radii], lr=lr, fused=W.device.type in ("cpu", "cuda"))
+    denom = weight.sum(1).clamp_min(1.0)
+    snapshots: dict[int, DecoderWeights] = {}
+    if 0 in checkpoints:
+        snapshots[0] = DecoderWeights(W.detach().clone(), radii.detach().clone(), prototypes)
+    with torch.enable_grad():
+        for epoch in range(1, epochs + 1):
+            opt.zero_grad(set_to_none=True)
+            s = scores(DecoderWeights(W, radii, prototypes), hidden, q, lam)
+            nll = F.cross_entropy(s.reshape(-1, num_classes), labels.repeat(G), reduction="none").view(G, -1)
+            loss = ((nll * weight).sum(1) / denom).sum()
+            loss.backward()
+            opt.step()
+            if epoch in checkpoints:
+                snapshots[epoch] = DecoderWeights(W.detach().clone(), radii.detach().clone(), prototypes)
+    return DecoderWeights(W.detach(), radii.detach(), prototypes), snapshots

@@ -1,0 +1,362 @@
+"""DecT as a PEFT tuner: the frozen LM is queried once per input and a small decoder classifies its features."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from ..backbone import Backbone, lm_kind
+from ..data import read_labels, read_texts
+from ..features import FeatureCache, Features
+from ..prompting import Template, Verbalizer, calibrated_probs, content_free_texts
+from . import decoder
+from .fit import FitResult, fit_auto, fit_faithful, shots_of
+from .layer import DecTLayer
+
+
+logger = logging.getLogger(__name__)
+
+
+def output_embedding_name(model: nn.Module) -> str:
+    """Module name of the LM head's output projection (e.g. 'lm_head', 'cls.predictions.decoder')."""
+    lm_kind(model)  # raises a clear TypeError for models without an LM head
+    out = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        if module is out or (isinstance(module, DecTLayer) and module.base_layer is out):
+            return name
+    raise TypeError(f"Could not locate the output embeddings of {type(model).__name__} among its modules.")
+
+
+class DecTModel(BaseTuner):
+    """Decoder Tuning (Cui et al., ACL 2023) on a frozen masked or causal LM.
+
+    Use it through `peft.get_peft_model(model, DecTConfig(...))`. The fast path is `fit()`, which extracts features
+    once (cached) and trains the decoder in well under a second; `forward()` serves the `transformers.Trainer`.
+    """
+
+    prefix: str = "dect_"
+    tuner_layer_cls = DecTLayer
+    target_module_mapping: dict = {}
+
+    def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, state_dict=None) -> None:
+        self._tokenizer = None
+        self._backbones: dict[str, Backbone] = {}
+        self._cache = FeatureCache()
+        self.last_fit: dict[str, Any] = {}
+        super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+
+    # ---------------------------------------------------------------- PEFT plumbing
+    def _pre_injection_hook(self, model: nn.Module, config, adapter_name: str) -> None:
+        if lm_kind(model) == "causal":
+            Template(config.template).check_causal()
+
+    def _prepare_adapter_config(self, peft_config, model_config):
+        return peft_config
+
+    def _check_target_module_exists(self, peft_config, key: str) -> bool:
+        return key == output_embedding_name(self.model)
+
+    def _check_new_adapter_config(self, config) -> None:
+        return None
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        if isinstance(target, DecTLayer):
+            target.update_layer(adapter_name, peft_config)
+            return
+        hidden = getattr(target, "in_features", None) or self.model.config.hidden_size
+        new_module = DecTLayer(target, adapter_name, peft_config, hidden_size=hidden)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        if merge:
+            raise ValueError("DecT cannot be merged into the model weights; use unload() to remove it.")
+        name = output_embedding_name(self.model)
+        parent = self.model.get_submodule(name.rpartition(".")[0]) if "." in name else self.model
+        layer = self.model.get_submodule(name)
+        if isinstance(layer, DecTLayer):
+            setattr(parent, name.rpartition(".")[2], layer.get_base_layer())
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+        return self.model
+
+    @property
+    def dect_layer(self) -> DecTLayer:
+        return self.model.get_submodule(output_embedding_name(self.model))
+
+    @property
+    def _adapter(self) -> str:
+        active = self.active_adapters
+        if len(active) != 1:
+            raise ValueError(f"DecT predicts with one active adapter at a time, got {active}; call set_adapter().")
+        return active[0]
+
+    @property
+    def config_of_active(self):
+        return self.peft_config[self._adapter]
+
+    # ---------------------------------------------------------------- tokenizer and features
+    def set_tokenizer(self, tokenizer) -> None:
+        """Remember the tokenizer of the base model (fit, predict and prepare_dataset also accept one)."""
+        if tokenizer is not None and tokenizer is not self._tokenizer:
+            self._tokenizer = tokenizer
+            self._backbones.clear()
+
+    def backbone(self, tokenizer=None, *, adapter_name: str | None = None) -> Backbone:
+        """The feature extractor of an adapter (its template and label words) on the frozen model."""
+        self.set_tokenizer(tokenizer)
+        if self._tokenizer is None:
+            raise ValueError(
+                "DecT needs the base model's tokenizer: pass tokenizer=... to fit/predict/prepare_dataset once "
+                "(or call model.set_tokenizer(tokenizer))."
+            )
+        name = adapter_name or self._adapter
+        if name not in self._backbones:
+            cfg = self.peft_config[name]
+            template = Template(cfg.template)
+            verbalizer = Verbalizer.from_words(
+                cfg.label_words,
+                self._tokenizer,
+                space_before=template.space_before_mask,
+                aggregation=cfg.label_word_aggregation,
+                multi_token=cfg.multi_token,
+            )
+            self._backbones[name] = Backbone(
+                self.model, self._tokenizer, template, verbalizer, max_length=cfg.max_length, cache=self._cache
+            )
+        return self._backbones[name]
+
+    def use_cache_dir(self, cache_dir) -> None:
+        """Persist extracted features in `cache_dir` (safetensors) and reuse the ones already there."""
+        self._cache = FeatureCache(cache_dir)
+        for bb in self._backbones.values():
+            bb.cache = self._cache
+
+    def _settings(self, name: str) -> torch.Tensor:
+        return self.dect_layer.dect_settings[name]
+
+    def ensure_content_free(self, backbone: Backbone, name: str) -> torch.Tensor:
+        """Label-word log-probabilities of the content-free input, computed once per adapter (one model pass)."""
+        settings = self._settings(name)
+        cf = self.dect_layer.dect_content_free[name]
+        if settings[DecTLayer.CF_READY] < 0.5:
+            a, b = content_free_texts(backbone.template)
+            feats = backbone.extract([a], [b] if b is not None else None, desc="calibration")
+            with torch.no_grad():
+                cf.copy_(feats.label_logits[0].to(cf))
+                settings[DecTLayer.CF_READY] = 1.0
+        return cf
+
+    def _features(self, data, backbone: Backbone, desc: str) -> Features:
+        cfg = self.peft_config[self._adapter]
+        texts_a, texts_b = read_texts(
+            data,
+            needs_pair=backbone.template.is_pair,
+            text_column=cfg.text_column,
+            text_pair_column=cfg.text_pair_column,
+        )
+        if not texts_a:
+            raise ValueError("The data is empty: DecT needs at least one input.")
+        return backbone.extract(texts_a, texts_b, desc=desc)
+
+    # ---------------------------------------------------------------- scoring
+    def class_logits(self, features: Features, adapter_name: str | None = None) -> torch.Tensor:
+        """Class logits (N, C) of the adapter: the decoder's fused scores, or zero-shot log-probabilities.
+
+        The zero-shot classifier (calibrated when the content-free scores are known) is used while adapters are
+        disabled and before any training.
+        """
+        name = adapter_name or self._adapter
+        layer = self.dect_layer
+        settings = layer.dect_settings[name]
+        cf_ready = bool(settings[DecTLayer.CF_READY] > 0.5)
+        cf = layer.dect_content_free[name] if cf_ready else None
+        hidden = features.hidden.to(settings.device)
+        label_logits = features.label_logits.to(settings.device)
+        if layer.disable_adapters or settings[DecTLayer.FITTED] < 0.5:
+            calibrate = layer.disable_adapters or bool(settings[DecTLayer.CALIBRATE] > 0.5)
+            return torch.log(calibrated_probs(label_logits, cf if calibrate else None).clamp_min(1e-30))
+        calibrate = bool(settings[DecTLayer.CALIBRATE] > 0.5)
+        q = calibrated_probs(label_logits, cf if calibrate else None)
+        weights = decoder.DecoderWeights(
+            layer.dect_W[name].unsqueeze(0), layer.dect_radii[name].unsqueeze(0), layer.dect_prototypes[name]
+        )
+        return decoder.scores(weights, hidden, q, settings[DecTLayer.LAM])[0]
+
+    def _write(self, name: str, result: FitResult) -> None:
+        layer = self.dect_layer
+        with torch.no_grad():
+            layer.dect_W[name].copy_(result.weights.W[0])
+            layer.dect_radii[name].copy_(result.weights.radii[0])
+            layer.dect_prototypes[name].copy_(result.weights.prototypes)
+            settings = layer.dect_settings[name]
+            settings[DecTLayer.LAM] = result.lam
+            settings[DecTLayer.CALIBRATE] = float(result.calibrate)
+            settings[DecTLayer.FITTED] = 1.0
+
+    # ---------------------------------------------------------------- the fast path
+    def fit(
+        self,
+        train_dataset,
+        tokenizer=None,
+        eval_dataset=None,
+        *,
+        cache_dir=None,
+        batch_size: int | None = None,
+        show_progress: bool = True,
+    ) -> dict[str, Any]:
+        """Train the decoder of the active adapter: one model pass per new input, then decoder fitting.
+
+        `train_dataset` (and `eval_dataset`) is a `datasets.Dataset` or a dict of columns with the text column(s)
+        and labels. In auto mode the eval split (or cross-validation) chooses lam, epochs and calibration.
+        Returns a report with the choice, timings and the number of model passes.
+        """
+        name = self._adapter
+        cfg = self.peft_config[name]
+        if cache_dir is not None:
+            self.use_cache_dir(cache_dir)
+        bb = self.backbone(tokenizer)
+        bb.show_progress = show_progress
+        if batch_size is not None:
+            bb.batch_size = batch_size
+        passes_before = bb.passes
+        t0 = time.perf_counter()
+        labels = read_labels(train_dataset, cfg.classes, cfg.label_column)
+        train = self._features(train_dataset, bb, "train features")
+        cf = self.ensure_content_free(bb, name).detach().clone().cpu() if cfg.calibrate or cfg.mode == "auto" else None
+        eval_feats = eval_labels = None
+        if eval_dataset is not None and cfg.mode == "auto":
+            eval_labels = read_labels(eval_dataset, cfg.classes, cfg.label_column)
+            eval_feats = self._features(eval_dataset, bb, "eval features")
+        t1 = time.perf_counter()
+        num_classes = len(cfg.classes)
+        if cfg.mode == "faithful":
+            result = fit_faithful(train, labels, cf, cfg, num_classes)
+        else:
+            result = fit_auto(train, labels, cf, cfg, num_classes, eval_feats, eval_labels)
+        self._write(name, result)
+        t2 = time.perf_counter()
+        self.last_fit = {
+            **result.report,
+            "shots": shots_of(labels, num_classes),
+            "train_examples": int(labels.numel()),
+            "model_passes": bb.passes - passes_before,
+            "feature_seconds": t1 - t0,
+            "decoder_seconds": t2 - t1,
+        }
+        return self.last_fit
+
+    # ---------------------------------------------------------------- prediction
+    def predict_logits(self, inputs, tokenizer=None, *, show_progress: bool = False) -> torch.Tensor:
+        """Class logits (N, C) for texts, (text_a, text_b) pairs, a dict of columns or a Dataset."""
+        bb = self.backbone(tokenizer)
+        bb.show_progress = show_progress
+        name = self._adapter
+        if self._settings(name)[DecTLayer.CALIBRATE] > 0.5 or self.dect_layer.disable_adapters:
+            self.ensure_content_free(bb, name)
+        feats = self._features(inputs, bb, "predict")
+        with torch.no_grad():
+            return self.class_logits(feats).cpu()
+
+    def zero_shot_logits(self, inputs, tokenizer=None, *, calibrate: bool = True, show_progress: bool = False):
+        """Zero-shot class log-probabilities (N, C) from the label words alone, calibrated or not."""
+        bb = self.backbone(tokenizer)
+        bb.show_progress = show_progress
+        cf = self.ensure_content_free(bb, self._adapter) if calibrate else None
+        feats = self._features(inputs, bb, "predict")
+        return torch.log(calibrated_probs(feats.label_logits, cf).clamp_min(1e-30)).cpu()
+
+    def predict_proba(self, inputs, tokenizer=None, *, show_progress: bool = False) -> np.ndarray:
+        """Class probabilities (N, C), columns in the order of `label_words`."""
+        return torch.softmax(self.predict_logits(inputs, tokenizer, show_progress=show_progress), -1).numpy()
+
+    def predict(self, inputs, tokenizer=None, *, show_progress: bool = False) -> list[str]:
+        """Predicted class names."""
+        classes = self.config_of_active.classes
+        logits = self.predict_logits(inputs, tokenizer, show_progress=show_progress)
+        return [classes[i] for i in logits.argmax(-1).tolist()]
+
+    def evaluate(self, dataset, tokenizer=None, *, show_progress: bool = False) -> dict[str, float]:
+        """Accuracy of the active adapter on a labelled dataset."""
+        cfg = self.config_of_active
+        labels = read_labels(dataset, cfg.classes, cfg.label_column)
+        pred = self.predict_logits(dataset, tokenizer, show_progress=show_progress).argmax(-1)
+        return {"accuracy": float((pred == labels).float().mean())}
+
+    # ---------------------------------------------------------------- the Trainer path
+    def prepare_dataset(self, dataset, tokenizer=None, *, remove_columns: bool = True):
+        """Prompted, tokenised copy of `dataset` for `transformers.Trainer`: input_ids, attention_mask, labels.
+
+        Also computes the content-free calibration and, unless `lam` is configured, sets lam = 1/shots from the
+        labels of the first dataset prepared: prepare the training data first.
+        """
+        import datasets
+
+        name = self._adapter
+        cfg = self.peft_config[name]
+        bb = self.backbone(tokenizer)
+        texts_a, texts_b = read_texts(
+            dataset,
+            needs_pair=bb.template.is_pair,
+            text_column=cfg.text_column,
+            text_pair_column=cfg.text_pair_column,
+        )
+        labels = read_labels(dataset, cfg.classes, cfg.label_column)
+        ids = bb.tokenize(texts_a, texts_b)
+        settings = self._settings(name)
+        if cfg.calibrate:
+            self.ensure_content_free(bb, name)
+        if cfg.lam is None and settings[DecTLayer.FITTED] < 0.5 and torch.isnan(settings[DecTLayer.LAM]):
+            with torch.no_grad():
+                settings[DecTLayer.LAM] = 1.0 / shots_of(labels, len(cfg.classes))
+        columns = {"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids], "labels": labels.tolist()}
+        return datasets.Dataset.from_dict(columns)
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Data collator for prepared datasets: pads input ids (right) and stacks labels."""
+        batch = self.backbone().collate([list(r["input_ids"]) for r in rows])
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long)
+        return batch
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> SequenceClassifierOutput:
+        """Class logits (and cross-entropy loss with `labels`) for prompted inputs made by `prepare_dataset`.
+
+        The frozen model runs without gradient; only the decoder (W, radii) trains. On the first training batch
+        the radii get the paper's data-dependent initialisation.
+        """
+        if input_ids is None:
+            raise ValueError("DecT's forward needs input_ids made by model.prepare_dataset(...).")
+        name = self._adapter
+        bb = self.backbone()
+        was_training = self.model.training
+        self.model.eval()  # the frozen backbone gives deterministic features: no dropout, as in fit()
+        try:
+            with torch.no_grad():
+                feats = bb.forward(input_ids, attention_mask)
+        finally:
+            self.model.train(was_training)
+        settings = self._settings(name)
+        layer = self.dect_layer
+        if self.training and labels is not None and settings[DecTLayer.FITTED] < 0.5 and not layer.disable_adapters:
+            with torch.no_grad():
+                W = layer.dect_W[name].detach().unsqueeze(0)
+                num_classes = layer.dect_radii[name].numel()
+                weight = torch.ones(1, labels.shape[0], device=W.device)
+                radii = decoder.init_radii(W, feats.hidden.to(W), labels.to(W.device), weight, num_classes)
+                layer.dect_radii[name].copy_(radii[0])
+                if torch.isnan(settings[DecTLayer.LAM]):
+                    settings[DecTLayer.LAM] = 1.0 / shots_of(labels, num_classes)
+                settings[DecTLayer.FITTED] = 1.0
+        logits = self.class_logits(feats, name)
+        loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -1,0 +1,48 @@
+"""The PEFT model class of peft-dect adapters: a language model used as a few-shot sequence classifier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from peft import PeftModelForSequenceClassification
+
+
+class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
+    """`get_peft_model` returns this for peft-dect configs (task type ``FEW_SHOT_CLS``).
+
+    It behaves as a sequence classifier for `transformers.Trainer` (forward returns class logits and loss) and adds
+    the fast few-shot API of its tuner: `fit`, `predict`, `predict_proba`, `evaluate`, `prepare_dataset`.
+    """
+
+    def fit(self, train_dataset, tokenizer=None, eval_dataset=None, **kwargs) -> dict[str, Any]:
+        """Fit the active adapter on labelled data (see the tuner's `fit`)."""
+        return self.base_model.fit(train_dataset, tokenizer, eval_dataset, **kwargs)
+
+    def predict(self, inputs, tokenizer=None, **kwargs) -> list[str]:
+        """Class names predicted for texts, (text_a, text_b) pairs or a dataset."""
+        return self.base_model.predict(inputs, tokenizer, **kwargs)
+
+    def predict_proba(self, inputs, tokenizer=None, **kwargs) -> np.ndarray:
+        """Class probabilities (N, C), columns in the order of the config's `label_words`."""
+        return self.base_model.predict_proba(inputs, tokenizer, **kwargs)
+
+    def evaluate(self, dataset, tokenizer=None, **kwargs) -> dict[str, float]:
+        """Metrics of the active adapter on a labelled dataset."""
+        return self.base_model.evaluate(dataset, tokenizer, **kwargs)
+
+    def prepare_dataset(self, dataset, tokenizer=None, **kwargs):
+        """Prompted, tokenised dataset for `transformers.Trainer` (use `model.collate` as its data collator)."""
+        return self.base_model.prepare_dataset(dataset, tokenizer, **kwargs)
+
+    def collate(self, rows):
+        """Data collator for datasets made by `prepare_dataset`."""
+        return self.base_model.collate(rows)
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Save the adapter (config and decoder tensors as safetensors); never the base model's embeddings."""
+        kwargs.setdefault("save_embedding_layers", False)
+        kwargs.setdefault("safe_serialization", True)
+        if not kwargs["safe_serialization"]:
+            raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
+        super().save_pretrained(save_directory, **kwargs)

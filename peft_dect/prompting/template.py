@@ -1,0 +1,141 @@
+"""Prompt templates with `{text_a}`, `{text_b}` and `{mask}` placeholders.
+
+A template is parsed once into literal and placeholder segments. Rendering substitutes the texts and a mask token
+(masked LMs) or stops at the mask (causal LMs, whose prediction position is the end of the prompt).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+
+
+PLACEHOLDERS = ("text_a", "text_b", "mask")
+TEXT_FIELDS = ("text_a", "text_b")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed prompt template such as ``"{text_a} In summary, it was {mask}."``.
+
+    Literal braces are written ``{{`` and ``}}``, as in `str.format`.
+    """
+
+    text: str
+    segments: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"template must be a string, got {type(self.text).__name__}")
+        segments: list[tuple[str, str]] = []
+        try:
+            parsed = list(string.Formatter().parse(self.text))
+        except ValueError as err:
+            raise ValueError(
+                f"Template {self.text!r} does not parse ({err}); write literal braces as '{{{{' and '}}}}'."
+            ) from None
+        for literal, name, spec, conversion in parsed:
+            if literal:
+                segments.append(("literal", literal))
+            if name is None:
+                continue
+            if spec or conversion:
+                raise ValueError(f"Template {self.text!r}: placeholder {{{name}}} takes no format spec or conversion.")
+            if name not in PLACEHOLDERS:
+                raise ValueError(
+                    f"Template {self.text!r} has unknown placeholder {{{name}}}; "
+                    f"the known ones are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}."
+                )
+            segments.append(("field", name))
+        names = [value for kind, value in segments if kind == "field"]
+        if names.count("mask") != 1:
+            raise ValueError(
+                f"Template {self.text!r} must contain exactly one {{mask}} (found {names.count('mask')}): it marks "
+                "where the label word goes, e.g. '{text_a} In summary, it was {mask}.'"
+            )
+        if not any(n in TEXT_FIELDS for n in names):
+            raise ValueError(f"Template {self.text!r} must contain {{text_a}} (and optionally {{text_b}}).")
+        if "text_b" in names and "text_a" not in names:
+            raise ValueError(f"Template {self.text!r} uses {{text_b}} without {{text_a}}.")
+        object.__setattr__(self, "segments", tuple(segments))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The text fields the template uses, in order of first appearance."""
+        seen: list[str] = []
+        for kind, value in self.segments:
+            if kind == "field" and value in TEXT_FIELDS and value not in seen:
+                seen.append(value)
+        return tuple(seen)
+
+    @property
+    def is_pair(self) -> bool:
+        return "text_b" in self.fields
+
+    @property
+    def _mask_index(self) -> int:
+        return self.segments.index(("field", "mask"))
+
+    @property
+    def space_before_mask(self) -> bool:
+        """Whether the label word follows a space: decides between 'Ġgreat'/'▁great' and 'great' style tokens."""
+        i = self._mask_index
+        if i == 0:
+            return False
+        kind, value = self.segments[i - 1]
+        # A text field right before the mask: the user wrote '{text_a}{mask}', so no space.
+        return kind == "literal" and value[-1:].isspace()
+
+    @property
+    def suffix(self) -> str:
+        """Everything after `{mask}` rendered as a string with placeholders, for messages and checks."""
+        return "".join(
+            value if kind == "literal" else "{" + value + "}" for kind, value in self.segments[self._mask_index + 1 :]
+        )
+
+    def check_causal(self) -> None:
+        """Raise if a causal LM could not see text the template places after the mask.
+
+        A causal LM predicts the label word from the text before it, so the prompt ends at `{mask}`. Literal text after
+        the mask (such as the final '.') is dropped; a text field after the mask is an error, because the model would
+        never read it.
+        """
+        if self._mask_index == 0:
+            raise ValueError(
+                f"Template {self.text!r} starts with {{mask}}: a causal LM predicts the label word from the text "
+                "before it, so put {mask} after the input, e.g. '{text_a} It was {mask}.'"
+            )
+        after = [value for kind, value in self.segments[self._mask_index + 1 :] if kind == "field"]
+        if after:
+            raise ValueError(
+                f"Template {self.text!r} places {', '.join('{' + a + '}' for a in after)} after {{mask}}: a causal "
+                "LM reads left to right and would never see it. Move the text before {mask}; literal text after "
+                "{mask} is dropped for causal LMs."
+            )
+
+    def render(
+        self, text_a: str, text_b: str | None = None, *, mask_token: str | None = None, label_word: str | None = None
+    ) -> str:
+        """Fill the template.
+
+        With `mask_token` (masked LMs) the mask placeholder becomes that token and the whole template is rendered.
+        With `label_word` the mask becomes the word (demonstrations). With neither (causal LMs) the prompt stops at
+        the mask and trailing whitespace is removed: the label word then starts with its own space.
+        """
+        values = {"text_a": text_a, "text_b": text_b}
+        if self.is_pair and text_b is None:
+            raise ValueError(
+                f"Template {self.text!r} uses {{text_b}} but no second text was given: pass sentence pairs or "
+                "use a single-text template."
+            )
+        out: list[str] = []
+        for kind, value in self.segments:
+            if kind == "literal":
+                out.append(value)
+            elif value == "mask":
+                if mask_token is None and label_word is None:
+                    return "".join(out).rstrip()
+                out.append(mask_token if mask_token is not None else label_word)
+            else:
+                out.append(values[value] or "")
+        return "".join(out)

@@ -1,0 +1,251 @@
+"""Task registry: LM-BFF k-shot data loaders, default templates and label words per task.
+
+The k-shot layout is the one LM-BFF's `tools/generate_k_shot_data.py` writes:
+``<data_dir>/<TASK>/<k>-<seed>/{train,dev}.<ext>`` and a test file either beside them or one level up
+(``<data_dir>/<TASK>/test.<ext>``). Every loader returns a `datasets.DatasetDict` with columns ``text_a``
+(``text_b`` for pairs) and ``label`` (a `ClassLabel` whose names are the keys of the task's label words).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How to read one task and how to prompt for it."""
+
+    name: str
+    ext: str  # "tsv" (GLUE-style, no quoting) or "csv" (label,sentence, no header)
+    reader: Callable[[Path], list[tuple[str, str | None, str]]]  # rows of (text_a, text_b, raw label)
+    label_map: dict[str, str]  # raw label -> class name
+    label_words: dict[str, list[str]]  # class name -> words (LM-BFF's manual choice)
+    template: str  # masked-LM template (LM-BFF's manual template)
+    causal_template: str  # the same prompt for causal LMs: it ends at the mask
+    metric: str = "accuracy"
+    dev_name: str = "dev"
+    test_names: tuple[str, ...] = field(default=("test",))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.label_words)
+
+    def template_for(self, kind: str) -> str:
+        return self.causal_template if kind == "causal" else self.template
+
+
+def _read_tsv(path: Path, header: bool = True, encoding: str = "utf-8"):
+    with open(path, encoding=encoding, newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE))
+    if not header:
+        return rows, None
+    return rows[1:], rows[0]
+
+
+def _tsv(text_cols: tuple[str, ...], label_col: str, encoding: str = "utf-8", label_last: bool = False):
+    def read(path: Path):
+        rows, head = _read_tsv(path, encoding=encoding)
+        idx = [head.index(c) for c in text_cols]
+        li = head.index(label_col)
+        out = []
+        for line, row in enumerate(rows, start=2):
+            if len(row) < len(head):
+                raise ValueError(f"{path}:{line}: expected {len(head)} tab-separated fields, got {len(row)}.")
+            a = row[idx[0]]
+            b = row[idx[1]] if len(idx) > 1 else None
+            out.append((a, b, row[-1] if label_last else row[li]))
+        return out
+
+    return read
+
+
+def _csv(path: Path):
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [(row[1], None, row[0]) for row in csv.reader(fh) if row]
+
+
+def _cola(path: Path):
+    rows, _ = _read_tsv(path, header=False)
+    return [(row[3], None, row[1]) for row in rows if row]
+
+
+BINARY_SENTIMENT = {"negative": ["terrible"], "positive": ["great"]}
+SENTIMENT_PROMPT = "{text_a} It was {mask}."
+NLI_PROMPT = "{text_a}? {mask}, {text_b}"
+NLI_CAUSAL = "{text_a}\nQuestion: {text_b} True or false?\nAnswer:{mask}"
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name.lower(): spec
+    for spec in [
+        TaskSpec(
+            "SST-2",
+            "tsv",
+            _tsv(("sentence",), "label"),
+            {"0": "negative", "1": "positive"},
+            BINARY_SENTIMENT,
+            SENTIMENT_PROMPT,
+            "{text_a} In summary, it was {mask}.",
+        ),
+        TaskSpec(
+            "sst-5",
+            "csv",
+            _csv,
+            {"0": "very negative", "1": "negative", "2": "neutral", "3": "positive", "4": "very positive"},
+            {
+                "very negative": ["terrible"],
+                "negative": ["bad"],
+                "neutral": ["okay"],
+                "positive": ["good"],
+                "very positive": ["great"],
+            },
+            SENTIMENT_PROMPT,
+            "{text_a} In summary, it was {mask}.",
+        ),
+        TaskSpec(
+            "cr",
+            "csv",
+            _csv,
+            {"0": "negative", "1": "positive"},
+            BINARY_SENTIMENT,
+            SENTIMENT_PROMPT,
+            "{text_a} In summary, it was {mask}.",
+        ),
+        TaskSpec(
+            "mpqa",
+            "csv",
+            _csv,
+            {"0": "negative", "1": "positive"},
+            BINARY_SENTIMENT,
+            SENTIMENT_PROMPT,
+            "{text_a} In summary, it was {mask}.",
+        ),
+        TaskSpec(
+            "CoLA",
+            "tsv",
+            _cola,
+            {"0": "unacceptable", "1": "acceptable"},
+            {"unacceptable": ["incorrect"], "acceptable": ["correct"]},
+            "{text_a} This is {mask}.",
+            "{text_a} Grammatically, this sentence is {mask}.",
+            metric="matthews_correlation",
+        ),
+        TaskSpec(
+            "MRPC",
+            "tsv",
+            _tsv(("#1 String", "#2 String"), "Quality", encoding="utf-8-sig"),
+            {"0": "not_equivalent", "1": "equivalent"},
+            {"not_equivalent": ["No"], "equivalent": ["Yes"]},
+            "{text_a}{mask}, {text_b}",
+            "{text_a}\n{text_b}\nDo both sentences mean the same? Answer:{mask}",
+            metric="f1",
+        ),
+        TaskSpec(
+            "QQP",
+            "tsv",
+            _tsv(("question1", "question2"), "is_duplicate"),
+            {"0": "not_duplicate", "1": "duplicate"},
+            {"not_duplicate": ["No"], "duplicate": ["Yes"]},
+            "{text_a}{mask}, {text_b}",
+            "{text_a}\n{text_b}\nAre both questions the same? Answer:{mask}",
+            metric="f1",
+        ),
+        TaskSpec(
+            "QNLI",
+            "tsv",
+            _tsv(("question", "sentence"), "label"),
+            {"entailment": "entailment", "not_entailment": "not_entailment"},
+            {"entailment": ["Yes"], "not_entailment": ["No"]},
+            NLI_PROMPT,
+            "{text_b}\nQuestion: does this answer {text_a}? Answer:{mask}",
+        ),
+        TaskSpec(
+            "RTE",
+            "tsv",
+            _tsv(("sentence1", "sentence2"), "label"),
+            {"entailment": "entailment", "not_entailment": "not_entailment"},
+            {"entailment": ["Yes"], "not_entailment": ["No"]},
+            NLI_PROMPT,
+            "{text_a}\nQuestion: {text_b} Yes or no?\nAnswer:{mask}",
+        ),
+        TaskSpec(
+            "SNLI",
+            "tsv",
+            _tsv(("sentence1", "sentence2"), "gold_label", label_last=True),
+            {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction"},
+            {"entailment": ["Yes"], "neutral": ["Maybe"], "contradiction": ["No"]},
+            NLI_PROMPT,
+            "{text_a}\nQuestion: {text_b} Yes, no, or maybe?\nAnswer:{mask}",
+        ),
+        TaskSpec(
+            "MNLI",
+            "tsv",
+            _tsv(("sentence1", "sentence2"), "gold_label", label_last=True),
+            {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction"},
+            {"entailment": ["Yes"], "neutral": ["Maybe"], "contradiction": ["No"]},
+            NLI_PROMPT,
+            "{text_a}\nQuestion: {text_b} Yes, no, or maybe?\nAnswer:{mask}",
+            dev_name="dev_matched",
+            test_names=("test_matched",),
+        ),
+    ]
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of a task by name (case-insensitive)."""
+    try:
+        return TASKS[name.lower()]
+    except KeyError:
+        raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(t.name for t in TASKS.values())}.") from None
+
+
+def _find(folder: Path, stem: str, ext: str) -> Path | None:
+    for candidate in (folder / f"{stem}.{ext}", folder.parent / f"{stem}.{ext}"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_task(name: str, data_dir: str | Path, k: int = 16, seed: int = 13):
+    """Load the k-shot train/dev splits (and the test split when present) of a task as a `DatasetDict`."""
+    import datasets
+
+    spec = get_task(name)
+    folder = Path(data_dir) / spec.name / f"{k}-{seed}"
+    if not folder.is_dir():
+        raise ValueError(
+            f"No data for {spec.name} {k}-shot seed {seed}: expected the folder {folder} holding "
+            f"train.{spec.ext} and {spec.dev_name}.{spec.ext} (LM-BFF's k-shot layout, "
+            "<data_dir>/<TASK>/<k>-<seed>/), with the test file beside them or one level up."
+        )
+    features = datasets.Features(
+        {
+            "text_a": datasets.Value("string"),
+            "text_b": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=spec.classes),
+        }
+    )
+    splits = {}
+    for split, stem in [("train", "train"), ("validation", spec.dev_name)] + [("test", t) for t in spec.test_names]:
+        path = _find(folder, stem, spec.ext)
+        if path is None:
+            if split == "test":
+                continue
+            raise ValueError(f"Missing {stem}.{spec.ext} in {folder}.")
+        rows = spec.reader(path)
+        labels = []
+        for _, _, raw in rows:
+            if raw not in spec.label_map:
+                raise ValueError(f"{path}: unknown label {raw!r} for {spec.name} (known: {list(spec.label_map)}).")
+            labels.append(spec.classes.index(spec.label_map[raw]))
+        columns = {"text_a": [r[0] for r in rows], "text_b": [r[1] or "" for r in rows], "label": labels}
+        splits[split] = datasets.Dataset.from_dict(columns, features=features)
+    return datasets.DatasetDict(splits)
+
+
+def packaged_data_dir() -> Path:
+    """The folder of the SST-2 16-shot (seed 13) split shipped with peft-dect for the demo and tests."""
+    return Path(__file__).parent / "data"

@@ -1,0 +1,146 @@
+"""Feature extraction: prediction positions, truncation, one pass per input, caching."""
+
+import logging
+
+import pytest
+import torch
+from conftest import LABEL_WORDS, TEMPLATE, tiny_llama, tiny_roberta
+from transformers import BertModel, LlamaConfig, LlamaModel
+
+from peft_dect.backbone import Backbone, lm_kind, split_head
+from peft_dect.features import FeatureCache
+from peft_dect.prompting import Template, Verbalizer
+
+
+def backbone(model, tok, template=TEMPLATE, **kwargs):
+    t = Template(template)
+    v = Verbalizer.from_words(LABEL_WORDS, tok, space_before=t.space_before_mask)
+    return Backbone(model, tok, t, v, show_progress=False, **kwargs)
+
+
+def test_split_head_matches_the_full_forward(lm):
+    model, tok, _ = lm
+    assert split_head(model) is not None
+    bb = backbone(model, tok)
+    ids = bb.tokenize(["a good film", "the plot was dull and very messy"])
+    batch = bb.collate(ids)
+    fast = bb.forward(**batch)
+    out = model(**batch, output_hidden_states=True)
+    pos = bb.positions(batch["input_ids"], batch["attention_mask"])
+    rows = torch.arange(2)
+    torch.testing.assert_close(fast.hidden, out.hidden_states[-1][rows, pos])
+    logp = torch.log_softmax(out.logits[rows, pos], -1)
+    word_ids = [ids[0] for ids in bb.verbalizer.token_ids]
+    torch.testing.assert_close(fast.label_logits, logp[:, word_ids])
+
+
+def test_causal_position_is_last_real_token_with_left_or_right_padding(bpe_tokenizer):
+    bb = backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer)
+    ids = bb.tokenize(["a good film", "the plot was dull and very messy"])
+    right = bb.collate(ids)
+    assert bb.positions(**right).tolist() == [len(ids[0]) - 1, len(ids[1]) - 1]
+    width = right["input_ids"].shape[1]
+    left_mask = torch.stack([right["attention_mask"][i].roll(width - len(ids[i])) for i in range(2)])
+    left_ids = torch.stack([right["input_ids"][i].roll(width - len(ids[i])) for i in range(2)])
+    assert bb.positions(left_ids, left_mask).tolist() == [width - 1, width - 1]
+
+
+def test_features_do_not_depend_on_batching(lm):
+    model, tok, _ = lm
+    texts = ["a good film", "the plot was dull and very messy", "fun", "a lovely , moving and brilliant story"]
+    one = backbone(model, tok, batch_size=1).extract(texts)
+    many = backbone(model, tok, batch_size=3).extract(texts)
+    torch.testing.assert_close(one.hidden, many.hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(one.label_logits, many.label_logits, atol=1e-5, rtol=1e-4)
+
+
+def test_each_text_runs_once_and_features_are_autograd_safe(lm):
+    model, tok, _ = lm
+    bb = backbone(model, tok)
+    feats = bb.extract(["a good film", "a bad film", "a good film"])
+    assert bb.passes == 2
+    bb.extract(["a bad film", "a good film"])
+    assert bb.passes == 2
+    w = torch.ones(feats.hidden.shape[1], requires_grad=True)
+    (feats.hidden @ w).sum().backward()  # inference-mode tensors would raise here
+    assert w.grad is not None
+
+
+def test_truncation_cuts_the_text_and_keeps_the_mask(lm, caplog):
+    model, tok, kind = lm
+    bb = backbone(model, tok, max_length=24)
+    long_text = " ".join(["the film was good and the plot was fun"] * 30)
+    with caplog.at_level(logging.WARNING):
+        ids = bb.tokenize([long_text, "short"])
+    assert len(ids[0]) <= 24 and bb.truncated == 1
+    assert "Truncated the text of 1 input" in caplog.text
+    suffix_ids = tok("short In summary, it was" if kind == "causal" else "x")["input_ids"]
+    if kind == "masked":
+        assert ids[0].count(tok.mask_token_id) == 1
+    else:
+        assert ids[0][-3:] == suffix_ids[-3:]  # the template's end survives
+    feats = bb.extract([long_text])
+    assert torch.isfinite(feats.hidden).all()
+
+
+def test_template_longer_than_max_length_is_an_error(bpe_tokenizer):
+    bb = backbone(tiny_roberta(bpe_tokenizer), bpe_tokenizer, max_length=6)
+    with pytest.raises(ValueError, match="template .* alone needs more than max_length"):
+        bb.tokenize(["a good film"])
+
+
+def test_disk_cache_round_trip(lm, tmp_path):
+    model, tok, _ = lm
+    first = backbone(model, tok, cache=FeatureCache(tmp_path))
+    feats = first.extract(["a good film", "a bad film"])
+    second = backbone(model, tok, cache=FeatureCache(tmp_path))
+    again = second.extract(["a bad film", "a good film"])
+    assert second.passes == 0
+    torch.testing.assert_close(again.hidden, feats.hidden.flip(0))
+
+
+def test_cache_keys_depend_on_template_and_model(bpe_tokenizer):
+    model = tiny_llama(bpe_tokenizer)
+    a = backbone(model, bpe_tokenizer)
+    b = backbone(model, bpe_tokenizer, template="{text_a} It was {mask}.")
+    c = backbone(tiny_llama(bpe_tokenizer, seed=1), bpe_tokenizer)
+    assert len({a.keys(["x"])[0], b.keys(["x"])[0], c.keys(["x"])[0]}) == 3
+
+
+def test_corrupt_cache_shard_is_ignored_with_a_warning(tmp_path, caplog):
+    (tmp_path / "features-bad-1.safetensors").write_bytes(b"not a safetensors file")
+    with caplog.at_level(logging.WARNING):
+        cache = FeatureCache(tmp_path)
+    assert len(cache) == 0 and "Ignoring unreadable feature cache shard" in caplog.text
+
+
+def test_model_without_lm_head_is_a_type_error(wordpiece_tokenizer):
+    from transformers import BertConfig
+
+    with pytest.raises(TypeError, match="AutoModelForMaskedLM"):
+        lm_kind(
+            BertModel(
+                BertConfig(
+                    vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
+                )
+            )
+        )
+    with pytest.raises(TypeError, match="AutoModelForCausalLM"):
+        lm_kind(
+            LlamaModel(
+                LlamaConfig(
+                    vocab_size=50,
+                    hidden_size=8,
+                    intermediate_size=8,
+                    num_hidden_layers=1,
+                    num_attention_heads=1,
+                    num_key_value_heads=1,
+                )
+            )
+        )
+
+
+def test_masked_lm_text_containing_the_mask_token_is_an_error(bpe_tokenizer):
+    bb = backbone(tiny_roberta(bpe_tokenizer), bpe_tokenizer)
+    with pytest.raises(ValueError, match="2 mask tokens"):
+        bb.tokenize(["a <mask> film"])

@@ -1,0 +1,92 @@
+"""The decoder's equations and its batched training."""
+
+import math
+
+import pytest
+import torch
+
+from peft_dect.dect import decoder
+from peft_dect.dect.fit import _folds, shots_of
+
+
+def test_scores_follow_the_paper():
+    torch.manual_seed(0)
+    W = torch.randn(1, 4, 6)
+    P = torch.randn(3, 4)
+    r = torch.randn(1, 3)
+    h = torch.randn(5, 6)
+    q = torch.softmax(torch.randn(5, 3), -1)
+    got = decoder.scores(decoder.DecoderWeights(W, r, P), h, q, 0.25)[0]
+    z = h @ W[0].T
+    z = z / z.norm(dim=-1, keepdim=True)
+    want = -torch.cdist(z, P) + r + 0.25 * q
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_init_is_seeded_linear_and_xavier():
+    W, P = decoder.init_weights(hidden_size=64, decoder_dim=16, num_classes=3, seed=7)
+    W2, P2 = decoder.init_weights(hidden_size=64, decoder_dim=16, num_classes=3, seed=7)
+    assert torch.equal(W, W2) and torch.equal(P, P2)
+    assert W.abs().max() <= 1 / math.sqrt(64) and P.abs().max() <= math.sqrt(6 / (3 + 16))
+    assert not torch.equal(W, decoder.init_weights(64, 16, 3, seed=8)[0])
+
+
+def test_radii_start_at_mean_distance_to_class_mean():
+    W = torch.eye(2).unsqueeze(0)
+    h = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0], [5.0, 7.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    r = decoder.init_radii(W, h, y, torch.ones(1, 4), 2)
+    torch.testing.assert_close(r, torch.tensor([[1.0, 1.0]]))
+
+
+def test_batched_members_train_like_separate_runs():
+    torch.manual_seed(0)
+    h, y = torch.randn(12, 10), torch.arange(12) % 3
+    q = torch.softmax(torch.randn(12, 3), -1)
+    lam = torch.tensor([0.1, 2.0])
+    weight = torch.ones(2, 12)
+    weight[1, :4] = 0
+    both, _ = decoder.train(h, y, q, lam, num_classes=3, decoder_dim=5, epochs=20, lr=0.01, seed=0, weight=weight)
+    for g in range(2):
+        keep = weight[g].bool()
+        alone, _ = decoder.train(
+            h[keep], y[keep], q[keep], lam[g : g + 1], num_classes=3, decoder_dim=5, epochs=20, lr=0.01, seed=0
+        )
+        torch.testing.assert_close(both.W[g], alone.W[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(both.radii[g], alone.radii[0], atol=1e-5, rtol=1e-4)
+
+
+def test_training_is_deterministic_and_checkpoints_are_snapshots():
+    torch.manual_seed(0)
+    h, y = torch.randn(8, 6), torch.arange(8) % 2
+    q = torch.full((8, 2), 0.5)
+    a, snaps = decoder.train(
+        h, y, q, torch.tensor([0.1]), num_classes=2, decoder_dim=4, epochs=10, lr=0.01, seed=3, checkpoints=(5, 10)
+    )
+    b, _ = decoder.train(h, y, q, torch.tensor([0.1]), num_classes=2, decoder_dim=4, epochs=10, lr=0.01, seed=3)
+    assert torch.equal(a.W, b.W) and torch.equal(a.radii, b.radii)
+    assert torch.equal(snaps[10].W, a.W) and not torch.equal(snaps[5].W, a.W)
+
+
+def test_training_reduces_the_loss_on_separable_data():
+    torch.manual_seed(0)
+    y = torch.arange(20) % 2
+    h = torch.randn(20, 8) + 3 * y.unsqueeze(1).float()
+    q = torch.full((20, 2), 0.5)
+    w, _ = decoder.train(h, y, q, torch.tensor([0.0]), num_classes=2, decoder_dim=4, epochs=60, lr=0.05, seed=0)
+    acc = (decoder.scores(w, h, q, 0.0)[0].argmax(-1) == y).float().mean()
+    assert acc == 1.0
+
+
+@pytest.mark.parametrize("counts, shots", [([16, 16], 16), ([4, 4, 4], 4), ([3, 6], 4)])
+def test_shots(counts, shots):
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    assert shots_of(labels, len(counts)) == shots
+
+
+def test_folds_are_stratified_and_cover_everything():
+    labels = torch.tensor([0] * 8 + [1] * 8)
+    folds = _folds(labels, 4, seed=0)
+    assert torch.stack(folds).sum(0).eq(1).all()
+    for f in folds:
+        assert f[:8].sum() == 2 and f[8:].sum() == 2
