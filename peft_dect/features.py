@@ -114,5 +114,6 @@ class FeatureCache:
         os.close(fd)
         tensors = {"hidden": features.hidden.contiguous(), "label_logits": features.label_logits.contiguous()}
         save_file(tensors, tmp, metadata={"keys": json.dumps(keys)})
+        os.chmod(tmp, 0o644)
         name = f"features-{keys[0][:16]}-{len(keys)}.safetensors"
         os.replace(tmp, self.directory / name)

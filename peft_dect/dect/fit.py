@@ -5,8 +5,8 @@ Nothing here runs the language model: both modes work on `Features` extracted on
 Auto mode trains, in one batched loop, a decoder with and without content-free calibration (the paper's
 lam = 1/shots during training) and keeps snapshots at several epoch counts. For each it then picks the fusion
 weight of the calibrated prior at prediction time from a grid that runs from "decoder only" (0) to "prior only"
-(1000). The choice is made by accuracy (ties: lower cross-entropy) on the eval split, or by stratified k-fold
-cross-validation on the training set when there is no eval split.
+(1000). The choice is made by held-out accuracy (ties: lower cross-entropy), where held-out means the folds of a
+stratified k-fold cross-validation on the training set plus the eval split when one is given.
 """
 
 from __future__ import annotations
@@ -111,23 +111,28 @@ def fit_auto(
     eval_features: Features | None = None,
     eval_labels: torch.Tensor | None = None,
 ) -> FitResult:
-    """Choose calibration, epochs and fusion weight on held-out data, then return the decoder that uses them."""
+    """Choose calibration, epochs and fusion weight on held-out data, then return the decoder that uses them.
+
+    Held-out data are the folds of a stratified k-fold split of the training set and, when given, the eval set:
+    every candidate is scored on all of them, which halves the noise of choosing on a 32-example dev split alone.
+    """
     shots = shots_of(labels, num_classes)
     fusion = _fusion_grid(shots)
     calib_options = [True, False] if content_free is not None else [False]
-    q_by_cal = {c: probs(train.label_logits, content_free, c) for c in calib_options}
+    q_train = {c: probs(train.label_logits, content_free, c) for c in calib_options}
     train_lam = 1.0 / shots
-    counts = torch.bincount(labels, minlength=num_classes)
-    k = min(AUTO_FOLDS, int(counts.min()))
-    if eval_features is None and k < 2:
+    k = min(AUTO_FOLDS, int(torch.bincount(labels, minlength=num_classes).min()))
+    folds = _folds(labels, k, cfg.seed) if k >= 2 else []
+    if not folds and eval_features is None:
         logger.info("Auto mode needs an eval set or at least 2 examples per class; using the paper's recipe.")
         return fit_faithful(train, labels, content_free, cfg, num_classes)
 
-    # members: calibration option x fold (a single "fold" that trains on everything when an eval set is given)
-    masks = [torch.ones_like(labels, dtype=torch.bool)] if eval_features is not None else _folds(labels, k, cfg.seed)
-    members = [(c, m) for c in calib_options for m in masks]
-    q = torch.stack([q_by_cal[c] for c, _ in members])
-    weight = torch.stack([(~m if eval_features is None else m).float() for _, m in members])
+    # members: calibration option x (one member per CV fold, trained without it; one on all data if evaluated)
+    everything = torch.ones_like(labels, dtype=torch.bool)
+    splits = [(~held, held) for held in folds] + ([(everything, None)] if eval_features is not None else [])
+    members = [(c, fit_rows, held) for c in calib_options for fit_rows, held in splits]
+    q = torch.stack([q_train[c] for c, _, _ in members])
+    weight = torch.stack([rows.float() for _, rows, _ in members])
     _, snaps = decoder.train(
         train.hidden,
         labels,
@@ -142,48 +147,52 @@ def fit_auto(
         checkpoints=AUTO_EPOCHS,
     )
 
-    # held-out score of every (calibration, epochs, fusion) cell, summed over folds
+    # held-out correct count and cross-entropy of every (calibration, epochs, fusion) cell
+    held_mask = torch.stack([h.float() if h is not None else torch.zeros(len(labels)) for _, _, h in members])
+    evaluated = [g for g, (_, _, h) in enumerate(members) if h is None]
+    n_held = (labels.numel() if folds else 0) + (eval_labels.numel() if eval_features is not None else 0)
     table: dict[tuple[bool, int, float], list[float]] = {}
     for epochs, weights in snaps.items():
-        if eval_features is not None:
-            q_eval = torch.stack([probs(eval_features.label_logits, content_free, c) for c, _ in members])
-            correct, ce = _evaluate(weights, eval_features.hidden, q_eval, eval_labels, fusion)
-            n_eval = eval_labels.numel()
-        else:
-            held = torch.stack([m for _, m in members]).float()  # (G, N): each member's held-out fold
-            correct, ce = _evaluate(weights, train.hidden, q, labels, fusion, held)
-            n_eval = labels.numel()
-        for g, (c, _) in enumerate(members):
+        correct, ce = _evaluate(weights, train.hidden, q, labels, fusion, held_mask)
+        if evaluated:
+            sub = decoder.DecoderWeights(weights.W[evaluated], weights.radii[evaluated], weights.prototypes)
+            q_eval = torch.stack([probs(eval_features.label_logits, content_free, members[g][0]) for g in evaluated])
+            c_eval, ce_eval = _evaluate(sub, eval_features.hidden, q_eval, eval_labels, fusion)
+            correct[evaluated] += c_eval
+            ce[evaluated] += ce_eval
+        for g, (c, _, _) in enumerate(members):
             for j, lam in enumerate(fusion):
                 cell = table.setdefault((c, epochs, lam), [0.0, 0.0])
                 cell[0] += float(correct[g, j])
                 cell[1] += float(ce[g, j])
-    best = max(table, key=lambda key: (table[key][0], -table[key][1]))
+    best = max(table, key=lambda key: _preference(key, table[key]))
     calibrate, epochs, lam = best
+    sources = ([f"{k}-fold cross-validation"] if folds else []) + (["eval_dataset"] if evaluated else [])
+    held_out = " and ".join(sources)
     report = {
         "mode": "auto",
-        "selected_on": "eval_dataset" if eval_features is not None else f"{k}-fold cross-validation",
+        "selected_on": held_out,
         "calibrate": calibrate,
         "epochs": epochs,
         "lam": lam,
-        "heldout_accuracy": table[best][0] / n_eval,
-        "grid": {f"calibrate={c},epochs={e},lam={lm:g}": v[0] / n_eval for (c, e, lm), v in sorted(table.items())},
+        "heldout_accuracy": table[best][0] / n_held,
+        "grid": {f"calibrate={c},epochs={e},lam={lm:g}": v[0] / n_held for (c, e, lm), v in sorted(table.items())},
     }
     logger.info(
-        "DecT auto mode chose calibrate=%s epochs=%d lam=%g (held-out accuracy %.3f).",
+        "DecT auto mode chose calibrate=%s epochs=%d lam=%g (held-out accuracy %.3f on %s).",
         calibrate,
         epochs,
         lam,
         report["heldout_accuracy"],
+        held_out,
     )
-
-    if eval_features is not None:
-        g = next(i for i, (c, _) in enumerate(members) if c == calibrate)
+    if evaluated:
+        g = next(g for g in evaluated if members[g][0] == calibrate)
         return FitResult(snaps[epochs].member(g), lam, calibrate, epochs, report)
     weights, _ = decoder.train(
         train.hidden,
         labels,
-        q_by_cal[calibrate],
+        q_train[calibrate],
         torch.tensor([train_lam]),
         num_classes=num_classes,
         decoder_dim=cfg.decoder_dim,
@@ -192,3 +201,9 @@ def fit_auto(
         seed=cfg.seed,
     )
     return FitResult(weights, lam, calibrate, epochs, report)
+
+
+def _preference(key: tuple[bool, int, float], score: list[float]) -> tuple[float, float]:
+    """Order of candidates: held-out accuracy first; ties go to the lower held-out cross-entropy."""
+    correct, ce = score
+    return (correct, -ce)

@@ -141,6 +141,12 @@ class DecTModel(BaseTuner):
         for bb in self._backbones.values():
             bb.cache = self._cache
 
+    def reset_adapter(self, adapter_name: str | None = None) -> None:
+        """Forget an adapter's fit and calibration: back to its seeded initial state (zero-shot predictions)."""
+        name = adapter_name or self._adapter
+        self.dect_layer.update_layer(name, self.peft_config[name])
+        self.set_adapter(self.active_adapters)
+
     def _settings(self, name: str) -> torch.Tensor:
         return self.dect_layer.dect_settings[name]
 
