@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
@@ -70,6 +71,21 @@ def model_fingerprint(model: nn.Module) -> str:
     checksum = float(emb.detach()[:: max(1, emb.shape[0] // 64)].double().sum())
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
     return f"{type(model).__name__}|{name}|{tuple(emb.shape)}|{checksum:.8e}"
+
+
+def distributed_state():
+    """accelerate's `PartialState` when this process is one of several (`accelerate launch`), else None."""
+    import torch.distributed as dist
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not launched and not (dist.is_available() and dist.is_initialized()):
+        return None
+    from accelerate import PartialState
+
+    # Without an accelerator, processes started by `accelerate launch --multi_gpu` / torchrun talk over gloo.
+    accelerator = getattr(torch, "accelerator", None)
+    has_accelerator = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    return PartialState(cpu=not has_accelerator)
 
 
 def default_max_length(model: nn.Module, tokenizer) -> int:
@@ -233,37 +249,62 @@ class Backbone:
     def extract(
         self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, *, desc: str = "features"
     ) -> Features:
-        """Features for every input, from the cache where possible; new inputs run once, in length-sorted batches."""
+        """Features for every input, from the cache where possible; new inputs run once, in length-sorted batches.
+
+        Under `accelerate launch` the new inputs are split across the processes and the features gathered back in
+        input order, so every process ends with the same features as a single process would compute.
+        """
         keys = self.keys(texts_a, texts_b)
         todo = self.cache.missing(keys)
         if todo:
             sub_b = [texts_b[i] for i in todo] if texts_b is not None else None
             ids = self.tokenize([texts_a[i] for i in todo], sub_b)
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-            parts: list[Features] = []
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                with torch.inference_mode():
-                    for start in tqdm(
-                        range(0, len(order), self.batch_size),
-                        desc=desc,
-                        disable=not self.show_progress,
-                        unit="batch",
-                    ):
-                        chunk = order[start : start + self.batch_size]
-                        batch = {k: v.to(self.device) for k, v in self.collate([ids[i] for i in chunk]).items()}
-                        feats = self.forward(**batch)
-                        parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
-                        self.passes += len(chunk)
-            finally:
-                self.model.train(was_training)
-            sorted_feats = Features.cat(parts)
-            inverse = torch.empty(len(order), dtype=torch.long)
-            inverse[torch.tensor(order)] = torch.arange(len(order))
-            new = sorted_feats[inverse]
-            # Leave inference mode: cached tensors must be usable by autograd later (decoder training).
-            new = Features(new.hidden.clone(), new.label_logits.clone())
+            new = self._run_distributed(ids, desc)
             new.check_finite(index=todo)
             self.cache.put([keys[i] for i in todo], new)
         return self.cache.gather(keys)
+
+    def _run_distributed(self, ids: list[list[int]], desc: str) -> Features:
+        state = distributed_state()
+        if state is None or state.num_processes == 1:
+            return self._run(ids, desc, show=self.show_progress)
+        from accelerate.utils import gather
+
+        per = -(-len(ids) // state.num_processes)
+        lo, hi = min(len(ids), state.process_index * per), min(len(ids), (state.process_index + 1) * per)
+        local = self._run(ids[lo:hi], desc, show=self.show_progress and state.is_local_main_process)
+        # Shards are contiguous and only the last non-empty one can be short, so after padding every shard to
+        # `per` rows the first len(ids) gathered rows are the inputs in order.
+        padded = []
+        for tensor in (local.hidden, local.label_logits):
+            block = tensor.new_zeros((per, tensor.shape[1]))
+            block[: tensor.shape[0]] = tensor
+            padded.append(gather(block.to(state.device)).cpu()[: len(ids)])
+        return Features(*padded)
+
+    def _run(self, ids: list[list[int]], desc: str, show: bool) -> Features:
+        """One model pass per token list, in length-sorted batches; features in the order of `ids`."""
+        if not ids:
+            hidden = (
+                getattr(self.model.config, "hidden_size", None) or self.model.get_input_embeddings().weight.shape[1]
+            )
+            return Features(torch.zeros(0, hidden), torch.zeros(0, self.verbalizer.num_classes))
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        parts: list[Features] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in tqdm(range(0, len(order), self.batch_size), desc=desc, disable=not show, unit="batch"):
+                    chunk = order[start : start + self.batch_size]
+                    batch = {k: v.to(self.device) for k, v in self.collate([ids[i] for i in chunk]).items()}
+                    feats = self.forward(**batch)
+                    parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
+                    self.passes += len(chunk)
+        finally:
+            self.model.train(was_training)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        new = Features.cat(parts)[inverse]
+        # Leave inference mode: cached tensors must be usable by autograd later (decoder training).
+        return Features(new.hidden.clone(), new.label_logits.clone())

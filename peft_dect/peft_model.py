@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -46,3 +47,15 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
         super().save_pretrained(save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None, **kwargs: Any) -> str:
+        """Save the adapter (with its card) and upload it to `repo_id` as one commit; returns the repository URL.
+
+        The repository id and the credentials are checked before anything is uploaded.
+        """
+        from .hub import check_repo_id, push_adapter_folder
+
+        check_repo_id(repo_id)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, **kwargs)
+            return push_adapter_folder(folder, repo_id, private=private, token=token)

@@ -68,6 +68,12 @@ class DecTConfig(PeftConfig):
         default=None, metadata={"help": "Dataset column of the second text, for templates with {text_b}."}
     )
     label_column: str = field(default="label", metadata={"help": "Dataset column of the labels."})
+    base_hidden_size: int | None = field(
+        default=None, metadata={"help": "Hidden size of the base model; set by get_peft_model, checked on load."}
+    )
+    base_vocab_size: int | None = field(
+        default=None, metadata={"help": "Vocabulary size of the base model; set by get_peft_model, checked on load."}
+    )
 
     # The tuner finds the LM head itself; peft's injection code reads this attribute.
     target_modules: ClassVar[None] = None

@@ -24,7 +24,7 @@ from . import decoder
 
 logger = logging.getLogger(__name__)
 
-AUTO_EPOCHS = (30, 100)
+AUTO_EPOCHS = (30, 60)
 AUTO_FUSION = (0.0, None, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 1000.0)  # None stands for 1/shots
 AUTO_FOLDS = 4
 

@@ -35,6 +35,29 @@ def output_embedding_name(model: nn.Module) -> str:
     raise TypeError(f"Could not locate the output embeddings of {type(model).__name__} among its modules.")
 
 
+def base_model_sizes(model: nn.Module) -> tuple[int, int]:
+    """(hidden size, vocabulary size) as the LM head sees them."""
+    head = model.get_output_embeddings()
+    head = getattr(head, "base_layer", head)
+    hidden = getattr(head, "in_features", None) or model.config.hidden_size
+    vocab = getattr(head, "out_features", None) or model.config.vocab_size
+    return int(hidden), int(vocab)
+
+
+def check_base_model(model: nn.Module, config) -> None:
+    """Record the base model's sizes in a new config; refuse an adapter made for another base model."""
+    hidden, vocab = base_model_sizes(model)
+    if config.base_hidden_size is None and config.base_vocab_size is None:
+        config.base_hidden_size, config.base_vocab_size = hidden, vocab
+        return
+    if (config.base_hidden_size, config.base_vocab_size) != (hidden, vocab):
+        raise ValueError(
+            f"This DecT adapter was made for a base model with hidden size {config.base_hidden_size} and "
+            f"vocabulary {config.base_vocab_size}, but {type(model).__name__} has hidden size {hidden} and "
+            f"vocabulary {vocab}. Load it onto its base model ({config.base_model_name_or_path or 'see its card'})."
+        )
+
+
 class DecTModel(BaseTuner):
     """Decoder Tuning (Cui et al., ACL 2023) on a frozen masked or causal LM.
 
@@ -57,12 +80,15 @@ class DecTModel(BaseTuner):
     def _pre_injection_hook(self, model: nn.Module, config, adapter_name: str) -> None:
         if lm_kind(model) == "causal":
             Template(config.template).check_causal()
+        check_base_model(model, config)
 
     def _prepare_adapter_config(self, peft_config, model_config):
         return peft_config
 
     def _check_target_module_exists(self, peft_config, key: str) -> bool:
-        return key == output_embedding_name(self.model)
+        if "_head_name" not in self.__dict__:  # computed once: peft asks for every module of the model
+            self._head_name = output_embedding_name(self.model)
+        return key == self._head_name
 
     def _check_new_adapter_config(self, config) -> None:
         return None
@@ -71,8 +97,7 @@ class DecTModel(BaseTuner):
         if isinstance(target, DecTLayer):
             target.update_layer(adapter_name, peft_config)
             return
-        hidden = getattr(target, "in_features", None) or self.model.config.hidden_size
-        new_module = DecTLayer(target, adapter_name, peft_config, hidden_size=hidden)
+        new_module = DecTLayer(target, adapter_name, peft_config, hidden_size=base_model_sizes(self.model)[0])
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -80,7 +105,7 @@ class DecTModel(BaseTuner):
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
         if merge:
             raise ValueError("DecT cannot be merged into the model weights; use unload() to remove it.")
-        name = output_embedding_name(self.model)
+        name = self._head_name
         parent = self.model.get_submodule(name.rpartition(".")[0]) if "." in name else self.model
         layer = self.model.get_submodule(name)
         if isinstance(layer, DecTLayer):
@@ -89,9 +114,14 @@ class DecTModel(BaseTuner):
             del self.model.peft_config
         return self.model
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._backbones.pop(adapter_name, None)
+
     @property
     def dect_layer(self) -> DecTLayer:
-        return self.model.get_submodule(output_embedding_name(self.model))
+        """The wrapped LM head that holds every adapter's decoder tensors."""
+        return self.model.get_submodule(self._head_name)
 
     @property
     def _adapter(self) -> str:
@@ -152,17 +182,14 @@ class DecTModel(BaseTuner):
 
     def ensure_content_free(self, backbone: Backbone, name: str) -> torch.Tensor:
         """Label-word log-probabilities of the content-free input, computed once per adapter (one model pass)."""
-        settings = self._settings(name)
-        cf = self.dect_layer.dect_content_free[name]
-        if settings[DecTLayer.CF_READY] < 0.5:
-            a, b = content_free_texts(backbone.template)
-            feats = backbone.extract([a], [b] if b is not None else None, desc="calibration")
-            with torch.no_grad():
-                cf.copy_(feats.label_logits[0].to(cf))
-                settings[DecTLayer.CF_READY] = 1.0
-        return cf
+        if not self._content_free_ready(name):
+            self._extract_together(backbone, [], name, desc="calibration")
+        return self.dect_layer.dect_content_free[name]
 
-    def _features(self, data, backbone: Backbone, desc: str) -> Features:
+    def _content_free_ready(self, name: str) -> bool:
+        return bool(self._settings(name)[DecTLayer.CF_READY] > 0.5)
+
+    def _texts(self, data, backbone: Backbone) -> tuple[list[str], list[str] | None]:
         cfg = self.peft_config[self._adapter]
         texts_a, texts_b = read_texts(
             data,
@@ -172,7 +199,31 @@ class DecTModel(BaseTuner):
         )
         if not texts_a:
             raise ValueError("The data is empty: DecT needs at least one input.")
-        return backbone.extract(texts_a, texts_b, desc=desc)
+        return texts_a, texts_b
+
+    def _extract_together(self, backbone: Backbone, datasets: list, name: str, desc: str) -> list[Features]:
+        """Features of several datasets (and of the content-free input, if still missing) in one extraction.
+
+        One call sorts all new inputs by length together, so batches waste less padding than one call per split.
+        """
+        sets = [self._texts(data, backbone) for data in datasets]
+        with_cf = not self._content_free_ready(name)
+        if with_cf:
+            a, b = content_free_texts(backbone.template)
+            sets.append(([a], None if b is None else [b]))
+        texts_a = [t for a, _ in sets for t in a]
+        texts_b = [t for _, b in sets for t in b] if backbone.template.is_pair else None
+        feats = backbone.extract(texts_a, texts_b, desc=desc)
+        parts, start = [], 0
+        for a, _ in sets:
+            parts.append(feats[start : start + len(a)])
+            start += len(a)
+        if with_cf:
+            cf = self.dect_layer.dect_content_free[name]
+            with torch.no_grad():
+                cf.copy_(parts.pop().label_logits[0].to(cf))
+                self._settings(name)[DecTLayer.CF_READY] = 1.0
+        return parts
 
     # ---------------------------------------------------------------- scoring
     def class_logits(self, features: Features, adapter_name: str | None = None) -> torch.Tensor:
@@ -237,12 +288,15 @@ class DecTModel(BaseTuner):
         passes_before = bb.passes
         t0 = time.perf_counter()
         labels = read_labels(train_dataset, cfg.classes, cfg.label_column)
-        train = self._features(train_dataset, bb, "train features")
-        cf = self.ensure_content_free(bb, name).detach().clone().cpu() if cfg.calibrate or cfg.mode == "auto" else None
-        eval_feats = eval_labels = None
-        if eval_dataset is not None and cfg.mode == "auto":
-            eval_labels = read_labels(eval_dataset, cfg.classes, cfg.label_column)
-            eval_feats = self._features(eval_dataset, bb, "eval features")
+        use_eval = eval_dataset is not None and cfg.mode == "auto"
+        eval_labels = read_labels(eval_dataset, cfg.classes, cfg.label_column) if use_eval else None
+        train, *rest = self._extract_together(
+            bb, [train_dataset] + ([eval_dataset] if use_eval else []), name, desc="features"
+        )
+        eval_feats = rest[0] if use_eval else None
+        cf = self.dect_layer.dect_content_free[name].detach().clone().cpu()
+        if not (cfg.calibrate or cfg.mode == "auto"):
+            cf = None
         t1 = time.perf_counter()
         num_classes = len(cfg.classes)
         if cfg.mode == "faithful":
@@ -267,9 +321,7 @@ class DecTModel(BaseTuner):
         bb = self.backbone(tokenizer)
         bb.show_progress = show_progress
         name = self._adapter
-        if self._settings(name)[DecTLayer.CALIBRATE] > 0.5 or self.dect_layer.disable_adapters:
-            self.ensure_content_free(bb, name)
-        feats = self._features(inputs, bb, "predict")
+        (feats,) = self._extract_together(bb, [inputs], name, desc="predict")
         with torch.no_grad():
             return self.class_logits(feats).cpu()
 
@@ -277,8 +329,8 @@ class DecTModel(BaseTuner):
         """Zero-shot class log-probabilities (N, C) from the label words alone, calibrated or not."""
         bb = self.backbone(tokenizer)
         bb.show_progress = show_progress
-        cf = self.ensure_content_free(bb, self._adapter) if calibrate else None
-        feats = self._features(inputs, bb, "predict")
+        (feats,) = self._extract_together(bb, [inputs], self._adapter, desc="predict")
+        cf = self.dect_layer.dect_content_free[self._adapter] if calibrate else None
         return torch.log(calibrated_probs(feats.label_logits, cf).clamp_min(1e-30)).cpu()
 
     def predict_proba(self, inputs, tokenizer=None, *, show_progress: bool = False) -> np.ndarray:
@@ -310,12 +362,7 @@ class DecTModel(BaseTuner):
         name = self._adapter
         cfg = self.peft_config[name]
         bb = self.backbone(tokenizer)
-        texts_a, texts_b = read_texts(
-            dataset,
-            needs_pair=bb.template.is_pair,
-            text_column=cfg.text_column,
-            text_pair_column=cfg.text_pair_column,
-        )
+        texts_a, texts_b = self._texts(dataset, bb)
         labels = read_labels(dataset, cfg.classes, cfg.label_column)
         ids = bb.tokenize(texts_a, texts_b)
         settings = self._settings(name)

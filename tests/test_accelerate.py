@@ -1,0 +1,45 @@
+"""Feature extraction split over 2 CPU processes (accelerate launch, gloo) equals the single-process result."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import LABEL_WORDS, TEMPLATE, sentiment_data, tiny_llama
+from peft import get_peft_model
+from safetensors.torch import load_file
+
+from peft_dect import DecTConfig
+
+
+SCRIPT = Path(__file__).parent / "scripts" / "distributed_fit.py"
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate launcher is not installed")
+def test_two_processes_give_the_same_features_and_decoder(bpe_tokenizer, tmp_path):
+    out = tmp_path / "dist.safetensors"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU the processes use gloo on the CPU.
+    launch = "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no"
+    cmd = [*launch.split(), "--dynamo_backend", "no", "--main_process_port", "29517", str(SCRIPT), str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=SCRIPT.parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    dist = load_file(out)
+
+    model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    train, test = sentiment_data(16, 1), sentiment_data(7, 2)
+    model.fit(train, tokenizer=bpe_tokenizer, show_progress=False)
+    feats = model.base_model.backbone().extract(test["sentence"])
+    layer = model.base_model.dect_layer
+
+    torch.testing.assert_close(dist["hidden"], feats.hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dist["label_logits"], feats.label_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dist["W"], layer.dect_W["default"].detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dist["radii"], layer.dect_radii["default"].detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        dist["proba"], torch.from_numpy(model.predict_proba(test["sentence"])), atol=1e-5, rtol=1e-5
+    )
+    # each process ran about half of the 33 training inputs (+ content-free) and 14 test inputs
+    assert dist["fit_passes"].item() < 33 and dist["local_passes"].item() < 33 + 14

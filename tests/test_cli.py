@@ -1,0 +1,139 @@
+"""The peft-dect command, driven through a subprocess as a user would."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import LABEL_WORDS, TEMPLATE, sentiment_data, tiny_llama
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def cli(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "peft_dect.cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=ENV,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, bpe_tokenizer):
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = root / "tiny-llama"
+    tiny_llama(bpe_tokenizer).save_pretrained(model_dir)
+    bpe_tokenizer.save_pretrained(model_dir)
+    for name, data in (("train", sentiment_data(16, 1)), ("test", sentiment_data(10, 2))):
+        with open(root / f"{name}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["sentence", "label"])
+            writer.writerows(zip(data["sentence"], ["negative" if y == 0 else "positive" for y in data["label"]]))
+    adapter = root / "adapter"
+    fit = cli(
+        "fit",
+        "--model",
+        str(model_dir),
+        "--train",
+        str(root / "train.csv"),
+        "--template",
+        TEMPLATE,
+        "--label-words",
+        json.dumps(LABEL_WORDS),
+        "--out",
+        str(adapter),
+        "--json",
+        "--quiet",
+    )
+    assert fit.returncode == 0, fit.stderr
+    return root, model_dir, adapter, json.loads(fit.stdout.strip().splitlines()[-1])
+
+
+def test_help_documents_every_command():
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("fit", "evaluate", "predict", "push", "demo"):
+        assert command in out.stdout
+    fit_help = cli("fit", "--help").stdout
+    for option in ("--train", "--task", "--template", "--label-words", "--mode", "--out", "--json", "--quiet"):
+        assert option in fit_help
+    assert shutil.which("peft-dect") is not None
+
+
+def test_fit_saves_an_adapter_and_reports_json(workspace):
+    _, _, adapter, report = workspace
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert report["model_passes"] == 33 and report["mode"] == "auto"
+
+
+def test_predict_reads_stdin_and_writes_labels_and_probabilities(workspace):
+    _, _, adapter, _ = workspace
+    out = cli("predict", str(adapter), "-", "--quiet", stdin="a lovely , moving film\nthe plot was dull\n")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split("\t") == ["label", "negative", "positive"] and len(lines) == 3
+    label, *probs = lines[1].split("\t")
+    assert label in ("negative", "positive") and abs(sum(map(float, probs)) - 1) < 1e-3
+    as_json = cli("predict", str(adapter), "-", "--json", "--quiet", stdin="a lovely film\n")
+    row = json.loads(as_json.stdout.strip())
+    assert row["text"] == "a lovely film" and set(row["probabilities"]) == {"negative", "positive"}
+
+
+def test_evaluate_a_labelled_file(workspace):
+    root, _, adapter, _ = workspace
+    out = cli("evaluate", str(adapter), "--test", str(root / "test.csv"), "--json", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert 0.0 <= json.loads(out.stdout)["accuracy"] <= 1.0
+
+
+def test_rows_of_the_wrong_shape_name_the_line(workspace, tmp_path):
+    _, model_dir, _, _ = workspace
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood film\tpositive\nno label here\n")
+    out = cli(
+        "fit",
+        "--model",
+        str(model_dir),
+        "--train",
+        str(bad),
+        "--template",
+        TEMPLATE,
+        "--label-words",
+        "negative=bad,positive=great",
+        "--out",
+        str(tmp_path / "a"),
+        "--quiet",
+    )
+    assert out.returncode == 2 and "bad.tsv:3: expected 2 fields" in out.stderr
+
+
+def test_missing_label_column_and_non_utf8_input(workspace, tmp_path):
+    _, model_dir, adapter, _ = workspace
+    nolabel = tmp_path / "nolabel.csv"
+    nolabel.write_text("sentence\ngood film\n")
+    out = cli(
+        "fit",
+        "--model",
+        str(model_dir),
+        "--train",
+        str(nolabel),
+        "--template",
+        TEMPLATE,
+        "--label-words",
+        "negative=bad,positive=great",
+        "--out",
+        str(tmp_path / "a"),
+        "--quiet",
+    )
+    assert out.returncode == 2 and "label column 'label' is not in the data" in out.stderr
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café noir\n".encode("latin-1"))
+    out = cli("predict", str(adapter), str(latin), "--quiet")
+    assert out.returncode == 2 and "not valid UTF-8" in out.stderr and "latin.txt:1" in out.stderr
