@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"\nDecT fit: {fit['model_passes']} model passes in {fit['feature_seconds']:.2f} s, decoder "
         f"{fit['decoder_seconds']:.3f} s (auto mode chose calibrate={fit['calibrate']}, epochs={fit['epochs']}, "
-        f"lam={fit['lam']:g} on the dev split)"
+        f"lam={fit['lam']:g} on {fit['selected_on']})"
     )
     print(f"DecT prediction: {len(test)} sentences in {predict_seconds:.1f} s")
     return out

@@ -137,3 +137,24 @@ def test_missing_label_column_and_non_utf8_input(workspace, tmp_path):
     latin.write_bytes("café noir\n".encode("latin-1"))
     out = cli("predict", str(adapter), str(latin), "--quiet")
     assert out.returncode == 2 and "not valid UTF-8" in out.stderr and "latin.txt:1" in out.stderr
+
+
+def test_push_without_credentials_names_the_fix(workspace):
+    _, _, adapter, _ = workspace
+    env = {k: v for k, v in ENV.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    out = subprocess.run(
+        [sys.executable, "-m", "peft_dect.cli", "push", str(adapter), "user/dect-test"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 2 and "nothing was uploaded" in out.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "peft_dect.cli", "push", str(adapter), "not a repo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "not a valid Hub repository id" in bad.stderr
