@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any
 
@@ -48,6 +49,26 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
             raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
         super().save_pretrained(save_directory, **kwargs)
 
+    def create_or_update_model_card(self, output_dir: str) -> None:
+        """Write the peft-dect card (README.md); a card the user wrote is kept and only gets peft's metadata."""
+        from .cards import MARKER, render_dect_card
+
+        path = os.path.join(output_dir, "README.md")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                if MARKER not in fh.read():
+                    return super().create_or_update_model_card(output_dir)
+        name = self.active_adapter
+        tuner = self.base_model
+        card = render_dect_card(
+            self.peft_config[name],
+            fit=tuner.fit_reports.get(name),
+            evaluations=tuner.evaluations.get(name, []),
+            repo=getattr(self, "_card_repo_id", None),
+        )
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(card)
+
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None, **kwargs: Any) -> str:
         """Save the adapter (with its card) and upload it to `repo_id` as one commit; returns the repository URL.
 
@@ -56,6 +77,10 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         from .hub import check_repo_id, push_adapter_folder
 
         check_repo_id(repo_id)
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, **kwargs)
-            return push_adapter_folder(folder, repo_id, private=private, token=token)
+        self._card_repo_id = repo_id
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                self.save_pretrained(folder, **kwargs)
+                return push_adapter_folder(folder, repo_id, private=private, token=token)
+        finally:
+            del self._card_repo_id

@@ -74,6 +74,8 @@ class DecTModel(BaseTuner):
         self._backbones: dict[str, Backbone] = {}
         self._cache = FeatureCache()
         self.last_fit: dict[str, Any] = {}
+        self.fit_reports: dict[str, dict[str, Any]] = {}  # per adapter, for its model card
+        self.evaluations: dict[str, list[dict[str, Any]]] = {}  # per adapter, for its model card
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ---------------------------------------------------------------- PEFT plumbing
@@ -313,6 +315,7 @@ class DecTModel(BaseTuner):
             "feature_seconds": t1 - t0,
             "decoder_seconds": t2 - t1,
         }
+        self.fit_reports[name] = self.last_fit
         return self.last_fit
 
     # ---------------------------------------------------------------- prediction
@@ -343,12 +346,27 @@ class DecTModel(BaseTuner):
         logits = self.predict_logits(inputs, tokenizer, show_progress=show_progress)
         return [classes[i] for i in logits.argmax(-1).tolist()]
 
-    def evaluate(self, dataset, tokenizer=None, *, show_progress: bool = False) -> dict[str, float]:
-        """Accuracy of the active adapter on a labelled dataset."""
+    def evaluate(
+        self, dataset, tokenizer=None, *, name: str | None = None, split: str = "test", show_progress: bool = False
+    ) -> dict[str, float]:
+        """Accuracy of the active adapter on a labelled dataset; recorded (with `name`, `split`) for its model card."""
         cfg = self.config_of_active
         labels = read_labels(dataset, cfg.classes, cfg.label_column)
         pred = self.predict_logits(dataset, tokenizer, show_progress=show_progress).argmax(-1)
-        return {"accuracy": float((pred == labels).float().mean())}
+        metrics = {"accuracy": float((pred == labels).float().mean())}
+        record = {
+            "dataset": name or "evaluation data",
+            "split": split,
+            "examples": int(labels.numel()),
+            "metrics": metrics,
+        }
+        history = [
+            e
+            for e in self.evaluations.get(self._adapter, [])
+            if (e["dataset"], e["split"]) != (record["dataset"], split)
+        ]
+        self.evaluations[self._adapter] = history + [record]
+        return metrics
 
     # ---------------------------------------------------------------- the Trainer path
     def prepare_dataset(self, dataset, tokenizer=None, *, remove_columns: bool = True):

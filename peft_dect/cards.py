@@ -1,0 +1,93 @@
+"""Model cards of peft-dect adapters, rendered from the templates in `model_cards/`.
+
+A card carries Hub metadata (base model, `library_name: peft`, tags, and a `model-index` once the adapter has been
+evaluated), the prompt and label words, the training data size and fit settings, and how to load the adapter.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import string
+from typing import Any
+
+import yaml
+
+
+MARKER = "<!-- peft-dect card -->"
+
+
+def _template(name: str) -> string.Template:
+    return string.Template(importlib.resources.files("peft_dect.model_cards").joinpath(f"{name}.md").read_text())
+
+
+def _model_index(name: str, evaluations: list[dict]) -> list[dict]:
+    results = []
+    for ev in evaluations:
+        results.append(
+            {
+                "task": {"type": "text-classification", "name": "Text Classification"},
+                "dataset": {
+                    "name": ev.get("dataset", "evaluation data"),
+                    "type": ev.get("dataset", "custom"),
+                    "split": ev.get("split", "test"),
+                },
+                "metrics": [{"type": k, "value": round(float(v), 4)} for k, v in ev["metrics"].items()],
+            }
+        )
+    return [{"name": name, "results": results}] if results else []
+
+
+def render_dect_card(config, *, fit: dict | None, evaluations: list[dict], repo: str | None = None) -> str:
+    """The README.md of a DecT adapter."""
+    import peft
+    import transformers
+
+    from . import __version__
+
+    base = config.base_model_name_or_path or "unknown"
+    name = repo or f"dect-{base.rstrip('/').split('/')[-1]}"
+    metadata: dict[str, Any] = {"library_name": "peft"}
+    if config.base_model_name_or_path:  # models built from a config have no name to point to
+        metadata["base_model"] = config.base_model_name_or_path
+    metadata["pipeline_tag"] = "text-classification"
+    metadata["tags"] = ["peft-dect", "dect", "few-shot", "text-classification", "prompting"]
+    index = _model_index(name, evaluations)
+    if index:
+        metadata["model-index"] = index
+    rows = "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in config.label_words.items())
+    if fit:
+        training = (
+            f"Fitted on {fit['train_examples']} labelled examples ({fit['shots']} per class) with "
+            f"{fit['model_passes']} model passes; mode `{fit['mode']}`, fusion weight lam = {fit['lam']:g}, "
+            f"calibration {'on' if fit['calibrate'] else 'off'}, {fit['epochs']} epochs of Adam (lr "
+            f"{config.learning_rate:g}), decoder seed {config.seed}."
+        )
+        if fit.get("selected_on"):
+            training += (
+                f" Auto mode chose these settings on {fit['selected_on']} (held-out accuracy "
+                f"{100 * fit['heldout_accuracy']:.1f})."
+            )
+    else:
+        training = "Not fitted in this session: the adapter predicts with its saved decoder, or zero-shot if none."
+    if evaluations:
+        evaluation = "\n".join(
+            f"- {ev.get('dataset', 'evaluation data')} ({ev.get('split', 'test')}, {ev.get('examples', '?')} "
+            f"examples): " + ", ".join(f"{k} {100 * float(v):.1f}" for k, v in ev["metrics"].items())
+            for ev in evaluations
+        )
+    else:
+        evaluation = "Not evaluated yet: run `model.evaluate(dataset)` before saving to record metrics here."
+    return _template("dect").substitute(
+        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        title=name,
+        base_model=base,
+        decoder_dim=config.decoder_dim,
+        template=config.template,
+        label_word_rows=rows,
+        training=training,
+        evaluation=evaluation,
+        repo=repo or "path/to/adapter",
+        peft_dect_version=__version__,
+        peft_version=peft.__version__,
+        transformers_version=transformers.__version__,
+    )
