@@ -43,3 +43,22 @@ def test_two_processes_give_the_same_features_and_decoder(bpe_tokenizer, tmp_pat
     )
     # each process ran about half of the 33 training inputs (+ content-free) and 14 test inputs
     assert dist["fit_passes"].item() < 33 and dist["local_passes"].item() < 33 + 14
+
+
+def test_model_placed_with_a_device_map(bpe_tokenizer, tmp_path):
+    """A backbone dispatched by accelerate (device_map) works unchanged: inputs follow the model's first device."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_llama(bpe_tokenizer).save_pretrained(tmp_path)
+    placed = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto")
+    model = get_peft_model(placed, DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    model.fit(sentiment_data(16, 1), tokenizer=bpe_tokenizer, show_progress=False)
+    reference = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    reference.fit(sentiment_data(16, 1), tokenizer=bpe_tokenizer, show_progress=False)
+    texts = sentiment_data(5, 2)["sentence"]
+    torch.testing.assert_close(
+        torch.from_numpy(model.predict_proba(texts)),
+        torch.from_numpy(reference.predict_proba(texts)),
+        atol=1e-5,
+        rtol=1e-5,
+    )
