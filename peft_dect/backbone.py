@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from .prompting import Template, Verbalizer, label_log_probs
 logger = logging.getLogger(__name__)
 
 MASKED, CAUSAL = "masked", "causal"
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def lm_kind(model: nn.Module) -> str:
@@ -52,6 +54,9 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     out_emb = model.get_output_embeddings()
     if body is model or out_emb is None:
         return None
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if any(getattr(config, name, None) for name in LOGIT_POSTPROCESSING):
+        return None  # the model rescales its logits after the head (Gemma 2/3, Cohere, Granite): run it whole
     holders, others = [], []
     for _, child in model.named_children():
         if child is body:
@@ -86,6 +91,12 @@ def distributed_state():
     accelerator = getattr(torch, "accelerator", None)
     has_accelerator = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
     return PartialState(cpu=not has_accelerator)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short id of how a tokenizer turns prompts into ids: name, size and the ids of a probe sentence."""
+    probe = tokenizer("Tokenizer probe: a gorgeous, moving film.", add_special_tokens=True)["input_ids"]
+    return f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{probe}"
 
 
 def default_max_length(model: nn.Module, tokenizer) -> int:
@@ -134,16 +145,16 @@ class Backbone:
         self._word_ids, self._word_mask = verbalizer.id_matrix()
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
-        self._key_prefix = "|".join(
-            [
-                model_fingerprint(model),
-                template.text,
-                self.kind,
-                str(verbalizer.token_ids),
-                verbalizer.aggregation,
-                str(self.max_length),
-            ]
-        )
+        parts = [
+            model_fingerprint(model),
+            tokenizer_fingerprint(tokenizer),
+            template.text,
+            self.kind,
+            str(verbalizer.token_ids),
+            verbalizer.aggregation,
+            str(self.max_length),
+        ]
+        self._key_prefix = "|".join(parts)
 
     @property
     def device(self) -> torch.device:
@@ -242,7 +253,7 @@ class Backbone:
     def keys(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None) -> list[str]:
         texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
         return [
-            hashlib.sha1(f"{self._key_prefix}|{a}|{b}".encode("utf-8", "surrogatepass")).hexdigest()
+            hashlib.sha1(json.dumps([self._key_prefix, a, b]).encode("utf-8", "surrogatepass")).hexdigest()
             for a, b in zip(texts_a, texts_b)
         ]
 

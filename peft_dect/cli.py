@@ -37,13 +37,17 @@ def _load_base(model: str | None, kind: str | None):
 
 
 def _data(args, split: str):
-    """A dataset from --task (LM-BFF layout under --data) or from a file."""
-    from .io import read_columns
+    """A labelled dataset from --task (LM-BFF layout under --data) or from a file."""
+    from .data import TEXT_COLUMNS
+    from .io import read_columns, require_columns
     from .tasks import load_task
 
     path = getattr(args, split, None)
     if path:
-        return read_columns(path)
+        columns = read_columns(path)
+        text = getattr(args, "text_column", None) or next((c for c in TEXT_COLUMNS if c in columns), "text")
+        require_columns(columns, path, [text, getattr(args, "label_column", None) or "label"])
+        return columns
     if args.task:
         data = load_task(args.task, args.data, k=args.k, seed=args.seed)
         name = {"train": "train", "eval": "validation", "test": "test"}[split]

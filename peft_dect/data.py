@@ -77,6 +77,16 @@ def read_labels(data: Any, classes: Sequence[str], column: str = "label") -> tor
     A label maps to the class of the same name; otherwise an integer label `i` maps to the i-th class of
     `label_words` (their order). Anything else is an error naming the label and the known classes.
     """
+    if isinstance(data, (list, tuple, str)):
+        raise TypeError(
+            "Labelled data must be a datasets.Dataset or a dict of columns with a label column, "
+            f"e.g. {{'text': [...], {column!r}: [...]}}; got a {type(data).__name__} of texts."
+        )
+    return _read_labels(data, classes, column)
+
+
+def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor:
+    """Read labels after the type check of `read_labels`."""
     columns = _columns(data)
     if column not in columns:
         raise ValueError(f"The label column {column!r} is not in the data (columns: {columns}); set label_column.")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 
 logger = logging.getLogger(__name__)
@@ -74,12 +74,9 @@ class FeatureCache:
     def _load_shards(self) -> None:
         for path in sorted(self.directory.glob("features-*.safetensors")):
             try:
-                tensors = load_file(str(path))
-                with open(path, "rb") as fh:
-                    header_len = int.from_bytes(fh.read(8), "little")
-                    meta = json.loads(fh.read(header_len)).get("__metadata__", {})
-                keys = json.loads(meta["keys"])
-                hidden, logits = tensors["hidden"], tensors["label_logits"]
+                with safe_open(str(path), framework="pt") as shard:
+                    keys = json.loads((shard.metadata() or {})["keys"])
+                    hidden, logits = shard.get_tensor("hidden"), shard.get_tensor("label_logits")
                 if len(keys) != hidden.shape[0] or len(keys) != logits.shape[0]:
                     raise ValueError("key count does not match tensor rows")
             except (OSError, KeyError, ValueError, SafetensorError) as err:
@@ -87,6 +84,11 @@ class FeatureCache:
                 continue
             for i, key in enumerate(keys):
                 self._store[key] = (hidden[i], logits[i])
+
+    def absorb(self, other: FeatureCache) -> None:
+        """Take over the in-memory features of another cache (not written to this cache's folder)."""
+        for key, value in other._store.items():
+            self._store.setdefault(key, value)
 
     def missing(self, keys: list[str]) -> list[int]:
         """Indices of the first occurrence of each key that is not cached yet."""

@@ -70,7 +70,7 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
             fh.write(card)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None, **kwargs: Any) -> str:
-        """Save the adapter (with its card) and upload it to `repo_id` as one commit; returns the repository URL.
+        """Save the active adapter (with its card) and upload it to `repo_id` as one commit; returns the repo URL.
 
         The repository id and the credentials are checked before anything is uploaded.
         """
@@ -80,7 +80,12 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         self._card_repo_id = repo_id
         try:
             with tempfile.TemporaryDirectory() as folder:
-                self.save_pretrained(folder, **kwargs)
-                return push_adapter_folder(folder, repo_id, private=private, token=token)
+                name = self.active_adapter
+                self.save_pretrained(folder, selected_adapters=[name], **kwargs)
+                # peft saves adapters other than "default" in a subfolder of their name
+                adapter_folder = folder if name == "default" else os.path.join(folder, name)
+                if adapter_folder != folder:
+                    self.create_or_update_model_card(adapter_folder)
+                return push_adapter_folder(adapter_folder, repo_id, private=private, token=token)
         finally:
             del self._card_repo_id

@@ -144,3 +144,13 @@ def test_masked_lm_text_containing_the_mask_token_is_an_error(bpe_tokenizer):
     bb = backbone(tiny_roberta(bpe_tokenizer), bpe_tokenizer)
     with pytest.raises(ValueError, match="2 mask tokens"):
         bb.tokenize(["a <mask> film"])
+
+
+def test_pair_keys_do_not_collide(bpe_tokenizer):
+    bb = backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer, template="{text_a} | {text_b} It was {mask}")
+    assert bb.keys(["x|y"], ["z"]) != bb.keys(["x"], ["y|z"])
+
+
+def test_cache_keys_depend_on_the_tokenizer(bpe_tokenizer, sp_tokenizer):
+    model = tiny_llama(bpe_tokenizer)
+    assert backbone(model, bpe_tokenizer).keys(["x"]) != backbone(model, sp_tokenizer).keys(["x"])

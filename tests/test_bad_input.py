@@ -104,3 +104,19 @@ def test_missing_text_column(bpe_tokenizer):
 def test_bad_config_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DecTConfig(**{"template": TEMPLATE, "label_words": LABEL_WORDS, **kwargs})
+
+
+def test_texts_and_labels_of_different_lengths(bpe_tokenizer):
+    model = get_peft_model(tiny_roberta(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    with pytest.raises(ValueError, match="3 texts but 2 labels"):
+        model.fit({"text": ["a", "b", "c"], "label": [0, 1]}, tokenizer=bpe_tokenizer)
+    with pytest.raises(TypeError, match="dict of columns with a label column"):
+        model.evaluate(["a film"], tokenizer=bpe_tokenizer)
+
+
+def test_words_of_one_class_sharing_a_token_count_once(bpe_tokenizer, caplog):
+    words = {"negative": ["bad"], "positive": ["greatness", "greatly"]}
+    model = get_peft_model(tiny_roberta(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=words))
+    with caplog.at_level(logging.WARNING):
+        model.predict(["a film"], tokenizer=bpe_tokenizer)
+    assert "share the first token" in caplog.text

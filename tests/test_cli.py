@@ -132,7 +132,7 @@ def test_missing_label_column_and_non_utf8_input(workspace, tmp_path):
         str(tmp_path / "a"),
         "--quiet",
     )
-    assert out.returncode == 2 and "label column 'label' is not in the data" in out.stderr
+    assert out.returncode == 2 and "nolabel.csv has no column(s) ['label']" in out.stderr
     latin = tmp_path / "latin.txt"
     latin.write_bytes("café noir\n".encode("latin-1"))
     out = cli("predict", str(adapter), str(latin), "--quiet")

@@ -187,3 +187,22 @@ def test_adapter_config_is_plain_json(lm, sentiment_train, tmp_path):
     peft_model.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "DECT" and cfg["task_type"] == "FEW_SHOT_CLS" and cfg["template"] == TEMPLATE
+
+
+def test_albert_whose_hidden_size_differs_from_its_embeddings(wordpiece_tokenizer, sentiment_train):
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    torch.manual_seed(0)
+    albert = AlbertForMaskedLM(
+        AlbertConfig(
+            vocab_size=len(wordpiece_tokenizer),
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+        )
+    )
+    model = get_peft_model(albert.eval(), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    model.fit(sentiment_train, tokenizer=wordpiece_tokenizer, show_progress=False)
+    assert model.predict_proba(["a film"]).shape == (1, 2)

@@ -144,3 +144,32 @@ def test_adapter_for_another_base_model_is_refused_before_prediction(bpe_tokeniz
     )
     with pytest.raises(ValueError, match="hidden size 32 and vocabulary 400, but LlamaForCausalLM has hidden size 48"):
         PeftModel.from_pretrained(wider, tmp_path)
+
+
+def test_push_an_adapter_with_another_name(bpe_tokenizer, fake_api):
+    model = fitted(bpe_tokenizer)
+    model.add_adapter("cr", DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    model.set_adapter("cr")
+    model.push_to_hub("user/dect-cr")
+    ((_, files, _),) = fake_api.commits
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
+
+
+def test_load_adapter_for_another_base_model_is_refused(bpe_tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    wider = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(bpe_tokenizer),
+            hidden_size=48,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+    other = get_peft_model(wider, DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    other.save_pretrained(tmp_path)
+    model = fitted(bpe_tokenizer)
+    with pytest.raises(ValueError, match="hidden size 48"):
+        model.load_adapter(str(tmp_path), adapter_name="other")

@@ -38,8 +38,8 @@ class DecTConfig(PeftConfig):
         default="auto",
         metadata={
             "help": "'faithful': the paper's settings (lam = 1/shots unless set, `epochs`, calibration as set). "
-            "'auto': choose lam, epochs and calibration on the fit's eval_dataset, or by cross-validation on "
-            "the training set when there is none; uses cached features, so no extra model pass."
+            "'auto': choose lam, epochs and calibration by held-out accuracy on k-fold cross-validation of the "
+            "training set plus the fit's eval_dataset when given; uses cached features, so no extra model pass."
         },
     )
     lam: float | None = field(

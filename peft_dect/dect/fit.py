@@ -15,7 +15,6 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..features import Features
 from ..prompting import calibrated_probs
@@ -74,8 +73,8 @@ def _fusion_grid(shots: int) -> list[float]:
     return sorted({(1.0 / shots) if v is None else v for v in AUTO_FUSION})
 
 
-def _evaluate(weights, hidden, q, labels, fusion: list[float], held: torch.Tensor | None = None):
-    """Correct counts and summed cross-entropy (G, L) of G members under L fusion weights.
+def _evaluate(weights, hidden, q, labels, fusion: list[float], held: torch.Tensor | None = None) -> torch.Tensor:
+    """Correct counts (G, L) of G members under L fusion weights.
 
     `held` (G, N) restricts each member to its held-out rows (cross-validation).
     """
@@ -84,11 +83,9 @@ def _evaluate(weights, hidden, q, labels, fusion: list[float], held: torch.Tenso
         lam = torch.tensor(fusion).view(1, -1, 1, 1)
         s = base.unsqueeze(1) + lam * q.unsqueeze(1)  # (G, L, N, C)
         correct = (s.argmax(-1) == labels).float()
-        target = labels.expand(*s.shape[:3])
-        ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), target.reshape(-1), reduction="none").view(target.shape)
         if held is not None:
-            correct, ce = correct * held.unsqueeze(1), ce * held.unsqueeze(1)
-    return correct.sum(-1), ce.sum(-1)
+            correct = correct * held.unsqueeze(1)
+    return correct.sum(-1)
 
 
 def _folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
@@ -124,7 +121,7 @@ def fit_auto(
     k = min(AUTO_FOLDS, int(torch.bincount(labels, minlength=num_classes).min()))
     folds = _folds(labels, k, cfg.seed) if k >= 2 else []
     if not folds and eval_features is None:
-        logger.info("Auto mode needs an eval set or at least 2 examples per class; using the paper's recipe.")
+        logger.warning("Auto mode needs an eval set or 2 examples per class; fitting with the paper's recipe.")
         return fit_faithful(train, labels, content_free, cfg, num_classes)
 
     # members: calibration option x (one member per CV fold, trained without it; one on all data if evaluated)
@@ -147,24 +144,21 @@ def fit_auto(
         checkpoints=AUTO_EPOCHS,
     )
 
-    # held-out correct count and cross-entropy of every (calibration, epochs, fusion) cell
+    # held-out correct count of every (calibration, epochs, fusion) cell
     held_mask = torch.stack([h.float() if h is not None else torch.zeros(len(labels)) for _, _, h in members])
     evaluated = [g for g, (_, _, h) in enumerate(members) if h is None]
     n_held = (labels.numel() if folds else 0) + (eval_labels.numel() if eval_features is not None else 0)
-    table: dict[tuple[bool, int, float], list[float]] = {}
+    if evaluated:
+        q_eval = torch.stack([probs(eval_features.label_logits, content_free, members[g][0]) for g in evaluated])
+    table: dict[tuple[bool, int, float], float] = {}
     for epochs, weights in snaps.items():
-        correct, ce = _evaluate(weights, train.hidden, q, labels, fusion, held_mask)
+        correct = _evaluate(weights, train.hidden, q, labels, fusion, held_mask)
         if evaluated:
             sub = decoder.DecoderWeights(weights.W[evaluated], weights.radii[evaluated], weights.prototypes)
-            q_eval = torch.stack([probs(eval_features.label_logits, content_free, members[g][0]) for g in evaluated])
-            c_eval, ce_eval = _evaluate(sub, eval_features.hidden, q_eval, eval_labels, fusion)
-            correct[evaluated] += c_eval
-            ce[evaluated] += ce_eval
+            correct[evaluated] += _evaluate(sub, eval_features.hidden, q_eval, eval_labels, fusion)
         for g, (c, _, _) in enumerate(members):
             for j, lam in enumerate(fusion):
-                cell = table.setdefault((c, epochs, lam), [0.0, 0.0])
-                cell[0] += float(correct[g, j])
-                cell[1] += float(ce[g, j])
+                table[(c, epochs, lam)] = table.get((c, epochs, lam), 0.0) + float(correct[g, j])
     best = max(table, key=lambda key: _preference(key, table[key]))
     calibrate, epochs, lam = best
     sources = ([f"{k}-fold cross-validation"] if folds else []) + (["eval_dataset"] if evaluated else [])
@@ -175,8 +169,8 @@ def fit_auto(
         "calibrate": calibrate,
         "epochs": epochs,
         "lam": lam,
-        "heldout_accuracy": table[best][0] / n_held,
-        "grid": {f"calibrate={c},epochs={e},lam={lm:g}": v[0] / n_held for (c, e, lm), v in sorted(table.items())},
+        "heldout_accuracy": table[best] / n_held,
+        "grid": {f"calibrate={c},epochs={e},lam={lm:g}": v / n_held for (c, e, lm), v in sorted(table.items())},
     }
     logger.info(
         "DecT auto mode chose calibrate=%s epochs=%d lam=%g (held-out accuracy %.3f on %s).",
@@ -203,11 +197,11 @@ def fit_auto(
     return FitResult(weights, lam, calibrate, epochs, report)
 
 
-def _preference(key: tuple[bool, int, float], score: list[float]) -> tuple:
+def _preference(key: tuple[bool, int, float], correct: float) -> tuple:
     """Order of candidates: held-out accuracy first; among equals, the one that leans most on the calibrated prior
     (largest fusion weight), then calibration on, then fewer epochs: the simplest explanation of the held-out data.
 
     On the dev splits of 11 LM-BFF tasks (SmolLM2, 5 seeds) this tie-break beat breaking ties by cross-entropy.
     """
     calibrate, epochs, lam = key
-    return (score[0], lam, calibrate, -epochs)
+    return (correct, lam, calibrate, -epochs)

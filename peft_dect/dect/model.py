@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,10 @@ def base_model_sizes(model: nn.Module) -> tuple[int, int]:
     """(hidden size, vocabulary size) as the LM head sees them."""
     head = model.get_output_embeddings()
     head = getattr(head, "base_layer", head)
-    hidden = getattr(head, "in_features", None) or model.config.hidden_size
-    vocab = getattr(head, "out_features", None) or model.config.vocab_size
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    # the decoder reads the body's output, which can be wider than the head's input (ALBERT, ELECTRA)
+    hidden = getattr(text_config, "hidden_size", None) or head.in_features
+    vocab = getattr(head, "out_features", None) or text_config.vocab_size
     return int(hidden), int(vocab)
 
 
@@ -54,7 +57,8 @@ def check_base_model(model: nn.Module, config) -> None:
         raise ValueError(
             f"This DecT adapter was made for a base model with hidden size {config.base_hidden_size} and "
             f"vocabulary {config.base_vocab_size}, but {type(model).__name__} has hidden size {hidden} and "
-            f"vocabulary {vocab}. Load it onto its base model ({config.base_model_name_or_path or 'see its card'})."
+            f"vocabulary {vocab}. Load it onto its base model ({config.base_model_name_or_path or 'see its card'}); "
+            "a DecTConfig records the first base model it is used with, so give another base model a new config."
         )
 
 
@@ -79,10 +83,6 @@ class DecTModel(BaseTuner):
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ---------------------------------------------------------------- PEFT plumbing
-    def _pre_injection_hook(self, model: nn.Module, config, adapter_name: str) -> None:
-        if lm_kind(model) == "causal":
-            Template(config.template).check_causal()
-        check_base_model(model, config)
 
     def _prepare_adapter_config(self, peft_config, model_config):
         return peft_config
@@ -93,7 +93,10 @@ class DecTModel(BaseTuner):
         return key == self._head_name
 
     def _check_new_adapter_config(self, config) -> None:
-        return None
+        """Run for every adapter added or loaded: the template must suit the LM, and the base model must match."""
+        if lm_kind(self.model) == "causal":
+            Template(config.template).check_causal()
+        check_base_model(self.model, config)
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         if isinstance(target, DecTLayer):
@@ -118,7 +121,13 @@ class DecTModel(BaseTuner):
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
+        self._forget(adapter_name)
+
+    def _forget(self, adapter_name: str) -> None:
+        """Drop what this tuner remembers about an adapter's fit (feature extractor, fit report, evaluations)."""
         self._backbones.pop(adapter_name, None)
+        self.fit_reports.pop(adapter_name, None)
+        self.evaluations.pop(adapter_name, None)
 
     @property
     def dect_layer(self) -> DecTLayer:
@@ -140,6 +149,10 @@ class DecTModel(BaseTuner):
     def set_tokenizer(self, tokenizer) -> None:
         """Remember the tokenizer of the base model (fit, predict and prepare_dataset also accept one)."""
         if tokenizer is not None and tokenizer is not self._tokenizer:
+            if self._tokenizer is not None:  # content-free scores came from the old tokenizer's prompt
+                with torch.no_grad():
+                    for settings in self.dect_layer.dect_settings.values():
+                        settings[DecTLayer.CF_READY] = 0.0
             self._tokenizer = tokenizer
             self._backbones.clear()
 
@@ -168,8 +181,16 @@ class DecTModel(BaseTuner):
         return self._backbones[name]
 
     def use_cache_dir(self, cache_dir) -> None:
-        """Persist extracted features in `cache_dir` (safetensors) and reuse the ones already there."""
+        """Persist extracted features in `cache_dir` (safetensors) and reuse the ones already there.
+
+        `None` switches to a fresh in-memory cache. Features already in memory stay available.
+        """
+        if cache_dir is not None and self._cache.directory is not None and self._cache.directory == Path(cache_dir):
+            return
+        previous = self._cache
         self._cache = FeatureCache(cache_dir)
+        if cache_dir is not None:
+            self._cache.absorb(previous)
         for bb in self._backbones.values():
             bb.cache = self._cache
 
@@ -178,6 +199,8 @@ class DecTModel(BaseTuner):
         name = adapter_name or self._adapter
         self.dect_layer.update_layer(name, self.peft_config[name])
         self.set_adapter(self.active_adapters)
+        self.fit_reports.pop(name, None)
+        self.evaluations.pop(name, None)
 
     def _settings(self, name: str) -> torch.Tensor:
         return self.dect_layer.dect_settings[name]
@@ -202,6 +225,15 @@ class DecTModel(BaseTuner):
         if not texts_a:
             raise ValueError("The data is empty: DecT needs at least one input.")
         return texts_a, texts_b
+
+    def _labels(self, data, backbone: Backbone) -> torch.Tensor:
+        """Class indices of `data`, checked to match its texts one for one."""
+        cfg = self.peft_config[self._adapter]
+        labels = read_labels(data, cfg.classes, cfg.label_column)
+        texts, _ = self._texts(data, backbone)
+        if len(texts) != labels.numel():
+            raise ValueError(f"The data has {len(texts)} texts but {labels.numel()} labels; give one label per text.")
+        return labels
 
     def _extract_together(self, backbone: Backbone, datasets: list, name: str, desc: str) -> list[Features]:
         """Features of several datasets (and of the content-free input, if still missing) in one extraction.
@@ -276,7 +308,7 @@ class DecTModel(BaseTuner):
         """Train the decoder of the active adapter: one model pass per new input, then decoder fitting.
 
         `train_dataset` (and `eval_dataset`) is a `datasets.Dataset` or a dict of columns with the text column(s)
-        and labels. In auto mode the eval split (or cross-validation) chooses lam, epochs and calibration.
+        and labels. In auto mode cross-validation (plus the eval split, if given) chooses lam, epochs, calibration.
         Returns a report with the choice, timings and the number of model passes.
         """
         name = self._adapter
@@ -289,9 +321,15 @@ class DecTModel(BaseTuner):
             bb.batch_size = batch_size
         passes_before = bb.passes
         t0 = time.perf_counter()
-        labels = read_labels(train_dataset, cfg.classes, cfg.label_column)
+        labels = self._labels(train_dataset, bb)
         use_eval = eval_dataset is not None and cfg.mode == "auto"
-        eval_labels = read_labels(eval_dataset, cfg.classes, cfg.label_column) if use_eval else None
+        eval_labels = self._labels(eval_dataset, bb) if use_eval else None
+        if eval_dataset is not None and not use_eval:
+            logger.warning("Faithful mode chooses nothing on held-out data: eval_dataset is not used by fit().")
+        if cfg.mode == "auto" and cfg.lam is not None:
+            logger.warning(
+                "Auto mode chooses lam itself; the configured lam=%g is used by faithful mode only.", cfg.lam
+            )
         train, *rest = self._extract_together(
             bb, [train_dataset] + ([eval_dataset] if use_eval else []), name, desc="features"
         )
@@ -316,6 +354,7 @@ class DecTModel(BaseTuner):
             "decoder_seconds": t2 - t1,
         }
         self.fit_reports[name] = self.last_fit
+        self.evaluations.pop(name, None)  # metrics of the previous decoder no longer apply
         return self.last_fit
 
     # ---------------------------------------------------------------- prediction
@@ -350,8 +389,7 @@ class DecTModel(BaseTuner):
         self, dataset, tokenizer=None, *, name: str | None = None, split: str = "test", show_progress: bool = False
     ) -> dict[str, float]:
         """Accuracy of the active adapter on a labelled dataset; recorded (with `name`, `split`) for its model card."""
-        cfg = self.config_of_active
-        labels = read_labels(dataset, cfg.classes, cfg.label_column)
+        labels = self._labels(dataset, self.backbone(tokenizer))
         pred = self.predict_logits(dataset, tokenizer, show_progress=show_progress).argmax(-1)
         metrics = {"accuracy": float((pred == labels).float().mean())}
         record = {
@@ -369,7 +407,7 @@ class DecTModel(BaseTuner):
         return metrics
 
     # ---------------------------------------------------------------- the Trainer path
-    def prepare_dataset(self, dataset, tokenizer=None, *, remove_columns: bool = True):
+    def prepare_dataset(self, dataset, tokenizer=None):
         """Prompted, tokenised copy of `dataset` for `transformers.Trainer`: input_ids, attention_mask, labels.
 
         Also computes the content-free calibration and, unless `lam` is configured, sets lam = 1/shots from the
@@ -381,7 +419,7 @@ class DecTModel(BaseTuner):
         cfg = self.peft_config[name]
         bb = self.backbone(tokenizer)
         texts_a, texts_b = self._texts(dataset, bb)
-        labels = read_labels(dataset, cfg.classes, cfg.label_column)
+        labels = self._labels(dataset, bb)
         ids = bb.tokenize(texts_a, texts_b)
         settings = self._settings(name)
         if cfg.calibrate:

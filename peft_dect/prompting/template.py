@@ -83,8 +83,9 @@ class Template:
         if i == 0:
             return False
         kind, value = self.segments[i - 1]
-        # A text field right before the mask: the user wrote '{text_a}{mask}', so no space.
-        return kind == "literal" and value[-1:].isspace()
+        # A text field right before the mask: the user wrote '{text_a}{mask}', so no space. After a newline the
+        # word starts a line: no space either.
+        return kind == "literal" and value.endswith(" ")
 
     @property
     def suffix(self) -> str:
@@ -120,7 +121,7 @@ class Template:
 
         With `mask_token` (masked LMs) the mask placeholder becomes that token and the whole template is rendered.
         With `label_word` the mask becomes the word (demonstrations). With neither (causal LMs) the prompt stops at
-        the mask and trailing whitespace is removed: the label word then starts with its own space.
+        the mask and trailing spaces are removed: the label word then starts with its own space.
         """
         values = {"text_a": text_a, "text_b": text_b}
         if self.is_pair and text_b is None:
@@ -134,7 +135,7 @@ class Template:
                 out.append(value)
             elif value == "mask":
                 if mask_token is None and label_word is None:
-                    return "".join(out).rstrip()
+                    return "".join(out).rstrip(" ")
                 out.append(mask_token if mask_token is not None else label_word)
             else:
                 out.append(values[value] or "")

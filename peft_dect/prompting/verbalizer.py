@@ -116,6 +116,15 @@ class Verbalizer:
                         pieces[0],
                     )
                 tid = ids[0]
+                if tid in first_owner and first_owner[tid][0] == name:
+                    logger.warning(
+                        "Label words %r and %r of class %r share the first token %r; it is counted once.",
+                        first_owner[tid][1],
+                        word,
+                        name,
+                        tokenizer.convert_ids_to_tokens([tid])[0],
+                    )
+                    continue
                 if tid in first_owner:
                     other_cls, other_word = first_owner[tid]
                     raise ValueError(
