@@ -56,6 +56,24 @@ def workspace(tmp_path_factory, bpe_tokenizer):
     return root, model_dir, adapter, json.loads(fit.stdout.strip().splitlines()[-1])
 
 
+def fit_file(model_dir, train, out):
+    """`peft-dect fit` on a data file with the tests' template and label words."""
+    return cli(
+        "fit",
+        "--model",
+        str(model_dir),
+        "--train",
+        str(train),
+        "--template",
+        TEMPLATE,
+        "--label-words",
+        "negative=bad,positive=great",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+
+
 def test_help_documents_every_command():
     out = cli("--help")
     assert out.returncode == 0
@@ -97,20 +115,7 @@ def test_rows_of_the_wrong_shape_name_the_line(workspace, tmp_path):
     _, model_dir, _, _ = workspace
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tlabel\ngood film\tpositive\nno label here\n")
-    out = cli(
-        "fit",
-        "--model",
-        str(model_dir),
-        "--train",
-        str(bad),
-        "--template",
-        TEMPLATE,
-        "--label-words",
-        "negative=bad,positive=great",
-        "--out",
-        str(tmp_path / "a"),
-        "--quiet",
-    )
+    out = fit_file(model_dir, bad, tmp_path / "a")
     assert out.returncode == 2 and "bad.tsv:3: expected 2 fields" in out.stderr
 
 
@@ -118,20 +123,7 @@ def test_missing_label_column_and_non_utf8_input(workspace, tmp_path):
     _, model_dir, adapter, _ = workspace
     nolabel = tmp_path / "nolabel.csv"
     nolabel.write_text("sentence\ngood film\n")
-    out = cli(
-        "fit",
-        "--model",
-        str(model_dir),
-        "--train",
-        str(nolabel),
-        "--template",
-        TEMPLATE,
-        "--label-words",
-        "negative=bad,positive=great",
-        "--out",
-        str(tmp_path / "a"),
-        "--quiet",
-    )
+    out = fit_file(model_dir, nolabel, tmp_path / "a")
     assert out.returncode == 2 and "nolabel.csv has no column(s) ['label']" in out.stderr
     latin = tmp_path / "latin.txt"
     latin.write_bytes("café noir\n".encode("latin-1"))

@@ -40,6 +40,22 @@ def fake_api(monkeypatch):
     return api
 
 
+def wider_llama(tokenizer):
+    """A causal LM with another hidden size than the tiny Llama adapters are made for."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=48,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+
+
 def fitted(tokenizer, words=LABEL_WORDS, data=None):
     from conftest import sentiment_data
 
@@ -129,19 +145,8 @@ def test_base_model_name_from_local_folder_and_hub_id(bpe_tokenizer, hub_cache, 
 
 
 def test_adapter_for_another_base_model_is_refused_before_prediction(bpe_tokenizer, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     fitted(bpe_tokenizer).save_pretrained(tmp_path)
-    wider = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(bpe_tokenizer),
-            hidden_size=48,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    )
+    wider = wider_llama(bpe_tokenizer)
     with pytest.raises(ValueError, match="hidden size 32 and vocabulary 400, but LlamaForCausalLM has hidden size 48"):
         PeftModel.from_pretrained(wider, tmp_path)
 
@@ -156,18 +161,7 @@ def test_push_an_adapter_with_another_name(bpe_tokenizer, fake_api):
 
 
 def test_load_adapter_for_another_base_model_is_refused(bpe_tokenizer, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    wider = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(bpe_tokenizer),
-            hidden_size=48,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    )
+    wider = wider_llama(bpe_tokenizer)
     other = get_peft_model(wider, DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
     other.save_pretrained(tmp_path)
     model = fitted(bpe_tokenizer)
