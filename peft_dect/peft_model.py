@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
 
 import numpy as np
 from peft import PeftModelForSequenceClassification
+from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 
 
 class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
@@ -49,6 +51,21 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
             raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
         super().save_pretrained(save_directory, **kwargs)
 
+    def load_adapter(self, model_id, adapter_name: str, *args: Any, **kwargs: Any):
+        """Load an adapter after checking its folder: safetensors weights only, readable, of the expected shapes."""
+        folder = os.path.join(str(model_id), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder):
+            check_adapter_folder(folder)
+        try:
+            return super().load_adapter(model_id, adapter_name, *args, **kwargs)
+        except RuntimeError as err:
+            if "size mismatch" not in str(err):
+                raise
+            raise ValueError(
+                f"The tensors in {model_id} do not fit this adapter's shapes ({str(err).splitlines()[1].strip()}); "
+                "the adapter was saved with another config or base model."
+            ) from None
+
     def create_or_update_model_card(self, output_dir: str) -> None:
         """Write the peft-dect card (README.md); a card the user wrote is kept and only gets peft's metadata."""
         from .cards import MARKER, render_dect_card
@@ -89,3 +106,31 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
                 return push_adapter_folder(adapter_folder, repo_id, private=private, token=token)
         finally:
             del self._card_repo_id
+
+
+def check_adapter_folder(folder: str) -> None:
+    """Raise a ValueError naming the problem if `folder` is not a loadable peft-dect adapter. Nothing is unpickled."""
+    from safetensors import SafetensorError, safe_open
+
+    config = os.path.join(folder, "adapter_config.json")
+    weights = os.path.join(folder, "adapter_model.safetensors")
+    if not os.path.isfile(config):
+        raise ValueError(f"{folder} has no adapter_config.json: it is not a saved adapter (use save_pretrained).")
+    if not os.path.isfile(weights):
+        pickled = [f for f in ("adapter_model.bin", "adapter_model.pt") if os.path.isfile(os.path.join(folder, f))]
+        hint = f" ({pickled[0]} is a pickle, which peft-dect never loads)" if pickled else ""
+        raise ValueError(f"{folder} has no adapter_model.safetensors{hint}; save the adapter with save_pretrained.")
+    try:
+        with safe_open(weights, framework="pt") as shard:
+            names = list(shard.keys())
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from None
+    with open(config, encoding="utf-8") as fh:
+        peft_type = json.load(fh).get("peft_type")
+    prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_type)
+    unknown = [n for n in names if prefix is not None and f".{prefix}" not in n]
+    if unknown:
+        raise ValueError(
+            f"{weights} holds tensors that are not {peft_type}'s ({unknown[:3]}); the weights and the config "
+            "come from different adapters."
+        )

@@ -206,3 +206,44 @@ def test_albert_whose_hidden_size_differs_from_its_embeddings(wordpiece_tokenize
     model = get_peft_model(albert.eval(), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
     model.fit(sentiment_train, tokenizer=wordpiece_tokenizer, show_progress=False)
     assert model.predict_proba(["a film"]).shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "adapter_model.safetensors").unlink(), "has no adapter_model.safetensors"),
+        (lambda d: (d / "adapter_model.safetensors").rename(d / "adapter_model.bin"), "is a pickle"),
+        (lambda d: (d / "adapter_model.safetensors").write_bytes(b"\\x00" * 64), "not a valid safetensors file"),
+    ],
+    ids=["missing", "pickle-only", "corrupt"],
+)
+def test_damaged_adapter_folders_are_refused(bpe_tokenizer, sentiment_train, tmp_path, damage, message):
+    model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    model.fit(sentiment_train, tokenizer=bpe_tokenizer, show_progress=False)
+    model.save_pretrained(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
+
+
+def test_tensors_of_the_wrong_shape_are_refused(bpe_tokenizer, sentiment_train, tmp_path):
+    from safetensors.torch import save_file
+
+    model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    key = next(k for k in tensors if "dect_W" in k)
+    tensors[key] = torch.zeros(3, 3)
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="do not fit this adapter's shapes"):
+        PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
+
+
+def test_weights_of_another_method_are_refused(bpe_tokenizer, tmp_path):
+    from safetensors.torch import save_file
+
+    model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    model.save_pretrained(tmp_path)
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(2, 2)}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="come from different adapters"):
+        PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
