@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,21 @@ from .layer import DecTLayer
 
 
 logger = logging.getLogger(__name__)
+
+
+_LOCK = threading.RLock()
+
+
+def serialized(method):
+    """Run `method` under peft-dect's lock: feature caches, tokenizer state and decoder writes are shared, so
+    `fit`/`predict`/`evaluate` called from several threads run one at a time (results equal sequential calls)."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with _LOCK:
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def output_embedding_name(model: nn.Module) -> str:
@@ -146,6 +163,7 @@ class DecTModel(BaseTuner):
         return self.peft_config[self._adapter]
 
     # ---------------------------------------------------------------- tokenizer and features
+    @serialized
     def set_tokenizer(self, tokenizer) -> None:
         """Remember the tokenizer of the base model (fit, predict and prepare_dataset also accept one)."""
         if tokenizer is not None and tokenizer is not self._tokenizer:
@@ -180,6 +198,7 @@ class DecTModel(BaseTuner):
             )
         return self._backbones[name]
 
+    @serialized
     def use_cache_dir(self, cache_dir) -> None:
         """Persist extracted features in `cache_dir` (safetensors) and reuse the ones already there.
 
@@ -194,6 +213,7 @@ class DecTModel(BaseTuner):
         for bb in self._backbones.values():
             bb.cache = self._cache
 
+    @serialized
     def reset_adapter(self, adapter_name: str | None = None) -> None:
         """Forget an adapter's fit and calibration: back to its seeded initial state (zero-shot predictions)."""
         name = adapter_name or self._adapter
@@ -295,6 +315,7 @@ class DecTModel(BaseTuner):
             settings[DecTLayer.FITTED] = 1.0
 
     # ---------------------------------------------------------------- the fast path
+    @serialized
     def fit(
         self,
         train_dataset,
@@ -358,6 +379,7 @@ class DecTModel(BaseTuner):
         return self.last_fit
 
     # ---------------------------------------------------------------- prediction
+    @serialized
     def predict_logits(self, inputs, tokenizer=None, *, show_progress: bool = False) -> torch.Tensor:
         """Class logits (N, C) for texts, (text_a, text_b) pairs, a dict of columns or a Dataset."""
         bb = self.backbone(tokenizer)
@@ -367,6 +389,7 @@ class DecTModel(BaseTuner):
         with torch.no_grad():
             return self.class_logits(feats).cpu()
 
+    @serialized
     def zero_shot_logits(self, inputs, tokenizer=None, *, calibrate: bool = True, show_progress: bool = False):
         """Zero-shot class log-probabilities (N, C) from the label words alone, calibrated or not."""
         bb = self.backbone(tokenizer)
@@ -385,6 +408,7 @@ class DecTModel(BaseTuner):
         logits = self.predict_logits(inputs, tokenizer, show_progress=show_progress)
         return [classes[i] for i in logits.argmax(-1).tolist()]
 
+    @serialized
     def evaluate(
         self, dataset, tokenizer=None, *, name: str | None = None, split: str = "test", show_progress: bool = False
     ) -> dict[str, float]:
@@ -407,6 +431,7 @@ class DecTModel(BaseTuner):
         return metrics
 
     # ---------------------------------------------------------------- the Trainer path
+    @serialized
     def prepare_dataset(self, dataset, tokenizer=None):
         """Prompted, tokenised copy of `dataset` for `transformers.Trainer`: input_ids, attention_mask, labels.
 

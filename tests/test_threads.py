@@ -1,0 +1,21 @@
+"""predict from several threads on one model gives what sequential calls give."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from conftest import LABEL_WORDS, TEMPLATE, sentiment_data, tiny_llama
+from peft import get_peft_model
+
+from peft_dect import DecTConfig
+
+
+def test_concurrent_predict_equals_sequential(bpe_tokenizer):
+    model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    model.fit(sentiment_data(16, 1), tokenizer=bpe_tokenizer, show_progress=False)
+    batches = [sentiment_data(6, seed)["sentence"] for seed in range(8)]
+    sequential = [model.predict_proba(b) for b in batches]
+    model.base_model.use_cache_dir(None)  # make the threads run the model, not just read the cache
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(model.predict_proba, batches))
+    for a, b in zip(sequential, concurrent):
+        np.testing.assert_allclose(a, b, atol=1e-6)
