@@ -14,13 +14,13 @@ from conftest import LABEL_WORDS, TEMPLATE, sentiment_data, tiny_llama
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def cli(*args, stdin=None):
+def cli(*args, stdin=None, env=None):
     return subprocess.run(
         [sys.executable, "-m", "peft_dect.cli", *args],
         capture_output=True,
         text=True,
         input=stdin,
-        env=ENV,
+        env=env or ENV,
         timeout=300,
     )
 
@@ -134,19 +134,7 @@ def test_missing_label_column_and_non_utf8_input(workspace, tmp_path):
 def test_push_without_credentials_names_the_fix(workspace):
     _, _, adapter, _ = workspace
     env = {k: v for k, v in ENV.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    out = subprocess.run(
-        [sys.executable, "-m", "peft_dect.cli", "push", str(adapter), "user/dect-test"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    out = cli("push", str(adapter), "user/dect-test", env=env)
     assert out.returncode == 2 and "nothing was uploaded" in out.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "peft_dect.cli", "push", str(adapter), "not a repo"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    bad = cli("push", str(adapter), "not a repo", env=env)
     assert bad.returncode == 2 and "not a valid Hub repository id" in bad.stderr
