@@ -37,6 +37,75 @@ def _model_index(name: str, evaluations: list[dict]) -> list[dict]:
     return [{"name": name, "results": results}] if results else []
 
 
+def _evaluation_text(evaluations: list[dict]) -> str:
+    if not evaluations:
+        return "Not evaluated yet: run `model.evaluate(dataset)` before saving to record metrics here."
+    return "\n".join(
+        f"- {ev.get('dataset', 'evaluation data')} ({ev.get('split', 'test')}, {ev.get('examples', '?')} "
+        f"examples): " + ", ".join(f"{k} {100 * float(v):.1f}" for k, v in ev["metrics"].items())
+        for ev in evaluations
+    )
+
+
+INIT_TEXT = {
+    "class_label": "class-label init (Lester et al.): the first tokens are the embeddings of the label words (one "
+    "token per word, sub-tokens averaged), the rest embeddings of tokens sampled from the 5000 most common",
+    "sample_vocab": "sampled vocabulary: embeddings of tokens sampled from the 5000 most common",
+    "random": "random: uniform noise on the scale of the model's token embeddings",
+}
+
+
+def render_prompt_tuning_card(
+    config,
+    *,
+    template: str,
+    label_words: dict,
+    init: dict | None = None,
+    training: str | None = None,
+    evaluations: list[dict] | None = None,
+    repo: str | None = None,
+) -> str:
+    """The README.md of a prompt-tuning label-word classifier: method, initialisation, prompt, metrics."""
+    import peft
+    import transformers
+
+    from . import __version__
+
+    evaluations = evaluations or []
+    base = config.base_model_name_or_path or "unknown"
+    name = repo or f"prompt-tuning-{base.rstrip('/').split('/')[-1]}"
+    metadata: dict[str, Any] = {"library_name": "peft"}
+    if config.base_model_name_or_path:
+        metadata["base_model"] = config.base_model_name_or_path
+    metadata["pipeline_tag"] = "text-classification"
+    metadata["tags"] = ["peft-dect", "prompt-tuning", "few-shot", "text-classification", "prompting"]
+    index = _model_index(name, evaluations)
+    if index:
+        metadata["model-index"] = index
+    if init and init.get("init") in INIT_TEXT:
+        init_text = f"{INIT_TEXT[init['init']]} (seed {init.get('seed', 0)})"
+    else:
+        init_text = f"PEFT's `{getattr(config.prompt_tuning_init, 'value', config.prompt_tuning_init)}`"
+    rows = "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in label_words.items())
+    return _template("prompt_tuning").substitute(
+        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        title=name,
+        base_model=base,
+        prompt_tokens=config.num_virtual_tokens,
+        token_dim=config.token_dim,
+        task_type=getattr(config.task_type, "value", config.task_type),
+        init=init_text,
+        template=template,
+        label_word_rows=rows,
+        training=training or "Not recorded: train with `transformers.Trainer` on `classifier.prepare_dataset(...)`.",
+        evaluation=_evaluation_text(evaluations),
+        repo=repo or "path/to/adapter",
+        peft_dect_version=__version__,
+        peft_version=peft.__version__,
+        transformers_version=transformers.__version__,
+    )
+
+
 def render_dect_card(config, *, fit: dict | None, evaluations: list[dict], repo: str | None = None) -> str:
     """The README.md of a DecT adapter."""
     import peft
@@ -69,14 +138,12 @@ def render_dect_card(config, *, fit: dict | None, evaluations: list[dict], repo:
             )
     else:
         training = "Not fitted in this session: the adapter predicts with its saved decoder, or zero-shot if none."
-    if evaluations:
-        evaluation = "\n".join(
-            f"- {ev.get('dataset', 'evaluation data')} ({ev.get('split', 'test')}, {ev.get('examples', '?')} "
-            f"examples): " + ", ".join(f"{k} {100 * float(v):.1f}" for k, v in ev["metrics"].items())
-            for ev in evaluations
+    if getattr(config, "soft_prompt", None):
+        training += (
+            f" The features are read with a soft prompt prepended (a PEFT prompt-tuning adapter, saved in "
+            f"`{config.soft_prompt}/` and loaded with this adapter): DecT on a prompt-tuned model."
         )
-    else:
-        evaluation = "Not evaluated yet: run `model.evaluate(dataset)` before saving to record metrics here."
+    evaluation = _evaluation_text(evaluations)
     return _template("dect").substitute(
         metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
         title=name,

@@ -11,6 +11,8 @@ import numpy as np
 from peft import PeftModelForSequenceClassification
 from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 
+from .prompt_tuning import SOFT_PROMPT_FOLDER
+
 
 class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
     """`get_peft_model` returns this for peft-dect configs (task type ``FEW_SHOT_CLS``).
@@ -43,13 +45,31 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         """Data collator for datasets made by `prepare_dataset`."""
         return self.base_model.collate(rows)
 
+    def use_soft_prompt(self, prompt_model, adapter_name: str | None = None) -> None:
+        """Read the adapter's features with a PEFT prompt-tuning model's soft prompt prepended (DecT on a prompt-tuned
+        model); `prompt_model` wraps this same base model. Saved and loaded with the adapter (in `soft_prompt/`)."""
+        self.base_model.use_soft_prompt(prompt_model, adapter_name)
+
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Save the adapter (config and decoder tensors as safetensors); never the base model's embeddings."""
+        """Save the adapter (config and decoder tensors as safetensors); never the base model's embeddings.
+
+        An adapter that reads features through a soft prompt gets that prompt-tuning adapter in its `soft_prompt/`.
+        """
         kwargs.setdefault("save_embedding_layers", False)
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
         super().save_pretrained(save_directory, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        for name in kwargs.get("selected_adapters") or list(self.peft_config):
+            entry = self.base_model.soft_prompt_of(name)
+            if entry is not None:
+                prompt_model, prompt_adapter = entry
+                folder = save_directory if name == "default" else os.path.join(save_directory, name)
+                prompt_model.save_pretrained(
+                    os.path.join(folder, SOFT_PROMPT_FOLDER), selected_adapters=[prompt_adapter]
+                )
 
     def load_adapter(self, model_id, adapter_name: str, *args: Any, **kwargs: Any):
         """Load an adapter after checking its folder: safetensors weights only, readable, of the expected shapes."""
@@ -57,7 +77,7 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         if os.path.isdir(folder):
             check_adapter_folder(folder)
         try:
-            return super().load_adapter(model_id, adapter_name, *args, **kwargs)
+            result = super().load_adapter(model_id, adapter_name, *args, **kwargs)
         except RuntimeError as err:
             if "size mismatch" not in str(err):
                 raise
@@ -65,6 +85,30 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
                 f"The tensors in {model_id} do not fit this adapter's shapes ({str(err).splitlines()[1].strip()}); "
                 "the adapter was saved with another config or base model."
             ) from None
+        if getattr(self.peft_config[adapter_name], "soft_prompt", None):
+            self._load_soft_prompt(model_id, adapter_name, kwargs.get("subfolder"))
+        return result
+
+    def _load_soft_prompt(self, model_id, adapter_name: str, subfolder: str | None) -> None:
+        """Load the prompt-tuning adapter an adapter's features are read with (saved in its `soft_prompt/`)."""
+        from peft import PeftModel
+
+        from .prompt_tuning import check_prompt_adapter
+
+        relative = self.peft_config[adapter_name].soft_prompt
+        base = self.base_model.model
+        trainable = {n: p.requires_grad for n, p in self.named_parameters()}  # loading a prompt freezes the model
+        local = os.path.join(str(model_id), subfolder or "", relative)
+        if os.path.isdir(local):
+            check_prompt_adapter(base, local)
+            prompt_model = PeftModel.from_pretrained(base, local)
+        else:  # a Hub repository
+            prompt_model = PeftModel.from_pretrained(
+                base, str(model_id), subfolder=os.path.join(subfolder or "", relative)
+            )
+        for n, p in self.named_parameters():
+            p.requires_grad_(trainable.get(n, False))
+        self.base_model.use_soft_prompt(prompt_model, adapter_name, keep_fit=True)
 
     def create_or_update_model_card(self, output_dir: str) -> None:
         """Write the peft-dect card (README.md); a card the user wrote is kept and only gets peft's metadata."""

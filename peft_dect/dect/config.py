@@ -68,6 +68,13 @@ class DecTConfig(PeftConfig):
         default=None, metadata={"help": "Dataset column of the second text, for templates with {text_b}."}
     )
     label_column: str = field(default="label", metadata={"help": "Dataset column of the labels."})
+    soft_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder (relative to the adapter's) of a PEFT prompt-tuning adapter whose soft prompt is "
+            "prepended when DecT reads the model; set by use_soft_prompt(), saved and loaded with the adapter."
+        },
+    )
     base_hidden_size: int | None = field(
         default=None, metadata={"help": "Hidden size of the base model; set by get_peft_model, checked on load."}
     )

@@ -97,6 +97,7 @@ class DecTModel(BaseTuner):
         self.last_fit: dict[str, Any] = {}
         self.fit_reports: dict[str, dict[str, Any]] = {}  # per adapter, for its model card
         self.evaluations: dict[str, list[dict[str, Any]]] = {}  # per adapter, for its model card
+        self._soft_prompts: dict[str, tuple[nn.Module, str]] = {}  # adapter -> (prompt-tuned PeftModel, its adapter)
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ---------------------------------------------------------------- PEFT plumbing
@@ -143,6 +144,7 @@ class DecTModel(BaseTuner):
     def _forget(self, adapter_name: str) -> None:
         """Drop what this tuner remembers about an adapter's fit (feature extractor, fit report, evaluations)."""
         self._backbones.pop(adapter_name, None)
+        self._soft_prompts.pop(adapter_name, None)
         self.fit_reports.pop(adapter_name, None)
         self.evaluations.pop(adapter_name, None)
 
@@ -183,6 +185,11 @@ class DecTModel(BaseTuner):
                 "(or call model.set_tokenizer(tokenizer))."
             )
         name = adapter_name or self._adapter
+        model = self.model
+        if name in self._soft_prompts:
+            model, prompt_adapter = self._soft_prompts[name]
+            if model.active_adapter != prompt_adapter:
+                model.set_adapter(prompt_adapter)
         if name not in self._backbones:
             cfg = self.peft_config[name]
             template = Template(cfg.template)
@@ -194,9 +201,36 @@ class DecTModel(BaseTuner):
                 multi_token=cfg.multi_token,
             )
             self._backbones[name] = Backbone(
-                self.model, self._tokenizer, template, verbalizer, max_length=cfg.max_length, cache=self._cache
+                model, self._tokenizer, template, verbalizer, max_length=cfg.max_length, cache=self._cache
             )
         return self._backbones[name]
+
+    @serialized
+    def use_soft_prompt(self, prompt_model, adapter_name: str | None = None, *, keep_fit: bool = False) -> None:
+        """Read features with `prompt_model`'s soft prompt prepended; `None` goes back to the plain model.
+
+        `prompt_model` is a PEFT prompt-tuning model wrapping this same base model; its active adapter is the soft
+        prompt used. A decoder fitted on other features no longer applies, so the adapter is reset (fit it again).
+        """
+        from ..prompt_tuning import SOFT_PROMPT_FOLDER, check_prompt_model
+
+        name = adapter_name or self._adapter
+        cfg = self.peft_config[name]
+        if prompt_model is None:
+            self._soft_prompts.pop(name, None)
+            cfg.soft_prompt = None
+        else:
+            check_prompt_model(prompt_model, self.model)
+            prompt_adapter = prompt_model.active_adapter
+            self._soft_prompts[name] = (prompt_model, prompt_adapter)
+            cfg.soft_prompt = SOFT_PROMPT_FOLDER + ("" if prompt_adapter == "default" else f"/{prompt_adapter}")
+        self._backbones.pop(name, None)
+        if not keep_fit:
+            self.reset_adapter(name)
+
+    def soft_prompt_of(self, adapter_name: str | None = None):
+        """(prompt-tuned PeftModel, its adapter name) whose soft prompt this adapter reads with, or None."""
+        return self._soft_prompts.get(adapter_name or self._adapter)
 
     @serialized
     def use_cache_dir(self, cache_dir) -> None:
