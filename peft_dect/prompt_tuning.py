@@ -262,3 +262,58 @@ def check_prompt_model(prompt_model, base_model: nn.Module | None = None) -> Non
             "The prompt-tuning model wraps another copy of the base model: DecT reads features through the model it "
             "is attached to, so build both on the same base model object."
         )
+
+
+def soft_prompt(peft_model: PeftModel, adapter_name: str) -> torch.Tensor:
+    """The (num_virtual_tokens, H) soft prompt of a prompt-tuning adapter, as PEFT's forward prepends it."""
+    _prompt_config(peft_model, adapter_name)
+    encoder = peft_model.prompt_encoder[adapter_name]
+    return encoder(peft_model.prompt_tokens[adapter_name].to(encoder.embedding.weight.device))
+
+
+def stacked_prompt_log_probs(
+    peft_model: PeftModel,
+    adapter_names: Sequence[str],
+    backbone,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Label-word log-probabilities (A, N, C) of a batch under each of A soft prompts, in one forward pass.
+
+    PEFT prepends only the active adapter's prompt (its mixed-adapter batches cover LoRA-style tuners, not prompt
+    learning), so the batch is replicated once per adapter with that adapter's prompt in front, exactly as PEFT's
+    forward builds its input, and the frozen model runs once on the A*N rows. Adapters whose prompts differ in
+    length run as one pass per length. `backbone` (a `Backbone` on the base model) gives the prediction positions,
+    the LM head split and the label-word ids.
+    """
+    from .prompting import label_log_probs
+
+    base = peft_model.get_base_model()
+    embeds = peft_model.word_embeddings(input_ids)
+    n, width = input_ids.shape
+    positions = backbone.positions(input_ids, attention_mask)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    ids, mask = backbone._word_ids.to(embeds.device), backbone._word_mask.to(embeds.device)
+    out = torch.empty(len(adapter_names), n, ids.shape[0], device=embeds.device)
+    by_length: dict[int, list[int]] = {}
+    prompts = [soft_prompt(peft_model, name).to(embeds.dtype) for name in adapter_names]
+    for a, prompt in enumerate(prompts):
+        by_length.setdefault(prompt.shape[0], []).append(a)
+    for length, members in by_length.items():
+        stack = torch.stack([prompts[a] for a in members])  # (A', P, H)
+        rows = torch.cat(
+            (stack[:, None].expand(-1, n, -1, -1), embeds[None].expand(len(members), -1, -1, -1)), dim=2
+        ).reshape(len(members) * n, length + width, -1)
+        full_mask = torch.cat((attention_mask.new_ones(n, length), attention_mask), dim=1).repeat(len(members), 1)
+        at = (positions + length).repeat(len(members))
+        index = torch.arange(len(members) * n, device=rows.device)
+        if backbone._split is not None:
+            body, head = backbone._split
+            hidden = body(inputs_embeds=rows, attention_mask=full_mask)[0][index, at]
+            vocab_logits = head(hidden)
+        else:
+            vocab_logits = base(inputs_embeds=rows, attention_mask=full_mask).logits[index, at]
+        scores = label_log_probs(vocab_logits, ids, mask, backbone.verbalizer.aggregation)
+        out[members] = scores.reshape(len(members), n, -1).to(out.dtype)
+    return out
