@@ -36,6 +36,16 @@ def prepends_virtual_tokens(model: nn.Module) -> bool:
     return isinstance(model, PeftModel) and bool(model.active_peft_config.is_prompt_learning)
 
 
+def embedded_prompt_length(model: nn.Module) -> int:
+    """Virtual tokens a PeftModel's active adapter prepends as input embeddings (prompt tuning, P-tuning), else 0."""
+    if not prepends_virtual_tokens(model):
+        return 0
+    config = model.active_peft_config
+    if getattr(config.peft_type, "value", config.peft_type) not in ("PROMPT_TUNING", "P_TUNING"):
+        return 0
+    return int(config.num_virtual_tokens)
+
+
 def lm_kind(model: nn.Module) -> str:
     """'masked' or 'causal' for a transformers LM with its head (or a PeftModel around one); TypeError otherwise."""
     from transformers.models.auto.modeling_auto import (
@@ -178,9 +188,9 @@ class Backbone:
         self.cache = cache if cache is not None else FeatureCache()
         self.passes = 0  # inputs sent through the model, for tests and benchmarks
         self.truncated = 0
-        # A soft prompt is prepended inside PeftModel.forward, so such models run whole; LoRA layers live inside the
-        # transformers model, which can then be split into body and head like a bare model.
-        self._split = None if prepends_virtual_tokens(model) else split_head(unwrap_peft(model))
+        # LoRA layers live inside the transformers model, which can then be split into body and head like a bare
+        # model; soft prompts are prepended to the body's input embeddings (see `forward`).
+        self._split = split_head(unwrap_peft(model))
         self._word_ids, self._word_mask = verbalizer.id_matrix()
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
@@ -277,9 +287,19 @@ class Backbone:
         """Features of a tokenised batch (no gradient needed for the frozen model, but autograd-safe)."""
         pos = self.positions(input_ids, attention_mask)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        if self._split is not None:
+        virtual = embedded_prompt_length(self.model)
+        if self._split is not None and (virtual or not prepends_virtual_tokens(self.model)):
             body, head = self._split
-            out = body(input_ids=input_ids, attention_mask=attention_mask)
+            if virtual:  # PEFT's own prompt before the input embeddings, as its forward does: the head still runs
+                embeds = self.model.word_embeddings(input_ids)  # at one position instead of over the whole sequence
+                prompts = self.model.get_prompt(batch_size=input_ids.shape[0]).to(embeds.dtype)
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                attention_mask = torch.cat((attention_mask.new_ones(input_ids.shape[0], virtual), attention_mask), 1)
+                out = body(inputs_embeds=torch.cat((prompts, embeds), 1), attention_mask=attention_mask)
+                pos = pos + virtual
+            else:
+                out = body(input_ids=input_ids, attention_mask=attention_mask)
             hidden = out[0][rows, pos]
             vocab_logits = head(hidden)
         else:
