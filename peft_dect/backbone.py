@@ -36,9 +36,15 @@ def prepends_virtual_tokens(model: nn.Module) -> bool:
     return isinstance(model, PeftModel) and bool(model.active_peft_config.is_prompt_learning)
 
 
+def adapters_disabled(model: nn.Module) -> bool:
+    """Whether a PeftModel runs as its base model now (inside `with model.disable_adapter():`)."""
+    flag = getattr(model.base_model, "disable_adapters", False)
+    return bool(getattr(model, "_adapters_disabled", False)) or (isinstance(flag, bool) and flag)
+
+
 def embedded_prompt_length(model: nn.Module) -> int:
     """Virtual tokens a PeftModel's active adapter prepends as input embeddings (prompt tuning, P-tuning), else 0."""
-    if not prepends_virtual_tokens(model):
+    if not prepends_virtual_tokens(model) or adapters_disabled(model):
         return 0
     config = model.active_peft_config
     if getattr(config.peft_type, "value", config.peft_type) not in ("PROMPT_TUNING", "P_TUNING"):
@@ -108,7 +114,8 @@ def model_fingerprint(model: nn.Module) -> str:
     checksum = float(emb.detach()[:: max(1, emb.shape[0] // 64)].double().sum())
     name = getattr(getattr(base, "config", None), "_name_or_path", "") or ""
     key = f"{type(base).__name__}|{name}|{tuple(emb.shape)}|{checksum:.8e}"
-    if isinstance(model, PeftModel) and not getattr(model.base_model, "disable_adapters", False):
+    # `disable_adapters` is a flag on PEFT tuners but a method on transformers models (the base of prompt learning)
+    if isinstance(model, PeftModel) and not adapters_disabled(model):
         from peft import get_peft_model_state_dict
 
         for adapter in model.active_adapters:

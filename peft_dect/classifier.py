@@ -185,6 +185,9 @@ class LabelWordClassifier(nn.Module):
         self.model.save_pretrained(save_directory, **kwargs)
         with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as fh:
             json.dump({"format_version": FORMAT_VERSION, **self.settings}, fh, indent=2)
+        from .prompt_tuning import write_prompt_cards
+
+        write_prompt_cards(self.model, save_directory, self.settings)  # soft prompts: their card and init
 
     @classmethod
     def read_settings(cls, directory: str) -> dict[str, Any]:
@@ -226,5 +229,9 @@ class LabelWordClassifier(nn.Module):
             if isinstance(model, PeftModel):
                 raise TypeError("Pass the base model (not a PeftModel): the saved adapter is loaded onto it.")
             check_adapter_folder(directory)
+            from .prompt_tuning import check_prompt_adapter, read_prompt_init
+
+            check_prompt_adapter(model, directory, required=False)  # a soft prompt of another width: clear error
             model = PeftModel.from_pretrained(unwrap_peft(model), directory, **kwargs)
+            read_prompt_init(model, directory)
         return cls(model, tokenizer, **settings)

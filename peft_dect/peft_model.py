@@ -172,7 +172,10 @@ def check_adapter_folder(folder: str) -> None:
     with open(config, encoding="utf-8") as fh:
         peft_type = json.load(fh).get("peft_type")
     prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_type)
-    unknown = [n for n in names if prefix is not None and f".{prefix}" not in n]
+    if peft_type in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"):  # peft saves their prompt as one tensor
+        unknown = [n for n in names if n != "prompt_embeddings"]
+    else:
+        unknown = [n for n in names if prefix is not None and f".{prefix}" not in n]
     if unknown:
         raise ValueError(
             f"{weights} holds tensors that are not {peft_type}'s ({unknown[:3]}); the weights and the config "

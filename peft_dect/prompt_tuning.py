@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from peft import PeftModel, PromptTuningConfig, get_peft_model
@@ -225,14 +226,19 @@ def get_prompt_tuning_model(
     return peft_model
 
 
-def check_prompt_adapter(model: nn.Module, folder: str | os.PathLike) -> None:
-    """Refuse, with a clear ValueError, a saved prompt-tuning adapter whose prompt width differs from the model's."""
+def check_prompt_adapter(model: nn.Module, folder: str | os.PathLike, *, required: bool = True) -> None:
+    """Refuse, with a clear ValueError, a saved prompt-tuning adapter whose prompt width differs from the model's.
+
+    With `required=False` a folder holding another kind of adapter passes unchecked.
+    """
     path = os.path.join(str(folder), "adapter_config.json")
     if not os.path.isfile(path):
         raise ValueError(f"{folder} has no adapter_config.json: it is not a saved adapter (use save_pretrained).")
     with open(path, encoding="utf-8") as fh:
         saved = json.load(fh)
     if saved.get("peft_type") != "PROMPT_TUNING":
+        if not required:
+            return
         raise ValueError(f"{folder} holds a {saved.get('peft_type')} adapter, not a prompt-tuning one.")
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     width = base.get_input_embeddings().weight.shape[1]
@@ -317,3 +323,230 @@ def stacked_prompt_log_probs(
         scores = label_log_probs(vocab_logits, ids, mask, backbone.verbalizer.aggregation)
         out[members] = scores.reshape(len(members), n, -1).to(out.dtype)
     return out
+
+
+# ---------------------------------------------------------------- model cards and the recorded init
+INIT_FILE = "prompt_init.json"
+
+
+def _adapter_folder(directory: str, name: str) -> str:
+    return directory if name == "default" else os.path.join(directory, name)
+
+
+def write_prompt_cards(peft_model, directory: str, settings: Mapping, evaluations: Mapping | None = None) -> None:
+    """After a prompt-tuned classifier is saved: each prompt adapter's folder gets the init record and its card.
+
+    Called by `LabelWordClassifier.save_pretrained`; PEFT's own generic card is replaced unless the user wrote one.
+    """
+    from .cards import MARKER, render_prompt_tuning_card
+
+    if not isinstance(peft_model, PeftModel):
+        return
+    for name, config in peft_model.peft_config.items():
+        folder = _adapter_folder(directory, name)
+        if not isinstance(config, PromptTuningConfig) or not os.path.isdir(folder):
+            continue
+        init = getattr(peft_model, "prompt_init", {}).get(name)
+        if init is not None:
+            with open(os.path.join(folder, INIT_FILE), "w", encoding="utf-8") as fh:
+                json.dump(init, fh, indent=2)
+        card_path = os.path.join(folder, "README.md")
+        if os.path.exists(card_path):
+            with open(card_path, encoding="utf-8") as fh:
+                text = fh.read()
+            if MARKER not in text and "# Model Card for Model ID" not in text:
+                continue  # a card the user wrote (PEFT's generic one starts with that title)
+        card = render_prompt_tuning_card(
+            config,
+            template=settings["template"],
+            label_words=settings["label_words"],
+            init=init,
+            evaluations=list((evaluations or {}).get(name, [])),
+        )
+        with open(card_path, "w", encoding="utf-8") as fh:
+            fh.write(card)
+
+
+def read_prompt_init(peft_model, directory: str) -> None:
+    """After loading a saved prompt adapter: remember its recorded init, for the card of a later save."""
+    path = os.path.join(directory, INIT_FILE)
+    if isinstance(peft_model, PeftModel) and os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            init = json.load(fh)
+        if isinstance(init, dict) and init.get("init") in INITS:
+            name = peft_model.active_adapter
+            peft_model.prompt_init = {**getattr(peft_model, "prompt_init", {}), name: init}
+
+
+# ---------------------------------------------------------------- ensembles
+COMBINE = ("mean", "vote")
+ENSEMBLE_FILE = "prompt_ensemble.json"
+
+
+class PromptEnsemble:
+    """Several soft prompts for one task on one frozen model (Lester et al., section 6): one prediction from all.
+
+    The members are prompt-tuning adapters of the classifier's PeftModel, sharing its template and label words.
+    Each batch runs once, replicated per member with that member's prompt in front (`stacked_prompt_log_probs`).
+    `combine="mean"` averages the members' class probabilities; ``"vote"`` is the paper's majority vote (ties go to
+    the higher mean probability).
+    """
+
+    def __init__(self, classifier, adapter_names: Sequence[str] | None = None, *, combine: str = "mean") -> None:
+        if combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}.")
+        model = classifier.model
+        if not isinstance(model, PeftModel):
+            raise TypeError("A prompt ensemble needs a classifier around a PEFT prompt-tuning model.")
+        names = list(adapter_names) if adapter_names is not None else list(model.peft_config)
+        if not names:
+            raise ValueError("A prompt ensemble needs at least one prompt-tuning adapter.")
+        for name in names:
+            _prompt_config(model, name)
+        self.classifier = classifier
+        self.adapter_names = names
+        self.combine = combine
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.classifier.classes
+
+    def member_log_probs(self, inputs, *, batch_size: int | None = None) -> torch.Tensor:
+        """Label-word log-probabilities (members, N, C) of every member, batches in one pass each."""
+        clf = self.classifier
+        texts_a, texts_b = clf._texts(inputs)
+        ids = clf.backbone.tokenize(texts_a, texts_b)
+        size = batch_size or clf.backbone.batch_size
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(self.adapter_names), len(ids), len(self.classes))
+        modes = [(module, module.training) for module in clf.model.modules()]
+        clf.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), size):
+                    chunk = order[start : start + size]
+                    device = clf.backbone.device
+                    batch = {k: v.to(device) for k, v in clf.backbone.collate([ids[i] for i in chunk]).items()}
+                    scores = stacked_prompt_log_probs(
+                        clf.model, self.adapter_names, clf.backbone, batch["input_ids"], batch["attention_mask"]
+                    )
+                    out[:, chunk] = scores.float().cpu()
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        return out
+
+    def _combined(self, member_scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(member_scores, -1).mean(0)
+        if self.combine == "mean":
+            return torch.log(probs)
+        votes = torch.nn.functional.one_hot(member_scores.argmax(-1), len(self.classes)).sum(0).float()
+        return torch.log_softmax(votes * 1e3 + probs, -1)  # most votes first, mean probability breaks ties
+
+    def predict_logits(self, inputs) -> torch.Tensor:
+        """Ensemble class log-scores (N, C): log of the mean probability, or of the vote (see `combine`)."""
+        return self._combined(self.member_log_probs(inputs))
+
+    def predict_proba(self, inputs):
+        """Mean class probabilities of the members (N, C), columns in the order of the label words."""
+        return torch.softmax(self.member_log_probs(inputs), -1).mean(0).numpy()
+
+    def predict(self, inputs) -> list[str]:
+        """Predicted class names."""
+        return [self.classes[i] for i in self.predict_logits(inputs).argmax(-1).tolist()]
+
+    def evaluate(self, dataset) -> dict[str, Any]:
+        """Accuracy of the ensemble and of each member, from the same forward passes."""
+        labels = torch.tensor(self.classifier.encode_labels(dataset))
+        scores = self.member_log_probs(dataset)
+        members = {name: float((s.argmax(-1) == labels).float().mean()) for name, s in zip(self.adapter_names, scores)}
+        accuracy = float((self._combined(scores).argmax(-1) == labels).float().mean())
+        return {"accuracy": accuracy, "member_accuracy": members}
+
+    def save_pretrained(self, save_directory: str) -> None:
+        """Each member as a saved classifier in `<save_directory>/<adapter>/`, and the list of members."""
+        from .classifier import LabelWordClassifier
+
+        model = self.classifier.model
+        for name in self.adapter_names:
+            folder = os.path.join(save_directory, name)
+            model.save_pretrained(folder, selected_adapters=[name], safe_serialization=True)
+            # peft writes an adapter not named "default" into a subfolder of its name: bring it up one level
+            inner = os.path.join(folder, name)
+            if name != "default" and os.path.isdir(inner):
+                for entry in os.listdir(inner):
+                    os.replace(os.path.join(inner, entry), os.path.join(folder, entry))
+                os.rmdir(inner)
+            settings = {"format_version": 1, **self.classifier.settings}
+            with open(os.path.join(folder, "label_word_classifier.json"), "w", encoding="utf-8") as fh:
+                json.dump(settings, fh, indent=2)
+            LabelWordClassifier.read_settings(folder)  # the folder is a loadable classifier
+            single = {name: getattr(model, "prompt_init", {}).get(name)}
+            _write_member_card(model, name, folder, self.classifier.settings, single[name])
+        with open(os.path.join(save_directory, ENSEMBLE_FILE), "w", encoding="utf-8") as fh:
+            json.dump({"members": self.adapter_names, "combine": self.combine}, fh, indent=2)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, tokenizer, directories: str | Sequence[str], *, combine: str | None = None
+    ) -> PromptEnsemble:
+        """Load saved prompt-tuned classifiers (or a saved ensemble folder) onto one base model as one ensemble.
+
+        Every member must share the template, label words and label-word settings: their scores are averaged.
+        """
+        from .classifier import LabelWordClassifier
+        from .peft_model import check_adapter_folder
+
+        if isinstance(directories, (str, os.PathLike)):
+            path = os.path.join(str(directories), ENSEMBLE_FILE)
+            if not os.path.isfile(path):
+                raise ValueError(f"{directories} has no {ENSEMBLE_FILE}; pass the member folders as a list.")
+            with open(path, encoding="utf-8") as fh:
+                saved = json.load(fh)
+            combine = combine or saved.get("combine", "mean")
+            directories = [os.path.join(str(directories), name) for name in saved["members"]]
+        if not directories:
+            raise ValueError("A prompt ensemble needs at least one member folder.")
+        settings = [LabelWordClassifier.read_settings(str(d)) for d in directories]
+        for d, s in zip(directories[1:], settings[1:]):
+            different = [
+                k
+                for k in ("template", "label_words", "label_word_aggregation", "multi_token")
+                if s.get(k) != settings[0].get(k)
+            ]
+            if different:
+                raise ValueError(
+                    f"Ensemble members must share the template and label words: {d} differs from {directories[0]} "
+                    f"in {', '.join(different)} ({s.get(different[0])!r} vs {settings[0].get(different[0])!r})."
+                )
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        names = []
+        peft_model = None
+        for i, d in enumerate(directories):
+            d = str(d)
+            check_adapter_folder(d)
+            check_prompt_adapter(base, d)
+            name = os.path.basename(os.path.normpath(d)) or f"member{i}"
+            name = name if name not in names else f"{name}-{i}"
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(base, d, adapter_name=name)
+            else:
+                peft_model.load_adapter(d, adapter_name=name)
+            peft_model.set_adapter(name)
+            read_prompt_init(peft_model, d)
+            names.append(name)
+        classifier = LabelWordClassifier(peft_model, tokenizer, **settings[0])
+        return cls(classifier, names, combine=combine or "mean")
+
+
+def _write_member_card(peft_model, name: str, folder: str, settings: Mapping, init: dict | None) -> None:
+    from .cards import render_prompt_tuning_card
+
+    card = render_prompt_tuning_card(
+        peft_model.peft_config[name], template=settings["template"], label_words=settings["label_words"], init=init
+    )
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fh:
+        fh.write(card)
+    if init is not None:
+        with open(os.path.join(folder, INIT_FILE), "w", encoding="utf-8") as fh:
+            json.dump(init, fh, indent=2)

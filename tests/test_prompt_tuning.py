@@ -129,3 +129,114 @@ def test_prompt_adapter_onto_another_embedding_size_is_refused(bpe_tokenizer, tm
     check_prompt_adapter(tiny_llama(bpe_tokenizer), tmp_path)  # the right base model passes
     assert isinstance(PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path), PeftModelForCausalLM)
     assert isinstance(PromptTuningConfig.from_pretrained(tmp_path), PromptTuningConfig)
+
+
+# ---------------------------------------------------------------- training as a label-word classifier
+def _train(clf, data, tmp_path, epochs=8, lr=0.05):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        per_device_train_batch_size=8,
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    Trainer(model=clf, args=args, train_dataset=clf.prepare_dataset(data), data_collator=clf.collate).train()
+
+
+def classifier(model, tok, **kwargs):
+    from peft_dect import LabelWordClassifier
+
+    peft_model = get_prompt_tuning_model(model, tok, label_words=LABEL_WORDS, template=TEMPLATE, **kwargs)
+    return LabelWordClassifier(peft_model, tok, TEMPLATE, LABEL_WORDS, show_progress=False)
+
+
+def test_trainer_trains_only_the_soft_prompt(lm, sentiment_train, sentiment_test, tmp_path):
+    model, tok, _ = lm
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    clf = classifier(model, tok, num_virtual_tokens=4)
+    before_prompt = prompt_of(clf.model).clone()
+    before = clf.predict_logits(sentiment_test)
+    _train(clf, sentiment_train, tmp_path, epochs=2)
+    assert not torch.equal(prompt_of(clf.model), before_prompt)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters())
+    assert not torch.allclose(clf.predict_logits(sentiment_test), before)
+    metrics = clf.evaluate(sentiment_test)
+    proba = clf.predict_proba(sentiment_test["sentence"][:5])
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and proba.shape == (5, 2)
+
+
+def steerable(kind, bpe_tokenizer, wordpiece_tokenizer):
+    """A tiny random LM whose output depends on its context: with the usual 0.02 init attention is near uniform and
+    tiny, so no soft prompt can move the prediction; 0.2 makes the context matter."""
+    from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "causal":
+        cfg = LlamaConfig(**{**tiny_llama(bpe_tokenizer).config.to_dict(), "initializer_range": 0.2})
+        return LlamaForCausalLM(cfg).eval(), bpe_tokenizer
+    cfg = BertConfig(**{**tiny_bert(wordpiece_tokenizer).config.to_dict(), "initializer_range": 0.2})
+    return BertForMaskedLM(cfg).eval(), wordpiece_tokenizer
+
+
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_training_moves_the_prediction_through_the_prompt(
+    kind, bpe_tokenizer, wordpiece_tokenizer, sentiment_train, tmp_path
+):
+    # Trained on positive examples only, the soft prompt must learn to make the model say "great".
+    import torch.nn.functional as F
+
+    model, tok = steerable(kind, bpe_tokenizer, wordpiece_tokenizer)
+    clf = classifier(model, tok, num_virtual_tokens=8)
+    keep = [i for i, label in enumerate(sentiment_train["label"]) if label == 1]
+    positives = {"sentence": [sentiment_train["sentence"][i] for i in keep], "label": [1] * len(keep)}
+
+    def loss():
+        return float(F.cross_entropy(clf.predict_logits(positives), torch.ones(len(keep), dtype=torch.long)))
+
+    before = loss()
+    _train(clf, positives, tmp_path, epochs=5, lr=0.05)
+    assert loss() < before / 4
+
+
+def test_save_load_reproduce_predictions_and_card_says_method_and_init(lm, sentiment_test, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from peft_dect import LabelWordClassifier
+
+    model, tok, _ = lm
+    clf = classifier(model, tok, num_virtual_tokens=6, seed=5)
+    expected = clf.predict_proba(sentiment_test)
+    clf.save_pretrained(tmp_path / "pt")
+    loaded = LabelWordClassifier.from_pretrained(rebuild(model, tok), tok, str(tmp_path / "pt"))
+    assert abs(loaded.predict_proba(sentiment_test) - expected).max() < 1e-5
+    card = ModelCard.load(tmp_path / "pt" / "README.md")
+    assert {"prompt-tuning", "peft-dect"} <= set(card.data.tags) and card.data.library_name == "peft"
+    assert "prompt tuning" in card.text and "6 virtual tokens" in card.text
+    assert "class-label init" in card.text and "(seed 5)" in card.text
+    loaded.save_pretrained(tmp_path / "again")  # the init survives a reload
+    assert "class-label init" in (tmp_path / "again" / "README.md").read_text()
+
+
+def rebuild(model, tok):
+    from conftest import tiny_roberta
+
+    maker = {"RobertaForMaskedLM": tiny_roberta, "BertForMaskedLM": tiny_bert, "LlamaForCausalLM": tiny_llama}
+    return maker[type(model).__name__](tok)
+
+
+def test_classifier_refuses_a_prompt_of_another_width(bpe_tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from peft_dect import LabelWordClassifier
+
+    classifier(tiny_llama(bpe_tokenizer), bpe_tokenizer).save_pretrained(tmp_path)
+    cfg = LlamaConfig(**{**tiny_llama(bpe_tokenizer).config.to_dict(), "hidden_size": 48})
+    with pytest.raises(ValueError, match="32-dimensional tokens"):
+        LabelWordClassifier.from_pretrained(LlamaForCausalLM(cfg), bpe_tokenizer, str(tmp_path))
