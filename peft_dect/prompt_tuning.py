@@ -181,8 +181,12 @@ def init_soft_prompt(
 
 
 def _prompt_config(peft_model, name: str) -> PromptTuningConfig:
-    if not isinstance(peft_model, PeftModel) or name not in peft_model.peft_config:
-        raise TypeError(f"Expected a PeftModel with a prompt-tuning adapter {name!r}; use get_prompt_tuning_model().")
+    if not isinstance(peft_model, PeftModel):
+        raise TypeError(
+            f"Expected a PEFT prompt-tuning model, got {type(peft_model).__name__}; use get_prompt_tuning_model()."
+        )
+    if name not in peft_model.peft_config:
+        raise ValueError(f"The model has no adapter {name!r}; its adapters are {list(peft_model.peft_config)}.")
     config = peft_model.peft_config[name]
     if not isinstance(config, PromptTuningConfig):
         raise TypeError(

@@ -240,3 +240,183 @@ def test_classifier_refuses_a_prompt_of_another_width(bpe_tokenizer, tmp_path):
     cfg = LlamaConfig(**{**tiny_llama(bpe_tokenizer).config.to_dict(), "hidden_size": 48})
     with pytest.raises(ValueError, match="32-dimensional tokens"):
         LabelWordClassifier.from_pretrained(LlamaForCausalLM(cfg), bpe_tokenizer, str(tmp_path))
+
+
+# ---------------------------------------------------------------- DecT on a prompt-tuned model
+def dect_on_prompt(model, tok, sentiment_train):
+    from peft_dect import DecTConfig
+
+    prompt_model = get_prompt_tuning_model(model, tok, label_words=LABEL_WORDS, template=TEMPLATE, seed=3)
+    dect = get_peft_model(model, DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    dect.use_soft_prompt(prompt_model)
+    report = dect.fit(sentiment_train, tokenizer=tok, show_progress=False)
+    return prompt_model, dect, report
+
+
+def test_dect_reads_features_with_the_soft_prompt(lm, sentiment_train, sentiment_test):
+    from peft_dect import LabelWordClassifier
+
+    model, tok, _ = lm
+    prompt_model, dect, report = dect_on_prompt(model, tok, sentiment_train)
+    assert report["model_passes"] == len(sentiment_train["sentence"]) + 1  # its own passes, with the prompt
+    # DecT's zero-shot term is the prompt-tuned classifier's prediction, from the same forward pass
+    clf = LabelWordClassifier(prompt_model, tok, TEMPLATE, LABEL_WORDS, show_progress=False)
+    zero_shot = dect.base_model.zero_shot_logits(sentiment_test, calibrate=False)
+    torch.testing.assert_close(zero_shot, clf.predict_logits(sentiment_test).log_softmax(-1), atol=1e-5, rtol=1e-5)
+    prompted = dect.base_model.predict_logits(sentiment_test)
+    dect.use_soft_prompt(None)  # back to the bare model: other features, and the decoder must be refitted
+    assert dect.peft_config["default"].soft_prompt is None
+    dect.fit(sentiment_train, show_progress=False)
+    assert (dect.base_model.predict_logits(sentiment_test) - prompted).abs().max() > 1e-3
+
+
+def test_dect_on_prompt_saves_both_and_reloads_the_same_predictions(lm, sentiment_train, sentiment_test, tmp_path):
+    from huggingface_hub import ModelCard
+
+    model, tok, _ = lm
+    prompt_model, dect, _ = dect_on_prompt(model, tok, sentiment_train)
+    expected = dect.predict_proba(sentiment_test)
+    dect.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "soft_prompt" / "adapter_model.safetensors").is_file()
+    assert "soft prompt prepended" in ModelCard.load(tmp_path / "README.md").text
+    loaded = PeftModel.from_pretrained(rebuild(model, tok), tmp_path)  # one call brings both back
+    assert loaded.peft_config["default"].soft_prompt == "soft_prompt"
+    assert abs(loaded.predict_proba(sentiment_test, tokenizer=tok) - expected).max() < 1e-5
+    stacked, name = loaded.base_model.soft_prompt_of()
+    torch.testing.assert_close(prompt_of(stacked, name), prompt_of(prompt_model))
+
+
+def test_dect_on_prompt_keeps_training_the_decoder_after_loading(bpe_tokenizer, sentiment_train, tmp_path):
+    model = tiny_llama(bpe_tokenizer)
+    _, dect, _ = dect_on_prompt(model, bpe_tokenizer, sentiment_train)
+    dect.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path, is_trainable=True)
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable and all(".dect_W." in n or ".dect_radii." in n for n in trainable)
+
+
+def test_dect_refuses_a_prompt_model_on_another_base(bpe_tokenizer):
+    from peft_dect import DecTConfig
+
+    prompt_model = get_prompt_tuning_model(tiny_llama(bpe_tokenizer), bpe_tokenizer, init="sample_vocab")
+    dect = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    with pytest.raises(ValueError, match="same base model object"):
+        dect.use_soft_prompt(prompt_model)
+    with pytest.raises(TypeError, match="Expected a PEFT prompt-tuning model"):
+        dect.use_soft_prompt(tiny_llama(bpe_tokenizer))
+
+
+# ---------------------------------------------------------------- ensembles
+def ensemble_of(model, tok, lengths=(4, 4, 4), combine="mean"):
+    from peft_dect import LabelWordClassifier
+    from peft_dect.prompt_tuning import PromptEnsemble
+
+    peft_model = model
+    for i, length in enumerate(lengths):
+        peft_model = get_prompt_tuning_model(
+            peft_model,
+            tok,
+            label_words=LABEL_WORDS,
+            template=TEMPLATE,
+            init="sample_vocab" if i else "class_label",
+            num_virtual_tokens=length,
+            seed=i,
+            adapter_name=f"m{i}",
+        )
+    clf = LabelWordClassifier(peft_model, tok, TEMPLATE, LABEL_WORDS, show_progress=False)
+    return clf, PromptEnsemble(clf, combine=combine)
+
+
+def test_ensemble_members_score_as_each_prompt_alone_in_one_pass(lm, sentiment_test):
+    model, tok, _ = lm
+    clf, ensemble = ensemble_of(model, tok)
+    base = clf.model.get_base_model()
+    body = clf.backbone._split[0] if clf.backbone._split is not None else base
+    calls = []
+    hook = body.register_forward_hook(lambda module, args, kwargs, out: calls.append(1), with_kwargs=True)
+    try:
+        scores = ensemble.member_log_probs(sentiment_test, batch_size=64)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 and scores.shape == (3, 50, 2)  # 3 prompts x 50 inputs: one forward pass
+    for i, name in enumerate(ensemble.adapter_names):
+        clf.model.set_adapter(name)
+        torch.testing.assert_close(scores[i], clf.predict_logits(sentiment_test), atol=1e-5, rtol=1e-5)
+    mean = torch.softmax(scores, -1).mean(0)
+    torch.testing.assert_close(torch.from_numpy(ensemble.predict_proba(sentiment_test)), mean)
+    assert ensemble.predict(sentiment_test) == [clf.classes[i] for i in mean.argmax(-1).tolist()]
+    metrics = ensemble.evaluate(sentiment_test)
+    assert set(metrics["member_accuracy"]) == {"m0", "m1", "m2"}
+
+
+def test_ensemble_of_prompts_of_different_lengths(bpe_tokenizer, sentiment_test):
+    clf, ensemble = ensemble_of(tiny_llama(bpe_tokenizer), bpe_tokenizer, lengths=(2, 5, 2))
+    scores = ensemble.member_log_probs(sentiment_test)
+    clf.model.set_adapter("m1")
+    torch.testing.assert_close(scores[1], clf.predict_logits(sentiment_test), atol=1e-5, rtol=1e-5)
+
+
+def test_majority_vote(bpe_tokenizer, sentiment_test):
+    _, ensemble = ensemble_of(tiny_llama(bpe_tokenizer), bpe_tokenizer, combine="vote")
+    scores = ensemble.member_log_probs(sentiment_test)
+    votes = torch.nn.functional.one_hot(scores.argmax(-1), 2).sum(0)
+    predicted = ensemble.predict_logits(sentiment_test).argmax(-1)
+    assert bool((votes.gather(1, predicted[:, None]).squeeze(1) >= 2).all())  # 3 voters, 2 classes: the majority
+
+
+def test_ensemble_save_and_load(lm, sentiment_test, tmp_path):
+    from peft_dect.prompt_tuning import PromptEnsemble
+
+    model, tok, _ = lm
+    _, ensemble = ensemble_of(model, tok)
+    expected = ensemble.predict_proba(sentiment_test)
+    ensemble.save_pretrained(str(tmp_path))
+    assert all((tmp_path / name / "adapter_model.safetensors").is_file() for name in ("m0", "m1", "m2"))
+    assert "class-label init" in (tmp_path / "m0" / "README.md").read_text()
+    loaded = PromptEnsemble.from_pretrained(rebuild(model, tok), tok, str(tmp_path))
+    assert loaded.adapter_names == ["m0", "m1", "m2"]
+    assert abs(loaded.predict_proba(sentiment_test) - expected).max() < 1e-5
+    # a member alone is an ordinary saved classifier
+    from peft_dect import LabelWordClassifier
+
+    alone = LabelWordClassifier.from_pretrained(rebuild(model, tok), tok, str(tmp_path / "m1"), show_progress=False)
+    assert alone.predict_proba(sentiment_test).shape == expected.shape
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"template": "{text_a} Overall it was {mask}."}, "differs .* in template"),
+        ({"label_words": {"negative": ["awful"], "positive": ["great"]}}, "differs .* in label_words"),
+    ],
+)
+def test_ensemble_members_must_share_template_and_label_words(bpe_tokenizer, tmp_path, change, message):
+    from peft_dect import LabelWordClassifier
+    from peft_dect.prompt_tuning import PromptEnsemble
+
+    words = change.get("label_words", LABEL_WORDS)
+    template = change.get("template", TEMPLATE)
+    for name, (t, w) in {"a": (TEMPLATE, LABEL_WORDS), "b": (template, words)}.items():
+        peft_model = get_prompt_tuning_model(
+            tiny_llama(bpe_tokenizer), bpe_tokenizer, label_words=w, template=t, num_virtual_tokens=4
+        )
+        LabelWordClassifier(peft_model, bpe_tokenizer, t, w).save_pretrained(str(tmp_path / name))
+    with pytest.raises(ValueError, match=message):
+        PromptEnsemble.from_pretrained(tiny_llama(bpe_tokenizer), bpe_tokenizer, [tmp_path / "a", tmp_path / "b"])
+
+
+def test_ensemble_refuses_non_prompt_members_and_bad_combine(bpe_tokenizer):
+    from peft import LoraConfig
+
+    from peft_dect import LabelWordClassifier
+    from peft_dect.prompt_tuning import PromptEnsemble
+
+    clf, _ = ensemble_of(tiny_llama(bpe_tokenizer), bpe_tokenizer)
+    with pytest.raises(ValueError, match="combine must be one of"):
+        PromptEnsemble(clf, combine="median")
+    with pytest.raises(ValueError, match="no adapter 'nope'"):
+        PromptEnsemble(clf, ["m0", "nope"])
+    lora = get_peft_model(tiny_llama(bpe_tokenizer), LoraConfig(target_modules=["q_proj"]))
+    with pytest.raises(TypeError, match="not prompt tuning"):
+        PromptEnsemble(LabelWordClassifier(lora, bpe_tokenizer, TEMPLATE, LABEL_WORDS))
