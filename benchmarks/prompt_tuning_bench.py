@@ -137,8 +137,6 @@ class Bench:
         from peft_dect.prompt_tuning import get_prompt_tuning_model
 
         template, words = self.spec(task)
-        if self.prompt_model is not None and name in self.prompt_model.peft_config:
-            self.prompt_model.delete_adapter(name)
         target = self.prompt_model if self.prompt_model is not None else self.lm
         kwargs = dict(template=template, label_words=words, init=init, num_virtual_tokens=length, seed=seed)
         self.prompt_model = get_prompt_tuning_model(target, self.tok, adapter_name=name, **kwargs)
@@ -209,7 +207,7 @@ class Bench:
             key = f"{task}/{seed}/lr={lr:g}"
             if key in self.result["dev"]:
                 continue
-            clf = self.new_prompt("dev", task, seed, LENGTH, "class_label")
+            clf = self.new_prompt(f"dev-{lr:g}", task, seed, LENGTH, "class_label")
             earlier = [r["dev_accuracy_by_epoch"][0] for r in self.result["dev"].values()]  # same init, same seed
             before = earlier[0] if earlier else clf.evaluate(data["validation"])["accuracy"]
             start = time.perf_counter()
@@ -320,7 +318,6 @@ class Bench:
                 }
                 logger.info("length %s: %s", key, self.result["lengths"][key])
                 self.save()
-                self.prompt_model.delete_adapter(f"{task}-{seed}-len{length}")
 
 
 def _mean_std(values: list[float], scale: float = 100.0) -> str:

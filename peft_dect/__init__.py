@@ -14,6 +14,7 @@ from .classifier import LabelWordClassifier  # noqa: E402
 from .dect import DecTConfig, DecTModel  # noqa: E402
 from .features import FeatureCache, Features  # noqa: E402
 from .peft_model import PeftModelForFewShotClassification  # noqa: E402
+from .prompt_tuning import PromptEnsemble, get_prompt_tuning_model, init_soft_prompt  # noqa: E402
 from .prompting import Template, Verbalizer  # noqa: E402
 
 
@@ -28,6 +29,9 @@ __all__ = [
     "Features",
     "LabelWordClassifier",
     "PeftModelForFewShotClassification",
+    "PromptEnsemble",
     "Template",
     "Verbalizer",
+    "get_prompt_tuning_model",
+    "init_soft_prompt",
 ]

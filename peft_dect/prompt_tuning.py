@@ -212,7 +212,10 @@ def get_prompt_tuning_model(
     """
     _check_init(init)
     if isinstance(model, PeftModel):
-        config = prompt_tuning_config(model.get_base_model(), num_virtual_tokens=num_virtual_tokens, init=init)
+        base = (
+            model.base_model if model._is_prompt_learning else model.get_base_model()
+        )  # prompt learning wraps the LM
+        config = prompt_tuning_config(base, num_virtual_tokens=num_virtual_tokens, init=init)
         model.add_adapter(adapter_name, config)
         peft_model = model
     else:
