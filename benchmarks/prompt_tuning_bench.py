@@ -207,7 +207,7 @@ class Bench:
             key = f"{task}/{seed}/lr={lr:g}"
             if key in self.result["dev"]:
                 continue
-            clf = self.new_prompt(f"dev-{lr:g}", task, seed, LENGTH, "class_label")
+            clf = self.new_prompt(f"dev-{lr:g}".replace(".", "_"), task, seed, LENGTH, "class_label")
             earlier = [r["dev_accuracy_by_epoch"][0] for r in self.result["dev"].values()]  # same init, same seed
             before = earlier[0] if earlier else clf.evaluate(data["validation"])["accuracy"]
             start = time.perf_counter()
