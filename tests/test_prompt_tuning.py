@@ -420,3 +420,31 @@ def test_ensemble_refuses_non_prompt_members_and_bad_combine(bpe_tokenizer):
     lora = get_peft_model(tiny_llama(bpe_tokenizer), LoraConfig(target_modules=["q_proj"]))
     with pytest.raises(TypeError, match="not prompt tuning"):
         PromptEnsemble(LabelWordClassifier(lora, bpe_tokenizer, TEMPLATE, LABEL_WORDS))
+
+
+def test_dect_on_prompt_pushes_the_soft_prompt_with_the_adapter(bpe_tokenizer, sentiment_train, monkeypatch):
+    from pathlib import Path
+
+    import peft_dect.hub
+
+    uploaded = {}
+
+    class Api:
+        def __init__(self, token=None):
+            pass
+
+        def whoami(self):
+            return {"name": "user"}
+
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            root = Path(folder_path)
+            uploaded.update({str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+
+    monkeypatch.setattr(peft_dect.hub, "HfApi", Api)
+    _, dect, _ = dect_on_prompt(tiny_llama(bpe_tokenizer), bpe_tokenizer, sentiment_train)
+    dect.push_to_hub("user/dect-on-prompt")
+    assert {"adapter_model.safetensors", "soft_prompt/adapter_model.safetensors", "README.md"} <= set(uploaded)
+    assert b"soft prompt prepended" in uploaded["README.md"]
