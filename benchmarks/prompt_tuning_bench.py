@@ -326,8 +326,9 @@ def _mean_std(values: list[float], scale: float = 100.0) -> str:
     if not values:
         return "-"
     mean = statistics.mean(values) * scale
-    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}"
 
 
 def table(result: dict) -> str:
