@@ -271,7 +271,7 @@ class Backbone:
             sub_b = [texts_b[i] for i in todo] if texts_b is not None else None
             ids = self.tokenize([texts_a[i] for i in todo], sub_b)
             new = self._run_distributed(ids, desc)
-            new.check_finite(index=todo)
+            new.check_finite(index=todo, texts=[texts_a[i] for i in todo])
             self.cache.put([keys[i] for i in todo], new)
         return self.cache.gather(keys)
 

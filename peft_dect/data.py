@@ -35,10 +35,38 @@ def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], wh
     return found[0] if found else None
 
 
+def check_nonempty(texts: Sequence[str], what: str = "text") -> None:
+    """Raise a ValueError naming the inputs whose text is empty or whitespace only.
+
+    Such an input renders as the bare template (the content-free input of calibration), so any prediction for it
+    would be the model's prior, not a classification: it is almost always a data error (an empty CSV cell).
+    """
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise ValueError(
+            f"{len(empty)} input(s) have an empty or whitespace-only {what}, at index {shown}: there is nothing to "
+            "classify. Drop those rows or fill in their text."
+        )
+
+
 def read_texts(
     data: Any, *, needs_pair: bool, text_column: str | None = None, text_pair_column: str | None = None
 ) -> tuple[list[str], list[str] | None]:
-    """Texts (and second texts when the template has {text_b}) from a list, a dict of columns or a Dataset."""
+    """Texts (and second texts when the template has {text_b}) from a list, a dict of columns or a Dataset.
+
+    Empty or whitespace-only texts are refused (`check_nonempty`).
+    """
+    texts_a, texts_b = _read_texts(data, needs_pair, text_column, text_pair_column)
+    check_nonempty(texts_a, "text" if texts_b is None else "first text (text_a)")
+    if texts_b is not None:
+        check_nonempty(texts_b, "second text (text_b)")
+    return texts_a, texts_b
+
+
+def _read_texts(
+    data: Any, needs_pair: bool, text_column: str | None, text_pair_column: str | None
+) -> tuple[list[str], list[str] | None]:
     if isinstance(data, str):
         data = [data]
     if isinstance(data, Sequence) and not isinstance(data, Mapping) and not hasattr(data, "column_names"):

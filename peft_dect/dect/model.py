@@ -479,6 +479,7 @@ class DecTModel(BaseTuner):
                 feats = bb.forward(input_ids, attention_mask)
         finally:
             self.model.train(was_training)
+        feats.check_finite()  # a NaN here would silently poison the decoder's gradients
         settings = self._settings(name)
         layer = self.dect_layer
         if self.training and labels is not None and settings[DecTLayer.FITTED] < 0.5 and not layer.disable_adapters:
