@@ -116,7 +116,11 @@ class FeatureCache:
         fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=self.directory)
         os.close(fd)
         tensors = {"hidden": features.hidden.contiguous(), "label_logits": features.label_logits.contiguous()}
-        save_file(tensors, tmp, metadata={"keys": json.dumps(keys)})
-        os.chmod(tmp, 0o644)
-        name = f"features-{keys[0][:16]}-{len(keys)}.safetensors"
-        os.replace(tmp, self.directory / name)
+        try:
+            save_file(tensors, tmp, metadata={"keys": json.dumps(keys)})
+            os.chmod(tmp, 0o644)
+            name = f"features-{keys[0][:16]}-{len(keys)}.safetensors"
+            os.replace(tmp, self.directory / name)
+        finally:
+            if os.path.exists(tmp):  # an interrupted write leaves no partial shard behind
+                os.unlink(tmp)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
 import numpy as np
 from peft import PeftModelForSequenceClassification
 from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+
+from .compat import check_format_version
 
 
 class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
@@ -44,12 +47,27 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         return self.base_model.collate(rows)
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Save the adapter (config and decoder tensors as safetensors); never the base model's embeddings."""
+        """Save the adapter (config and decoder tensors as safetensors); never the base model's embeddings.
+
+        The files are written into a temporary folder next to `save_directory` and then moved into place one by
+        one with `os.replace`, so an interrupted save leaves the previous adapter intact and no half-written file.
+        """
         kwargs.setdefault("save_embedding_layers", False)
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
-        super().save_pretrained(save_directory, **kwargs)
+        target = os.path.abspath(os.fspath(save_directory))
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+        try:
+            card = os.path.join(target, "README.md")
+            if os.path.isfile(card):  # a card the user wrote is kept (see create_or_update_model_card)
+                shutil.copy2(card, os.path.join(staging, "README.md"))
+            super().save_pretrained(staging, **kwargs)
+            move_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def load_adapter(self, model_id, adapter_name: str, *args: Any, **kwargs: Any):
         """Load an adapter after checking its folder: safetensors weights only, readable, of the expected shapes."""
@@ -108,6 +126,19 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
             del self._card_repo_id
 
 
+def move_into_place(staging: str, target: str) -> None:
+    """Move every file of `staging` to the same place under `target` with `os.replace` (atomic per file).
+
+    Weights go before configs, so a config on disk never describes tensors that are not there yet.
+    """
+    files = [os.path.join(root, f) for root, _, names in os.walk(staging) for f in names]
+    files.sort(key=lambda f: (not f.endswith(".safetensors"), f.endswith(".md"), f))
+    for path in files:
+        dest = os.path.join(target, os.path.relpath(path, staging))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(path, dest)
+
+
 def check_adapter_folder(folder: str) -> None:
     """Raise a ValueError naming the problem if `folder` is not a loadable peft-dect adapter. Nothing is unpickled."""
     from safetensors import SafetensorError, safe_open
@@ -125,8 +156,15 @@ def check_adapter_folder(folder: str) -> None:
             names = list(shard.keys())
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from None
-    with open(config, encoding="utf-8") as fh:
-        peft_type = json.load(fh).get("peft_type")
+    try:
+        with open(config, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config} is not a readable JSON file ({err}); save the adapter again.") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config} does not hold a JSON object; save the adapter again.")
+    check_format_version(saved.get("format_version"), f"The adapter in {folder}")
+    peft_type = saved.get("peft_type")
     prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_type)
     unknown = [n for n in names if prefix is not None and f".{prefix}" not in n]
     if unknown:
