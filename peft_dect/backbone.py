@@ -107,6 +107,14 @@ def default_max_length(model: nn.Module, tokenizer) -> int:
     return min(limits) if limits else 512
 
 
+def _water_fill(counts: dict[str, int], budget: int) -> dict[str, int]:
+    """Tokens each field keeps: the largest common cap such that the kept tokens fit the budget."""
+    cap = 0
+    while cap < max(counts.values()) and sum(min(n, cap + 1) for n in counts.values()) <= budget:
+        cap += 1
+    return {f: min(n, cap) for f, n in counts.items()}
+
+
 class Backbone:
     """Runs a frozen masked or causal LM once per prompted input and keeps what DecT needs (`Features`).
 
@@ -194,22 +202,50 @@ class Backbone:
         return ids
 
     def _truncate(self, text_a: str, text_b: str | None) -> list[int]:
+        """Token ids of the prompt with its text fields cut (at character boundaries) to fit `max_length`.
+
+        The token budget left by the template is shared out by water-filling: fields shorter than the cap keep
+        everything, the longer ones are cut to the same number of tokens. Cutting characters rather than decoding
+        token prefixes never splits a character (byte-level BPE would turn half a character into 3-byte U+FFFD).
+        """
+        fields = self.template.fields
         texts = {"text_a": text_a, "text_b": text_b}
-        for _ in range(8):
-            ids = self.tokenizer(self.render(texts["text_a"], texts["text_b"]), add_special_tokens=True)["input_ids"]
+
+        def prompt_ids(values: dict) -> list[int]:
+            return self.tokenizer(self.render(values["text_a"], values["text_b"]), add_special_tokens=True)[
+                "input_ids"
+            ]
+
+        bare = len(prompt_ids({f: ("" if f in fields else v) for f, v in texts.items()}))
+        if bare > self.max_length:
+            raise ValueError(
+                f"The template {self.template.text!r} alone needs more than max_length={self.max_length} tokens "
+                f"({bare} with empty text fields); shorten the template or raise max_length."
+            )
+        counts = {f: len(self.tokenizer.encode(texts[f], add_special_tokens=False)) for f in fields}
+        target = _water_fill(counts, self.max_length - bare)
+        for _ in range(32):  # in context, tokens can merge across field boundaries: shrink until it fits
+            values = {**texts, **{f: self._prefix(texts[f], target[f]) for f in fields}}
+            ids = prompt_ids(values)
             excess = len(ids) - self.max_length
             if excess <= 0:
                 return ids
-            pieces = {f: self.tokenizer.encode(texts[f], add_special_tokens=False) for f in self.template.fields}
-            longest = max(pieces, key=lambda f: len(pieces[f]))
-            if not pieces[longest]:
-                break
-            keep = max(0, len(pieces[longest]) - excess - 1)
-            texts[longest] = self.tokenizer.decode(pieces[longest][:keep])
-        raise ValueError(
-            f"The template {self.template.text!r} alone needs more than max_length={self.max_length} tokens; "
-            "shorten the template or raise max_length."
-        )
+            longest = max(fields, key=lambda f: target[f])
+            target[longest] = max(0, target[longest] - excess)
+        return prompt_ids({f: ("" if f in fields else v) for f, v in texts.items()})
+
+    def _prefix(self, text: str, tokens: int) -> str:
+        """The longest prefix of `text` (in characters) that encodes to at most `tokens` tokens."""
+        if tokens <= 0:
+            return ""
+        lo, hi = 0, min(len(text), 64 * (tokens + 1))  # no token spans 64 characters: bounds the search
+        while lo < hi:  # binary search: token counts grow (almost always) with the prefix length
+            mid = (lo + hi + 1) // 2
+            if len(self.tokenizer.encode(text[:mid], add_special_tokens=False)) <= tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        return text[:lo]
 
     def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         """Right-pad token id lists into `input_ids` and `attention_mask` tensors."""

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .prompting.template import UNICODE_HINT, is_valid_unicode
+
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +38,27 @@ def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], wh
 
 
 def check_nonempty(texts: Sequence[str], what: str = "text") -> None:
-    """Raise a ValueError naming the inputs whose text is empty or whitespace only.
+    """Raise a ValueError naming the inputs whose text is empty or whitespace only, or not valid Unicode.
 
     Such an input renders as the bare template (the content-free input of calibration), so any prediction for it
     would be the model's prior, not a classification: it is almost always a data error (an empty CSV cell).
     """
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
-        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
         raise ValueError(
-            f"{len(empty)} input(s) have an empty or whitespace-only {what}, at index {shown}: there is nothing to "
-            "classify. Drop those rows or fill in their text."
+            f"{len(empty)} input(s) have an empty or whitespace-only {what}, at index {_shown(empty)}: there is "
+            "nothing to classify. Drop those rows or fill in their text."
         )
+    broken = [i for i, t in enumerate(texts) if not is_valid_unicode(t)]
+    if broken:
+        raise ValueError(
+            f"{len(broken)} input(s) have a {what} that is not valid Unicode, at index {_shown(broken)}: it contains "
+            f"{UNICODE_HINT}. Fix the text's encoding, or drop such characters."
+        )
+
+
+def _shown(indices: list[int]) -> str:
+    return ", ".join(map(str, indices[:10])) + (", ..." if len(indices) > 10 else "")
 
 
 def read_texts(

@@ -186,3 +186,30 @@ def test_non_finite_features_stop_the_trainer_path(bpe_tokenizer):
     model.train()
     with pytest.raises(ValueError, match="NaN or infinite features"):
         model(**batch)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_that_is_not_valid_unicode_names_the_input(bpe_tokenizer, kind):
+    """Found by the fuzzer: a lone surrogate reached the tokenizer and failed with an unrelated TypeError."""
+    model = make(kind, bpe_tokenizer)
+    with pytest.raises(ValueError, match=r"1 input\(s\) have a text that is not valid Unicode, at index 1"):
+        model.predict(["a film", "a cut emoji \ud83d"], tokenizer=bpe_tokenizer)
+    with pytest.raises(ValueError, match="Label word '\\\\ud83d' of class 'positive' is not valid Unicode"):
+        DecTConfig(template=TEMPLATE, label_words={"negative": ["bad"], "positive": ["\ud83d"]})
+    with pytest.raises(ValueError, match="is not valid Unicode"):
+        DecTConfig(template="{text_a} \udc00 {mask}", label_words=LABEL_WORDS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_truncating_multibyte_text_never_blames_the_template(bpe_tokenizer, kind):
+    """Found by the fuzzer: cutting byte-level tokens split characters, re-encoding grew the text, and truncation
+    gave up with 'the template alone needs more than max_length' although the template fitted."""
+    template = "{text_a}$q²¥Å #[Þ It was {mask}."
+    model = make(kind, bpe_tokenizer, template=template)
+    bb = model.base_model.backbone(bpe_tokenizer)
+    bare = len(bb.tokenize(["x"])[0])
+    bb.max_length = bare + 3
+    texts = ["\x00 שלום dull great " * 5, "مرحبا 👨\u200d👩\u200d👧 " * 9]
+    ids = bb.tokenize(texts)
+    assert all(len(row) <= bb.max_length for row in ids)
+    assert bb.truncated == 2
