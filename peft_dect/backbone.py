@@ -311,47 +311,70 @@ class Backbone:
             self.cache.put([keys[i] for i in todo], new)
         return self.cache.gather(keys)
 
+    def _batches(self, ids: list[list[int]]) -> list[list[int]]:
+        """Indices of `ids` grouped into batches of similar length (sorted by length, then cut)."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
     def _run_distributed(self, ids: list[list[int]], desc: str) -> Features:
+        """Features of `ids`; under several processes each runs every N-th batch and the rows are gathered back.
+
+        The batches are those a single process would form, so every input is computed in the same batch, with the
+        same padding and shapes, as without accelerate: the features, and the decoder fitted on them, are
+        bit-identical to a single-process run. Gathering only concatenates, so no floating-point sum reorders.
+        """
         state = distributed_state()
-        if state is None or state.num_processes == 1:
+        if state is None or state.num_processes == 1 or not ids:
             return self._run(ids, desc, show=self.show_progress)
         from accelerate.utils import gather
 
-        per = -(-len(ids) // state.num_processes)
-        lo, hi = min(len(ids), state.process_index * per), min(len(ids), (state.process_index + 1) * per)
-        local = self._run(ids[lo:hi], desc, show=self.show_progress and state.is_local_main_process)
-        # Shards are contiguous and only the last non-empty one can be short, so after padding every shard to
-        # `per` rows the first len(ids) gathered rows are the inputs in order.
+        batches, n = self._batches(ids), state.num_processes
+        mine = batches[state.process_index :: n]
+        local = self._run_batches(ids, mine, desc, show=self.show_progress and state.is_local_main_process)
+        per = -(-len(batches) // n) * self.batch_size  # rows of the busiest process
+        source = torch.empty(len(ids), dtype=torch.long)  # gathered row of each input
+        for p in range(n):
+            offset = p * per
+            for batch in batches[p::n]:
+                source[torch.tensor(batch)] = torch.arange(offset, offset + len(batch))
+                offset += len(batch)
         padded = []
         for tensor in (local.hidden, local.label_logits):
             block = tensor.new_zeros((per, tensor.shape[1]))
             block[: tensor.shape[0]] = tensor
-            padded.append(gather(block.to(state.device)).cpu()[: len(ids)])
+            padded.append(gather(block.to(state.device)).cpu()[source])
         return Features(*padded)
 
     def _run(self, ids: list[list[int]], desc: str, show: bool) -> Features:
         """One model pass per token list, in length-sorted batches; features in the order of `ids`."""
+        batches = self._batches(ids)
+        new = self._run_batches(ids, batches, desc, show)
         if not ids:
+            return new
+        order = torch.tensor([i for batch in batches for i in batch])
+        inverse = torch.empty(len(ids), dtype=torch.long)
+        inverse[order] = torch.arange(len(ids))
+        return new[inverse]
+
+    def _run_batches(self, ids: list[list[int]], batches: list[list[int]], desc: str, show: bool) -> Features:
+        """Features of the given batches of `ids`, rows in the order of the batches' concatenation."""
+        if not batches:
             hidden = (
                 getattr(self.model.config, "hidden_size", None) or self.model.get_input_embeddings().weight.shape[1]
             )
             return Features(torch.zeros(0, hidden), torch.zeros(0, self.verbalizer.num_classes))
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         parts: list[Features] = []
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                for start in tqdm(range(0, len(order), self.batch_size), desc=desc, disable=not show, unit="batch"):
-                    chunk = order[start : start + self.batch_size]
+                for chunk in tqdm(batches, desc=desc, disable=not show, unit="batch"):
                     batch = {k: v.to(self.device) for k, v in self.collate([ids[i] for i in chunk]).items()}
                     feats = self.forward(**batch)
                     parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
                     self.passes += len(chunk)
         finally:
             self.model.train(was_training)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        new = Features.cat(parts)[inverse]
+        new = Features.cat(parts)
         # Leave inference mode: cached tensors must be usable by autograd later (decoder training).
         return Features(new.hidden.clone(), new.label_logits.clone())
