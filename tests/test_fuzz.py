@@ -47,7 +47,6 @@ NAMED_ERRORS = [
     "is given for both",
     "empty or non-string label word",
     "at least two classes",
-    "empty or whitespace-only",
     "not valid Unicode",
     "mask tokens after prompting",
     "alone needs more than max_length",
