@@ -79,6 +79,7 @@ def test_config_records_its_format(bpe_tokenizer, tmp_path):
     assert json.loads((tmp_path / "adapter_config.json").read_text())["format_version"] == FORMAT_VERSION
 
 
+@pytest.mark.filterwarnings("ignore:Unexpected keyword arguments")  # peft's note on the field of the future
 @pytest.mark.parametrize("version", ["2.0", "17.3"])
 def test_newer_major_format_is_refused(bpe_tokenizer, tmp_path, version):
     fitted(bpe_tokenizer).save_pretrained(tmp_path)

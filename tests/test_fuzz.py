@@ -251,6 +251,7 @@ def peft_model(kind: str, tok_name: str, cfg: DecTConfig):
         first = DecTConfig(template="{text_a} It was {mask}.", label_words={"a": ["good"], "b": ["bad"]})
         _PEFT[key] = get_peft_model(base_model(kind, tok_name), first, adapter_name="seed")
     model = _PEFT[key]
+    model.set_adapter("seed")
     for name in list(model.peft_config):
         if name != "seed":
             model.delete_adapter(name)
