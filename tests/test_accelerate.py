@@ -1,6 +1,7 @@
 """Feature extraction split over 2 CPU processes (accelerate launch, gloo) equals the single-process result."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +17,22 @@ from peft_dect import DecTConfig
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_fit.py"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_script(out: Path, processes: int) -> dict[str, torch.Tensor]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     if processes == 1:
         cmd = [sys.executable, str(SCRIPT), str(out)]
     else:
         # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU the processes use gloo on the CPU.
-        # Run accelerate's launcher with this interpreter, so the processes import the peft_dect under test.
+        # The launcher runs under this interpreter, so the processes import the peft_dect under test.
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
         options = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        cmd = [*launch, *options, "--main_process_port", "29517", str(SCRIPT), str(out)]
+        cmd = [*launch, *options, "--main_process_port", str(_free_port()), str(SCRIPT), str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=SCRIPT.parent)
     assert run.returncode == 0, run.stderr[-3000:]
     return load_file(out)
