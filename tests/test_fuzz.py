@@ -1,6 +1,6 @@
 """Issue 9, requirement 3: random templates, label words and Unicode texts through render -> tokenize -> features
 -> fit -> predict on tiny models. The only exceptions allowed are the named errors of bad input; anything else is a
-bug. Derandomised, so CI runs the same cases every time (1100 in all, about half a minute; PEFT_DECT_FUZZ_SCALE
+bug. Derandomised, so CI runs the same cases every time (1300 in all, about half a minute; PEFT_DECT_FUZZ_SCALE
 multiplies them)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from peft import get_peft_model
 
-from peft_dect import Backbone, DecTConfig, Template, Verbalizer
+from peft_dect import Backbone, DecTConfig, LabelWordClassifier, Template, Verbalizer
 from peft_dect.data import read_texts
 
 
@@ -241,6 +241,24 @@ def test_fuzz_fit_and_predict(kind, tok_name, template, words, train, test, mode
     assert torch.allclose(torch.from_numpy(proba).sum(-1).double(), torch.ones(len(test), dtype=torch.double))
 
 
+@pytest.mark.parametrize("kind, tok_name", COMBOS, ids=["-".join(c) for c in COMBOS])
+@settings(max_examples=50 * SCALE, **SETTINGS)
+@given(template=templates(), words=label_words(), texts=st.lists(text, min_size=1, max_size=3))
+def test_fuzz_label_word_classifier(kind, tok_name, template, words, texts):
+    """4 x 50 = 200 cases: LabelWordClassifier (the head of LM-BFF and prompt tuning) -> predict_proba."""
+    tok = tokenizer(tok_name)
+    try:
+        clf = LabelWordClassifier(base_model(kind, tok_name), tok, template, words, max_length=24, show_progress=False)
+        inputs = [(t, t[::-1]) for t in texts] if clf.template.is_pair else texts
+        proba = clf.predict_proba(inputs)
+    except Exception as err:
+        if allowed(err, "classifier"):
+            return
+        raise
+    OUTCOMES[("classifier", "ok")] += 1
+    assert proba.shape == (len(texts), len(clf.classes)) and torch.isfinite(torch.from_numpy(proba)).all()
+
+
 _PEFT = {}
 
 
@@ -262,7 +280,7 @@ def peft_model(kind: str, tok_name: str, cfg: DecTConfig):
 
 def test_most_fuzz_cases_reach_the_model():
     """Guards the fuzzer itself: most cases must run the whole pipeline, not stop at a named error."""
-    for test in ("features", "fit"):
+    for test in ("features", "fit", "classifier"):
         total = sum(n for (t, _), n in OUTCOMES.items() if t == test)
         if not total:
             pytest.skip("run with the fuzz tests above")
