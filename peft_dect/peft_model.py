@@ -72,8 +72,9 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
     def load_adapter(self, model_id, adapter_name: str, *args: Any, **kwargs: Any):
         """Load an adapter after checking its folder: safetensors weights only, readable, of the expected shapes."""
         folder = os.path.join(str(model_id), kwargs.get("subfolder") or "")
-        if os.path.isdir(folder):
-            check_adapter_folder(folder)
+        if not os.path.isdir(folder):  # a Hub id: fetch the safetensors first, so peft never falls back to a pickle
+            folder = hub_adapter_folder(str(model_id), kwargs)
+        check_adapter_folder(folder)
         try:
             return super().load_adapter(model_id, adapter_name, *args, **kwargs)
         except RuntimeError as err:
@@ -124,6 +125,27 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
                 return push_adapter_folder(adapter_folder, repo_id, private=private, token=token)
         finally:
             del self._card_repo_id
+
+
+def hub_adapter_folder(repo_id: str, kwargs: dict) -> str:
+    """Download (or find in the cache) a Hub adapter's config and safetensors weights; return their folder.
+
+    peft itself would fall back to a pickled adapter_model.bin when a repository has no safetensors file.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    options = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if kwargs.get(k) is not None}
+    subfolder = kwargs.get("subfolder") or None
+    try:
+        hf_hub_download(repo_id, "adapter_config.json", subfolder=subfolder, **options)
+        weights = hf_hub_download(repo_id, "adapter_model.safetensors", subfolder=subfolder, **options)
+    except EntryNotFoundError:  # also the offline cache miss (LocalEntryNotFoundError)
+        raise ValueError(
+            f"{repo_id} has no adapter_config.json and adapter_model.safetensors on the Hub (or in the local cache); "
+            "peft-dect loads safetensors adapters only and never unpickles adapter_model.bin."
+        ) from None
+    return os.path.dirname(weights)
 
 
 def move_into_place(staging: str, target: str) -> None:
