@@ -161,6 +161,14 @@ def default_max_length(model: nn.Module, tokenizer) -> int:
     return limit
 
 
+def _water_fill(counts: dict[str, int], budget: int) -> dict[str, int]:
+    """Tokens each field keeps: the largest common cap such that the kept tokens fit the budget."""
+    cap = 0
+    while cap < max(counts.values()) and sum(min(n, cap + 1) for n in counts.values()) <= budget:
+        cap += 1
+    return {f: min(n, cap) for f, n in counts.items()}
+
+
 class Backbone:
     """Runs a frozen masked or causal LM once per prompted input and keeps what DecT needs (`Features`).
 
@@ -250,22 +258,50 @@ class Backbone:
         return ids
 
     def _truncate(self, text_a: str, text_b: str | None) -> list[int]:
+        """Token ids of the prompt with its text fields cut (at character boundaries) to fit `max_length`.
+
+        The token budget left by the template is shared out by water-filling: fields shorter than the cap keep
+        everything, the longer ones are cut to the same number of tokens. Cutting characters rather than decoding
+        token prefixes never splits a character (byte-level BPE would turn half a character into 3-byte U+FFFD).
+        """
+        fields = self.template.fields
         texts = {"text_a": text_a, "text_b": text_b}
-        for _ in range(8):
-            ids = self.tokenizer(self.render(texts["text_a"], texts["text_b"]), add_special_tokens=True)["input_ids"]
+
+        def prompt_ids(values: dict) -> list[int]:
+            return self.tokenizer(self.render(values["text_a"], values["text_b"]), add_special_tokens=True)[
+                "input_ids"
+            ]
+
+        bare = len(prompt_ids({f: ("" if f in fields else v) for f, v in texts.items()}))
+        if bare > self.max_length:
+            raise ValueError(
+                f"The template {self.template.text!r} alone needs more than max_length={self.max_length} tokens "
+                f"({bare} with empty text fields); shorten the template or raise max_length."
+            )
+        counts = {f: len(self.tokenizer.encode(texts[f], add_special_tokens=False)) for f in fields}
+        target = _water_fill(counts, self.max_length - bare)
+        for _ in range(32):  # in context, tokens can merge across field boundaries: shrink until it fits
+            values = {**texts, **{f: self._prefix(texts[f], target[f]) for f in fields}}
+            ids = prompt_ids(values)
             excess = len(ids) - self.max_length
             if excess <= 0:
                 return ids
-            pieces = {f: self.tokenizer.encode(texts[f], add_special_tokens=False) for f in self.template.fields}
-            longest = max(pieces, key=lambda f: len(pieces[f]))
-            if not pieces[longest]:
-                break
-            keep = max(0, len(pieces[longest]) - excess - 1)
-            texts[longest] = self.tokenizer.decode(pieces[longest][:keep])
-        raise ValueError(
-            f"The template {self.template.text!r} alone needs more than max_length={self.max_length} tokens; "
-            "shorten the template or raise max_length."
-        )
+            longest = max(fields, key=lambda f: target[f])
+            target[longest] = max(0, target[longest] - excess)
+        return prompt_ids({f: ("" if f in fields else v) for f, v in texts.items()})
+
+    def _prefix(self, text: str, tokens: int) -> str:
+        """The longest prefix of `text` (in characters) that encodes to at most `tokens` tokens."""
+        if tokens <= 0:
+            return ""
+        lo, hi = 0, min(len(text), 64 * (tokens + 1))  # no token spans 64 characters: bounds the search
+        while lo < hi:  # binary search: token counts grow (almost always) with the prefix length
+            mid = (lo + hi + 1) // 2
+            if len(self.tokenizer.encode(text[:mid], add_special_tokens=False)) <= tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        return text[:lo]
 
     def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         """Right-pad token id lists into `input_ids` and `attention_mask` tensors."""
@@ -339,43 +375,68 @@ class Backbone:
             sub_b = [texts_b[i] for i in todo] if texts_b is not None else None
             ids = self.tokenize([texts_a[i] for i in todo], sub_b)
             new = self._run_distributed(ids, desc)
-            new.check_finite(index=todo)
+            new.check_finite(index=todo, texts=[texts_a[i] for i in todo])
             self.cache.put([keys[i] for i in todo], new)
         return self.cache.gather(keys)
 
+    def _batches(self, ids: list[list[int]]) -> list[list[int]]:
+        """Indices of `ids` grouped into batches of similar length (sorted by length, then cut)."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
     def _run_distributed(self, ids: list[list[int]], desc: str) -> Features:
+        """Features of `ids`; under several processes each runs every N-th batch and the rows are gathered back.
+
+        The batches are those a single process would form, so every input is computed in the same batch, with the
+        same padding and shapes, as without accelerate: the features, and the decoder fitted on them, are
+        bit-identical to a single-process run. Gathering only concatenates, so no floating-point sum reorders.
+        """
         state = distributed_state()
-        if state is None or state.num_processes == 1:
+        if state is None or state.num_processes == 1 or not ids:
             return self._run(ids, desc, show=self.show_progress)
         from accelerate.utils import gather
 
-        per = -(-len(ids) // state.num_processes)
-        lo, hi = min(len(ids), state.process_index * per), min(len(ids), (state.process_index + 1) * per)
-        local = self._run(ids[lo:hi], desc, show=self.show_progress and state.is_local_main_process)
-        # Shards are contiguous and only the last non-empty one can be short, so after padding every shard to
-        # `per` rows the first len(ids) gathered rows are the inputs in order.
+        batches, n = self._batches(ids), state.num_processes
+        mine = batches[state.process_index :: n]
+        local = self._run_batches(ids, mine, desc, show=self.show_progress and state.is_local_main_process)
+        per = -(-len(batches) // n) * self.batch_size  # rows of the busiest process
+        source = torch.empty(len(ids), dtype=torch.long)  # gathered row of each input
+        for p in range(n):
+            offset = p * per
+            for batch in batches[p::n]:
+                source[torch.tensor(batch)] = torch.arange(offset, offset + len(batch))
+                offset += len(batch)
         padded = []
         for tensor in (local.hidden, local.label_logits):
             block = tensor.new_zeros((per, tensor.shape[1]))
             block[: tensor.shape[0]] = tensor
-            padded.append(gather(block.to(state.device)).cpu()[: len(ids)])
+            padded.append(gather(block.to(state.device)).cpu()[source])
         return Features(*padded)
 
     def _run(self, ids: list[list[int]], desc: str, show: bool) -> Features:
         """One model pass per token list, in length-sorted batches; features in the order of `ids`."""
+        batches = self._batches(ids)
+        new = self._run_batches(ids, batches, desc, show)
         if not ids:
+            return new
+        order = torch.tensor([i for batch in batches for i in batch])
+        inverse = torch.empty(len(ids), dtype=torch.long)
+        inverse[order] = torch.arange(len(ids))
+        return new[inverse]
+
+    def _run_batches(self, ids: list[list[int]], batches: list[list[int]], desc: str, show: bool) -> Features:
+        """Features of the given batches of `ids`, rows in the order of the batches' concatenation."""
+        if not batches:
             base = unwrap_peft(self.model)
             hidden = getattr(base.config, "hidden_size", None) or base.get_input_embeddings().weight.shape[1]
             return Features(torch.zeros(0, hidden), torch.zeros(0, self.verbalizer.num_classes))
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         parts: list[Features] = []
         # Restore each module's own mode afterwards: a PeftModel may be in train mode around an eval-mode model.
         modes = [(module, module.training) for module in self.model.modules()]
         self.model.eval()
         try:
             with torch.inference_mode():
-                for start in tqdm(range(0, len(order), self.batch_size), desc=desc, disable=not show, unit="batch"):
-                    chunk = order[start : start + self.batch_size]
+                for chunk in tqdm(batches, desc=desc, disable=not show, unit="batch"):
                     batch = {k: v.to(self.device) for k, v in self.collate([ids[i] for i in chunk]).items()}
                     feats = self.forward(**batch)
                     parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
@@ -383,8 +444,6 @@ class Backbone:
         finally:
             for module, mode in modes:
                 module.training = mode
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        new = Features.cat(parts)[inverse]
+        new = Features.cat(parts)
         # Leave inference mode: cached tensors must be usable by autograd later (decoder training).
         return Features(new.hidden.clone(), new.label_logits.clone())

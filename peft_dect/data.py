@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .prompting.template import UNICODE_HINT, is_valid_unicode
+
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +37,51 @@ def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], wh
     return found[0] if found else None
 
 
+def check_texts(texts: Sequence[str], what: str = "text") -> None:
+    """Refuse texts that are not valid Unicode and warn about empty ones, naming the inputs.
+
+    An empty or whitespace-only text renders as the bare template, the content-free input of calibration: it is
+    classified by the model's prior alone (uniform label-word probabilities after calibration, plus the decoder's
+    view of the bare prompt). Real data has such rows (CR's test set has one), so they are kept, with a warning.
+    """
+    broken = [i for i, t in enumerate(texts) if not is_valid_unicode(t)]
+    if broken:
+        raise ValueError(
+            f"{len(broken)} input(s) have a {what} that is not valid Unicode, at index {_shown(broken)}: it contains "
+            f"{UNICODE_HINT}. Fix the text's encoding, or drop such characters."
+        )
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        logger.warning(
+            "%d input(s) have an empty or whitespace-only %s, at index %s: they are classified from the bare "
+            "template (the model's prior). Drop those rows or fill in their text if that is not what you want.",
+            len(empty),
+            what,
+            _shown(empty),
+        )
+
+
+def _shown(indices: list[int]) -> str:
+    return ", ".join(map(str, indices[:10])) + (", ..." if len(indices) > 10 else "")
+
+
 def read_texts(
     data: Any, *, needs_pair: bool, text_column: str | None = None, text_pair_column: str | None = None
 ) -> tuple[list[str], list[str] | None]:
-    """Texts (and second texts when the template has {text_b}) from a list, a dict of columns or a Dataset."""
+    """Texts (and second texts when the template has {text_b}) from a list, a dict of columns or a Dataset.
+
+    Texts that are not valid Unicode are refused; empty or whitespace-only texts are warned about (`check_texts`).
+    """
+    texts_a, texts_b = _read_texts(data, needs_pair, text_column, text_pair_column)
+    check_texts(texts_a, "text" if texts_b is None else "first text (text_a)")
+    if texts_b is not None:
+        check_texts(texts_b, "second text (text_b)")
+    return texts_a, texts_b
+
+
+def _read_texts(
+    data: Any, needs_pair: bool, text_column: str | None, text_pair_column: str | None
+) -> tuple[list[str], list[str] | None]:
     if isinstance(data, str):
         data = [data]
     if isinstance(data, Sequence) and not isinstance(data, Mapping) and not hasattr(data, "column_names"):

@@ -37,18 +37,19 @@ class Features:
     def cat(parts: list[Features]) -> Features:
         return Features(torch.cat([p.hidden for p in parts]), torch.cat([p.label_logits for p in parts]))
 
-    def check_finite(self, index: list[int] | None = None) -> None:
+    def check_finite(self, index: list[int] | None = None, texts: list[str] | None = None) -> None:
         """Raise if any feature is NaN or infinite (e.g. fp16 overflow), naming the first bad input.
 
-        `index` maps rows to the caller's input numbers.
+        `index` maps rows to the caller's input numbers; `texts` (one per row) lets the message quote the input.
         """
         bad = ~(torch.isfinite(self.hidden).all(-1) & torch.isfinite(self.label_logits).all(-1))
         if bad.any():
-            first = int(bad.nonzero()[0, 0])
-            first = index[first] if index is not None else first
+            row = int(bad.nonzero()[0, 0])
+            first = index[row] if index is not None else row
+            quote = f" ({texts[row][:60]!r})" if texts is not None else ""
             raise ValueError(
                 f"The model produced NaN or infinite features for {int(bad.sum())} input(s), the first at index "
-                f"{first}. This usually means fp16 overflow: load the model in float32 or bfloat16."
+                f"{first}{quote}. This usually means fp16 overflow: load the model in float32 or bfloat16."
             )
 
 
@@ -115,7 +116,11 @@ class FeatureCache:
         fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=self.directory)
         os.close(fd)
         tensors = {"hidden": features.hidden.contiguous(), "label_logits": features.label_logits.contiguous()}
-        save_file(tensors, tmp, metadata={"keys": json.dumps(keys)})
-        os.chmod(tmp, 0o644)
-        name = f"features-{keys[0][:16]}-{len(keys)}.safetensors"
-        os.replace(tmp, self.directory / name)
+        try:
+            save_file(tensors, tmp, metadata={"keys": json.dumps(keys)})
+            os.chmod(tmp, 0o644)
+            name = f"features-{keys[0][:16]}-{len(keys)}.safetensors"
+            os.replace(tmp, self.directory / name)
+        finally:
+            if os.path.exists(tmp):  # an interrupted write leaves no partial shard behind
+                os.unlink(tmp)

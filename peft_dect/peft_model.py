@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 from peft import PeftModelForSequenceClassification
 from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 
+from .compat import check_format_version
 from .prompt_tuning import SOFT_PROMPT_FOLDER
 
 
@@ -53,20 +55,35 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Save the adapter (config and decoder tensors as safetensors); never the base model's embeddings.
 
+        The files are written into a temporary folder next to `save_directory` and then moved into place one by
+        one with `os.replace`, so an interrupted save leaves the previous adapter intact and no half-written file.
         An adapter that reads features through a soft prompt gets that prompt-tuning adapter in its `soft_prompt/`.
         """
         kwargs.setdefault("save_embedding_layers", False)
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
-        super().save_pretrained(save_directory, **kwargs)
-        if not kwargs.get("is_main_process", True):
-            return
-        for name in kwargs.get("selected_adapters") or list(self.peft_config):
+        target = os.path.abspath(os.fspath(save_directory))
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+        try:
+            card = os.path.join(target, "README.md")
+            if os.path.isfile(card):  # a card the user wrote is kept (see create_or_update_model_card)
+                shutil.copy2(card, os.path.join(staging, "README.md"))
+            super().save_pretrained(staging, **kwargs)
+            if kwargs.get("is_main_process", True):
+                self._save_soft_prompts(staging, kwargs.get("selected_adapters") or list(self.peft_config))
+            move_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _save_soft_prompts(self, directory: str, adapter_names) -> None:
+        for name in adapter_names:
             entry = self.base_model.soft_prompt_of(name)
             if entry is not None:
                 prompt_model, prompt_adapter = entry
-                folder = save_directory if name == "default" else os.path.join(save_directory, name)
+                folder = directory if name == "default" else os.path.join(directory, name)
                 prompt_model.save_pretrained(
                     os.path.join(folder, SOFT_PROMPT_FOLDER), selected_adapters=[prompt_adapter]
                 )
@@ -74,8 +91,9 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
     def load_adapter(self, model_id, adapter_name: str, *args: Any, **kwargs: Any):
         """Load an adapter after checking its folder: safetensors weights only, readable, of the expected shapes."""
         folder = os.path.join(str(model_id), kwargs.get("subfolder") or "")
-        if os.path.isdir(folder):
-            check_adapter_folder(folder)
+        if not os.path.isdir(folder):  # a Hub id: fetch the safetensors first, so peft never falls back to a pickle
+            folder = hub_adapter_folder(str(model_id), kwargs)
+        check_adapter_folder(folder)
         try:
             result = super().load_adapter(model_id, adapter_name, *args, **kwargs)
         except RuntimeError as err:
@@ -86,10 +104,10 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
                 "the adapter was saved with another config or base model."
             ) from None
         if getattr(self.peft_config[adapter_name], "soft_prompt", None):
-            self._load_soft_prompt(model_id, adapter_name, kwargs.get("subfolder"))
+            self._load_soft_prompt(model_id, adapter_name, kwargs)
         return result
 
-    def _load_soft_prompt(self, model_id, adapter_name: str, subfolder: str | None) -> None:
+    def _load_soft_prompt(self, model_id, adapter_name: str, kwargs: dict) -> None:
         """Load the prompt-tuning adapter an adapter's features are read with (saved in its `soft_prompt/`)."""
         from peft import PeftModel
 
@@ -98,14 +116,13 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         relative = self.peft_config[adapter_name].soft_prompt
         base = self.base_model.model
         trainable = {n: p.requires_grad for n, p in self.named_parameters()}  # loading a prompt freezes the model
-        local = os.path.join(str(model_id), subfolder or "", relative)
-        if os.path.isdir(local):
-            check_prompt_adapter(base, local)
-            prompt_model = PeftModel.from_pretrained(base, local)
-        else:  # a Hub repository
-            prompt_model = PeftModel.from_pretrained(
-                base, str(model_id), subfolder=os.path.join(subfolder or "", relative)
-            )
+        subfolder = os.path.join(kwargs.get("subfolder") or "", relative)
+        local = os.path.join(str(model_id), subfolder)
+        if not os.path.isdir(local):  # a Hub repository: its safetensors only, as for the adapter itself
+            local = hub_adapter_folder(str(model_id), {**kwargs, "subfolder": subfolder})
+        check_adapter_folder(local)
+        check_prompt_adapter(base, local)
+        prompt_model = PeftModel.from_pretrained(base, local)
         for n, p in self.named_parameters():
             p.requires_grad_(trainable.get(n, False))
         self.base_model.use_soft_prompt(prompt_model, adapter_name, keep_fit=True)
@@ -152,6 +169,40 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
             del self._card_repo_id
 
 
+def hub_adapter_folder(repo_id: str, kwargs: dict) -> str:
+    """Download (or find in the cache) a Hub adapter's config and safetensors weights; return their folder.
+
+    peft itself would fall back to a pickled adapter_model.bin when a repository has no safetensors file.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    options = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if kwargs.get(k) is not None}
+    subfolder = kwargs.get("subfolder") or None
+    try:
+        hf_hub_download(repo_id, "adapter_config.json", subfolder=subfolder, **options)
+        weights = hf_hub_download(repo_id, "adapter_model.safetensors", subfolder=subfolder, **options)
+    except EntryNotFoundError:  # also the offline cache miss (LocalEntryNotFoundError)
+        raise ValueError(
+            f"{repo_id} has no adapter_config.json and adapter_model.safetensors on the Hub (or in the local cache); "
+            "peft-dect loads safetensors adapters only and never unpickles adapter_model.bin."
+        ) from None
+    return os.path.dirname(weights)
+
+
+def move_into_place(staging: str, target: str) -> None:
+    """Move every file of `staging` to the same place under `target` with `os.replace` (atomic per file).
+
+    Weights go before configs, so a config on disk never describes tensors that are not there yet.
+    """
+    files = [os.path.join(root, f) for root, _, names in os.walk(staging) for f in names]
+    files.sort(key=lambda f: (not f.endswith(".safetensors"), f.endswith(".md"), f))
+    for path in files:
+        dest = os.path.join(target, os.path.relpath(path, staging))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(path, dest)
+
+
 def check_adapter_folder(folder: str) -> None:
     """Raise a ValueError naming the problem if `folder` is not a loadable peft-dect adapter. Nothing is unpickled."""
     from safetensors import SafetensorError, safe_open
@@ -169,8 +220,15 @@ def check_adapter_folder(folder: str) -> None:
             names = list(shard.keys())
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from None
-    with open(config, encoding="utf-8") as fh:
-        peft_type = json.load(fh).get("peft_type")
+    try:
+        with open(config, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config} is not a readable JSON file ({err}); save the adapter again.") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config} does not hold a JSON object; save the adapter again.")
+    check_format_version(saved.get("format_version"), f"The adapter in {folder}")
+    peft_type = saved.get("peft_type")
     prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_type)
     if peft_type in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"):  # peft saves their prompt as one tensor
         unknown = [n for n in names if n != "prompt_embeddings"]

@@ -167,3 +167,13 @@ def test_load_adapter_for_another_base_model_is_refused(bpe_tokenizer, tmp_path)
     model = fitted(bpe_tokenizer)
     with pytest.raises(ValueError, match="hidden size 48"):
         model.load_adapter(str(tmp_path), adapter_name="other")
+
+
+def test_hub_adapter_with_pickled_weights_only_is_refused(bpe_tokenizer, hub_cache, tmp_path):
+    """peft would fall back to adapter_model.bin on the Hub; peft-dect refuses before anything is unpickled."""
+    folder = tmp_path / "adapter"
+    fitted(bpe_tokenizer).save_pretrained(folder)
+    (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
+    _put_in_hub_cache(hub_cache, "user/dect-pickle", folder)
+    with pytest.raises(ValueError, match="never unpickles adapter_model.bin"):
+        PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), "user/dect-pickle")

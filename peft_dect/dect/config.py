@@ -8,6 +8,7 @@ from typing import ClassVar
 from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType, TaskType
 
+from ..compat import FORMAT_VERSION, check_format_version
 from ..prompting import Template, normalize_label_words
 from ..prompting.verbalizer import AGGREGATIONS, MULTI_TOKEN_RULES
 from ..registry import FEW_SHOT_CLS, extend_enum
@@ -81,6 +82,17 @@ class DecTConfig(PeftConfig):
     base_vocab_size: int | None = field(
         default=None, metadata={"help": "Vocabulary size of the base model; set by get_peft_model, checked on load."}
     )
+    label_token_ids: list | None = field(
+        default=None,
+        metadata={
+            "help": "Token id(s) of each class's label words in the tokenizer the adapter was fitted with; set by "
+            "fit, checked when the adapter is used with a tokenizer."
+        },
+    )
+    format_version: str = field(
+        default=FORMAT_VERSION,
+        metadata={"help": "peft-dect adapter format that wrote this config; a newer major format is refused."},
+    )
 
     # The tuner finds the LM head itself; peft's injection code reads this attribute.
     target_modules: ClassVar[None] = None
@@ -89,6 +101,7 @@ class DecTConfig(PeftConfig):
         if self.task_type is None:
             self.task_type = extend_enum(TaskType, FEW_SHOT_CLS)
         super().__post_init__()
+        check_format_version(self.format_version, "This DecT adapter config")
         self.peft_type = extend_enum(PeftType, "DECT")
         Template(self.template)  # validates placeholders and the single {mask}
         self.label_words = normalize_label_words(self.label_words)

@@ -79,6 +79,24 @@ def check_base_model(model: nn.Module, config) -> None:
         )
 
 
+def check_label_token_ids(config, verbalizer: Verbalizer, *, record: bool) -> None:
+    """Record the label words' token ids (at fit time) or refuse a tokenizer that maps them to other ids.
+
+    The decoder and the calibration were fitted on the scores of particular vocabulary entries: with another
+    tokenizer of the same vocabulary size, the same words would silently score other tokens.
+    """
+    ids = [list(t) for t in verbalizer.token_ids]
+    if record or config.label_token_ids is None:
+        config.label_token_ids = ids
+        return
+    if [list(t) for t in config.label_token_ids] != ids:
+        raise ValueError(
+            f"This DecT adapter was fitted with label-word token ids {config.label_token_ids} for "
+            f"{config.label_words}, but this tokenizer gives {ids}: it is not the tokenizer of the adapter's base "
+            f"model ({config.base_model_name_or_path or 'see its card'}). Pass that model's tokenizer."
+        )
+
+
 class DecTModel(BaseTuner):
     """Decoder Tuning (Cui et al., ACL 2023) on a frozen masked or causal LM.
 
@@ -176,8 +194,11 @@ class DecTModel(BaseTuner):
             self._tokenizer = tokenizer
             self._backbones.clear()
 
-    def backbone(self, tokenizer=None, *, adapter_name: str | None = None) -> Backbone:
-        """The feature extractor of an adapter (its template and label words) on the frozen model."""
+    def backbone(self, tokenizer=None, *, adapter_name: str | None = None, refit: bool = False) -> Backbone:
+        """The feature extractor of an adapter (its template and label words) on the frozen model.
+
+        The label words' token ids must be those the adapter was fitted with, unless `refit` (fit records them).
+        """
         self.set_tokenizer(tokenizer)
         if self._tokenizer is None:
             raise ValueError(
@@ -200,6 +221,8 @@ class DecTModel(BaseTuner):
                 aggregation=cfg.label_word_aggregation,
                 multi_token=cfg.multi_token,
             )
+            fitted = self._settings(name)[DecTLayer.FITTED] > 0.5
+            check_label_token_ids(cfg, verbalizer, record=refit or not fitted)
             self._backbones[name] = Backbone(
                 model, self._tokenizer, template, verbalizer, max_length=cfg.max_length, cache=self._cache
             )
@@ -370,7 +393,8 @@ class DecTModel(BaseTuner):
         cfg = self.peft_config[name]
         if cache_dir is not None:
             self.use_cache_dir(cache_dir)
-        bb = self.backbone(tokenizer)
+        bb = self.backbone(tokenizer, refit=True)
+        check_label_token_ids(cfg, bb.verbalizer, record=True)
         bb.show_progress = show_progress
         if batch_size is not None:
             bb.batch_size = batch_size
@@ -476,7 +500,8 @@ class DecTModel(BaseTuner):
 
         name = self._adapter
         cfg = self.peft_config[name]
-        bb = self.backbone(tokenizer)
+        bb = self.backbone(tokenizer, refit=True)
+        check_label_token_ids(cfg, bb.verbalizer, record=True)
         texts_a, texts_b = self._texts(dataset, bb)
         labels = self._labels(dataset, bb)
         ids = bb.tokenize(texts_a, texts_b)
@@ -513,6 +538,7 @@ class DecTModel(BaseTuner):
                 feats = bb.forward(input_ids, attention_mask)
         finally:
             self.model.train(was_training)
+        feats.check_finite()  # a NaN here would silently poison the decoder's gradients
         settings = self._settings(name)
         layer = self.dect_layer
         if self.training and labels is not None and settings[DecTLayer.FITTED] < 0.5 and not layer.disable_adapters:

@@ -11,6 +11,18 @@ from dataclasses import dataclass, field
 
 
 PLACEHOLDERS = ("text_a", "text_b", "mask")
+UNICODE_HINT = "an unpaired surrogate such as '\\ud83d', e.g. from a broken JSON escape or a cut emoji"
+
+
+def is_valid_unicode(text: str) -> bool:
+    """False for strings that cannot be encoded as UTF-8 (unpaired surrogates), which tokenizers reject."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 TEXT_FIELDS = ("text_a", "text_b")
 
 
@@ -27,6 +39,8 @@ class Template:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise TypeError(f"template must be a string, got {type(self.text).__name__}")
+        if not is_valid_unicode(self.text):
+            raise ValueError(f"Template {self.text!r} is not valid Unicode: it contains {UNICODE_HINT}.")
         segments: list[tuple[str, str]] = []
         try:
             parsed = list(string.Formatter().parse(self.text))

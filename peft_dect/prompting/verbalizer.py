@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .template import UNICODE_HINT, is_valid_unicode
+
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ def normalize_label_words(label_words: Mapping[str, Sequence[str] | str]) -> dic
         for w in words:
             if not isinstance(w, str) or not w.strip():
                 raise ValueError(f"Class {cls!r} has an empty or non-string label word {w!r}.")
+            if not is_valid_unicode(w):
+                raise ValueError(
+                    f"Label word {w!r} of class {cls!r} is not valid Unicode: it contains {UNICODE_HINT}."
+                )
             key = w.strip()
             if key in owner:
                 where = "twice" if owner[key] == cls else f"for both {owner[key]!r} and {cls!r}"

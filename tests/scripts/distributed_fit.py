@@ -1,6 +1,7 @@
-"""Run by `accelerate launch --num_processes 2 --cpu`: extract features and fit DecT across processes.
+"""Extract features and fit DecT, in one process or under `accelerate launch --num_processes 2`.
 
-Rank 0 writes the features and the fitted decoder to the safetensors file named on the command line.
+The main process writes the features, the fitted decoder, the predictions and the model-pass counts to the
+safetensors file named on the command line; tests/test_accelerate.py compares a 2-process run with a 1-process run.
 """
 
 import os
@@ -20,7 +21,6 @@ from peft_dect.backbone import distributed_state  # noqa: E402
 
 def main(out: str) -> None:
     state = distributed_state()
-    assert state is not None and state.num_processes == 2, "launch with accelerate --num_processes 2"
     tok = _byte_bpe()
     model = get_peft_model(tiny_llama(tok), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
     train, test = sentiment_data(16, 1), sentiment_data(7, 2)  # 14 test texts: an uneven split is exercised too
@@ -28,21 +28,20 @@ def main(out: str) -> None:
     bb = model.base_model.backbone()
     feats = bb.extract(test["sentence"])
     layer = model.base_model.dect_layer
-    local_passes = torch.tensor([float(bb.passes)])
-    if state.is_main_process:
-        save_file(
-            {
-                "hidden": feats.hidden,
-                "label_logits": feats.label_logits,
-                "W": layer.dect_W["default"].detach().contiguous(),
-                "radii": layer.dect_radii["default"].detach(),
-                "proba": torch.from_numpy(model.predict_proba(test["sentence"])),
-                "local_passes": local_passes,
-                "fit_passes": torch.tensor([float(report["model_passes"])]),
-            },
-            out,
-        )
-    state.wait_for_everyone()
+    if state is None or state.is_main_process:
+        tensors = {
+            "hidden": feats.hidden,
+            "label_logits": feats.label_logits,
+            "proba": torch.from_numpy(model.predict_proba(test["sentence"])),
+            "local_passes": torch.tensor([float(bb.passes)]),
+            "fit_passes": torch.tensor([float(report["model_passes"])]),
+            "processes": torch.tensor([1 if state is None else state.num_processes]),
+        }
+        for name in ("dect_W", "dect_radii", "dect_prototypes", "dect_content_free", "dect_settings"):
+            tensors[name] = getattr(layer, name)["default"].detach().contiguous()
+        save_file(tensors, out)
+    if state is not None:
+        state.wait_for_everyone()
 
 
 if __name__ == "__main__":
