@@ -58,3 +58,74 @@ def test_rank_templates_scores_every_suitable_candidate(bpe_tokenizer, sentiment
     assert {c["template"] for c in result.candidates} == set(candidates[:2])  # '{mask} {text_a}' suits no causal LM
     assert result.template == result.candidates[0]["template"]
     assert result.candidates[0]["dev_score"] >= result.candidates[1]["dev_score"]
+
+
+def _tiny_t5():
+    from conftest import CORPUS
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    sentinels = [f"<extra_id_{i}>" for i in range(10)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.train_from_iterator(
+        CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>", *sentinels])
+    )
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=sentinels,
+    )
+    torch.manual_seed(0)
+    cfg = T5Config(
+        vocab_size=len(fast), d_model=32, d_ff=37, d_kv=16, num_layers=1, num_heads=2,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return T5ForConditionalGeneration(cfg).eval(), fast
+
+
+def test_t5_generates_valid_templates_and_the_backbone_ranks_them(bpe_tokenizer, sentiment_train, sentiment_test):
+    from peft_dect.lmbff.search import generate_templates, search_templates
+
+    t5, t5_tok = _tiny_t5()
+    small = {k: v[:6] for k, v in sentiment_train.items()}
+    templates = generate_templates(t5, t5_tok, small, LABEL_WORDS, beam=3, max_new_tokens=6)
+    assert templates and len(templates) == len(set(templates))
+    for text in templates:  # every candidate is a peft-dect template with the text and the mask
+        t = Template(text)
+        assert t.fields == ("text_a",)
+    assert any(t.startswith("{text_a}") for t in templates) or any(t.endswith(" {text_a}") for t in templates)
+    result = search_templates(
+        t5,
+        t5_tok,
+        tiny_roberta(bpe_tokenizer),
+        bpe_tokenizer,
+        small,
+        sentiment_test,
+        LABEL_WORDS,
+        beam=3,
+        max_new_tokens=6,
+    )
+    assert result.template in templates
+    assert [c["dev_score"] for c in result.candidates] == sorted(
+        (c["dev_score"] for c in result.candidates), reverse=True
+    )
+
+
+def test_t5_pair_templates_put_the_mask_between_the_sentences():
+    from peft_dect.lmbff.search import generate_templates
+
+    t5, t5_tok = _tiny_t5()
+    pairs = {
+        "text_a": ["the film was good", "the plot was bad"],
+        "text_b": ["it was fine", "it was dull"],
+        "label": [1, 0],
+    }
+    templates = generate_templates(
+        t5, t5_tok, pairs, {"no": ["no"], "yes": ["yes"]}, pair=True, beam=2, max_new_tokens=5
+    )
+    assert templates and all(t.startswith("{text_a}") and t.endswith(" {text_b}") and "{mask}" in t for t in templates)

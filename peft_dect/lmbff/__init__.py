@@ -3,9 +3,11 @@
 from .search import (
     LabelWordSearch,
     TemplateSearch,
+    generate_templates,
     label_word_scores,
     rank_templates,
     search_label_words,
+    search_templates,
     vocab_log_probs,
 )
 
@@ -13,8 +15,10 @@ from .search import (
 __all__ = [
     "LabelWordSearch",
     "TemplateSearch",
+    "generate_templates",
     "label_word_scores",
     "rank_templates",
     "search_label_words",
+    "search_templates",
     "vocab_log_probs",
 ]
