@@ -141,11 +141,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"), help="feature cache folder")
     parser.add_argument("--out", default=None)
     parser.add_argument("--table", action="store_true", help="print the README table of an existing result file")
+    parser.add_argument("--merge", nargs="*", default=[], help="with --table: also take the records of these files")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else RESULTS / "lmbff_bench.json"
     if args.table:
-        print(table(json.loads(out.read_text())))
+        result = json.loads(out.read_text())
+        seen = {(r["task"], r["seed"]) for r in result["records"]}
+        for other in args.merge:
+            extra = [r for r in json.loads(Path(other).read_text())["records"] if (r["task"], r["seed"]) not in seen]
+            result["records"] += extra
+            seen |= {(r["task"], r["seed"]) for r in extra}
+        print(table(result))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
