@@ -110,3 +110,20 @@ def test_task_metrics_match_sklearn_and_scipy():
     ]  # fmt: skip
     with pytest.raises(ValueError, match="equally long"):
         task_metric("RTE", [1, 0], [1])
+
+
+def test_own_files_load_like_a_task(tmp_path):
+    from peft_dect.tasks import load_files
+
+    (tmp_path / "train.csv").write_text('review,stars\n"dull, slow",bad\na joy,good\n')
+    (tmp_path / "test.jsonl").write_text('{"review": "fine", "stars": 1}\n')
+    data = load_files(
+        {"train": tmp_path / "train.csv", "test": tmp_path / "test.jsonl"},
+        ["bad", "good"],
+        text_column="review",
+        label_column="stars",
+    )
+    assert data["train"]["text_a"] == ["dull, slow", "a joy"] and data["train"]["label"] == [0, 1]
+    assert data["test"][0] == {"text_a": "fine", "text_b": "", "label": 1}
+    with pytest.raises(ValueError, match="no column"):
+        load_files({"train": tmp_path / "train.csv"}, ["bad", "good"])
