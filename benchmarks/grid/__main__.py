@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--shots", nargs="+", type=int, default=list(SHOTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--test-cap", type=int, default=500, help="cap test sets to a fixed seeded sample (0: none)")
+    parser.add_argument("--test-cap", type=int, default=200, help="cap test sets to a fixed seeded sample (0: none)")
     parser.add_argument("--out", default=str(RESULTS / "grid"), help="folder of the per-cell JSON records")
     parser.add_argument("--cache", default=str(HERE.parent / ".cache"), help="shared SmolLM2 feature cache folder")
     parser.add_argument("--batch-size", type=int, default=16)
