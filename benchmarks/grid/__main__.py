@@ -13,7 +13,7 @@ from . import SEEDS, SHOTS, TASKS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
-METHODS = ("zero_shot", "calibrated_zero_shot", "dect", "linear_probe", "setfit")
+METHODS = ("zero_shot", "calibrated_zero_shot", "icl", "dect", "linear_probe", "setfit")
 
 
 def method_factories(args) -> dict:
@@ -28,6 +28,7 @@ def method_factories(args) -> dict:
         return shared["lm"]
 
     factories = {name: (lambda cls=cls: cls(lm())) for name, cls in LM_METHODS.items()}
+    factories["icl"] = lambda: LM_METHODS["icl"](lm(), test_cap=args.icl_test_cap or None)
 
     def setfit():
         from .setfit_method import SetFit
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", nargs="+", type=int, default=list(SHOTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--test-cap", type=int, default=200, help="cap test sets to a fixed seeded sample (0: none)")
+    parser.add_argument(
+        "--icl-test-cap", type=int, default=40, help="in-context learning scores this many of the capped test rows"
+    )
     parser.add_argument("--out", default=str(RESULTS / "grid"), help="folder of the per-cell JSON records")
     parser.add_argument("--cache", default=str(HERE.parent / ".cache"), help="shared SmolLM2 feature cache folder")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -36,6 +36,7 @@ class MethodResult:
     train_passes: int
     predict_passes: int
     extra: dict[str, Any] = field(default_factory=dict)
+    test_index: list[int] | None = None  # the test rows predicted, when a method scores a subsample of the test set
 
 
 class SmolLM:
@@ -271,4 +272,55 @@ class DecT(ZeroShot):
         return MethodResult(pred, fit_seconds, train_passes, len(data.test), extra)
 
 
-LM_METHODS = {m.name: m for m in (ZeroShot, CalibratedZeroShot, LinearProbe, DecT)}
+class InContextLearning(ZeroShot):
+    """LM-BFF's in-context learning: the prompt carries one solved training example per class (sampled per query,
+    seeded), label words are scored as in zero-shot, nothing is trained (`peft_dect.prompting.demonstrations`).
+
+    Prompts with demonstrations are 2-6 times longer and differ for every seed and shot count, so on the shared 2-core
+    machine ICL scores a seeded subsample of `test_cap` rows of the capped test sample, with one demonstration set
+    per query (LM-BFF averages 16 sets).
+    """
+
+    name = "icl"
+
+    def __init__(self, lm: SmolLM, test_cap: int | None = 40) -> None:
+        super().__init__(lm)
+        self.test_cap = test_cap
+
+    def run(self, data: CellData) -> MethodResult:
+        from peft_dect import DecTConfig
+        from peft_dect.tasks import get_task
+
+        from .data import TEST_SAMPLE_SEED, capped_sample
+
+        spec = get_task(data.task)
+        name = f"{data.task}-icl"
+        self.lm.activate(data.task)
+        peft_model = self.lm.peft_model
+        if name not in peft_model.peft_config:
+            config = DecTConfig(
+                template=spec.causal_template,
+                label_words=spec.label_words,
+                text_column="text_a",
+                text_pair_column="text_b",
+                demonstrations=1,
+                demo_per_class=1,
+                demo_filter="random",
+            )
+            peft_model.add_adapter(name, config)
+        peft_model.set_adapter(name)
+        tuner = peft_model.base_model
+        tuner.set_demonstrations(data.train, self.lm.tokenizer)
+        bb = tuner.backbone(self.lm.tokenizer)
+        bb.cache, bb.batch_size, bb.show_progress = self.lm.cache, self.lm.batch_size, self.lm.show_progress
+        index = capped_sample(len(data.test), self.test_cap, seed=TEST_SAMPLE_SEED)
+        test = data.test.select(index)
+        logits = tuner.zero_shot_logits(test, calibrate=False)
+        extra = {
+            "demonstrations": "1 set per query, 1 example per class, sampled per query from the training split",
+            "test_subsample": f"{len(index)} of the {len(data.test)} capped test rows (seed {TEST_SAMPLE_SEED})",
+        }
+        return MethodResult(logits.argmax(-1).tolist(), 0.0, 0, len(index), extra, test_index=index)
+
+
+LM_METHODS = {m.name: m for m in (ZeroShot, CalibratedZeroShot, LinearProbe, DecT, InContextLearning)}

@@ -98,6 +98,8 @@ def run_grid(
             counts["failed"] += 1
             continue
         labels = list(data.test["label"])
+        if result.test_index is not None:
+            labels = [labels[i] for i in result.test_index]
         scores = score(spec.metric, labels, result.predictions)
         record = {
             "task": cell.task,
@@ -117,6 +119,7 @@ def run_grid(
             "train_size": len(data.train),
             "dev_size": len(data.dev),
             **data.info,
+            **({"test_size": len(labels)} if result.test_index is not None else {}),
             "details": result.extra,
             "versions": versions(getattr(method, "packages", ())),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
