@@ -246,6 +246,13 @@ def render(grid: Grid) -> str:
         f"fixed seeded sample of {', '.join(map(str, caps)) or 'no'} examples (shared by every seed and method)."
         + ("".join(f" {s}." for s in sources)),
     ]
+    subsampled = sorted({r["method"] for r in grid.records if "test_subsample" in (r.get("details") or {})})
+    for m in subsampled:
+        sizes = sorted({r["test_size"] for r in grid.records if r["method"] == m})
+        parts.append(
+            f"{LABELS.get(m, m)} is scored on a seeded subsample of {', '.join(map(str, sizes))} of those rows "
+            "(its prompts carry demonstrations and are several times longer)."
+        )
     for k in grid.shots:
         parts += [f"\n### {k} shots per class\n", score_table(grid, k)]
     k = 16 if 16 in grid.shots else grid.shots[0]
