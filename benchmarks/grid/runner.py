@@ -19,8 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 def grid_cells(tasks: Iterable[str], methods: Iterable[str], shots: Iterable[int], seeds: Iterable[int]) -> list[Cell]:
-    """Cells in run order: all of the first shot count (every task, seed, method), then the next."""
-    return [Cell(t, m, k, s) for k in shots for t in tasks for s in seeds for m in methods]
+    """Cells in run order: all of the first shot count, then the next; within one, seed by seed over every task and
+    method, so that a run cut short has every task for its first seeds (the mean over tasks is what users compare)."""
+    tasks, methods, seeds = list(tasks), list(methods), list(seeds)
+    return [Cell(t, m, k, s) for k in shots for s in seeds for t in tasks for m in methods]
 
 
 def score(metric: str, labels: list[int], predictions: list[int]) -> dict[str, float]:
