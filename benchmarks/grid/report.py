@@ -99,7 +99,7 @@ def score_table(grid: Grid, shots: int) -> str:
                 cells.append("–")
                 continue
             mean, std = _mean_std(xs)
-            n = f" ({len(xs)} seeds)" if len(xs) < 5 else ""
+            n = f" ({len(xs)} seed{'s' if len(xs) > 1 else ''})" if len(xs) < 5 else ""
             cells.append(f"{mean:.1f} ± {std:.1f}{n}")
         metric = grid.cells.get((task, grid.methods[0], shots), [{}])
         name = task + (" (F1)" if any(r.get("metric") == "f1" for r in metric) else "")
@@ -175,6 +175,36 @@ def verdict(grid: Grid, shots: int = 16) -> str:
             f"fit / plain-inference ratio {median:.2f} over {len(ratios)} tasks ({per_task})."
         )
     return "\n".join(lines)
+
+
+def dect_diagnostics(grid: Grid, shots: int) -> str:
+    """Per task: DecT against the prior it fuses (calibrated zero-shot) and the linear probe on the same features,
+    with what auto mode chose (fusion weight lam, calibration) and the held-out accuracy it chose on."""
+    rows = [
+        "| task | DecT | calibrated zero-shot | linear probe | DecT held-out (CV + dev) | lam chosen per seed "
+        "| calibrated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task in grid.tasks:
+        recs = sorted(grid.cells.get((task, "dect", shots), []), key=lambda r: r["seed"])
+        if not recs:
+            continue
+        choices = [(r.get("details") or {}).get("choice", {}) for r in recs]
+
+        def mean(method: str, task=task) -> str:
+            xs = grid.scores(task, method, shots)
+            return f"{statistics.mean(xs):.1f}" if xs else "–"
+
+        held = [c["heldout_accuracy"] for c in choices if "heldout_accuracy" in c]
+        lams = ", ".join(f"{c['lam']:g}" for c in choices if "lam" in c)
+        calibrated = sum(bool(c.get("calibrate")) for c in choices)
+        rows.append(
+            f"| {task} | {mean('dect')} | {mean('calibrated_zero_shot')} | {mean('linear_probe')} "
+            f"| {100 * statistics.mean(held):.1f} | {lams} | {calibrated}/{len(choices)} |"
+            if held
+            else f"| {task} | {mean('dect')} | {mean('calibrated_zero_shot')} | {mean('linear_probe')} | – | – | – |"
+        )
+    return "\n".join(rows)
 
 
 def _plot_shots(grid: Grid, path: Path) -> None:
@@ -258,6 +288,7 @@ def render(grid: Grid) -> str:
     k = 16 if 16 in grid.shots else grid.shots[0]
     parts += [f"\n### Cost at {k} shots\n", cost_table(grid, k), f"\n### DecT at {k} shots against its peers\n"]
     parts.append(verdict(grid, k))
+    parts += [f"\n### What DecT's auto mode chose, {k} shots\n", dect_diagnostics(grid, k)]
     return "\n".join(parts) + "\n"
 
 
