@@ -270,7 +270,12 @@ def render(grid: Grid) -> str:
     if not grid.records:
         return "No grid records found."
     caps = sorted({r.get("test_cap") for r in grid.records if r.get("test_cap")})
-    sources = sorted({f"{r['task']}: {r['test_source']}" for r in grid.records if "no test file" in r["test_source"]})
+    no_test = sorted({r["task"] for r in grid.records if "no test file" in r["test_source"]})
+    sources = [
+        f"{t}: no test file; each seed is scored on the other seeds' dev splits, minus duplicates and its own "
+        "train/dev examples"
+        for t in no_test
+    ]
     parts = [
         f"{len(grid.records)} cells. Score: accuracy (F1 for MRPC), % mean ± std over seeds. Test sets capped to a "
         f"fixed seeded sample of {', '.join(map(str, caps)) or 'no'} examples (shared by every seed and method)."
