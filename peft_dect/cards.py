@@ -109,15 +109,17 @@ def render_lmbff_card(
         metadata["base_model"] = base_model
     metadata["pipeline_tag"] = "text-classification"
     metadata["tags"] = ["peft-dect", "lm-bff", "prompt-based-fine-tuning", "few-shot", "text-classification"]
-    if config.tuning == "peft":
-        metadata["tags"].append(str(getattr(config.peft_config.peft_type, "value", config.peft_config.peft_type)).lower())
+    kind = (
+        str(getattr(config.peft_config.peft_type, "value", config.peft_config.peft_type)) if config.peft_config else ""
+    )
+    if kind:
+        metadata["tags"].append(kind.lower())
     index = _model_index(name, evaluations)
     if index:
         metadata["model-index"] = index
     if config.tuning == "peft":
-        kind = str(getattr(config.peft_config.peft_type, "value", config.peft_config.peft_type))
         tuning = f"only a {kind} adapter was trained (this repository holds the adapter, the base model is frozen)."
-        load = f'model = LMBFFModel.from_pretrained("$repo", base_model=base_model, tokenizer=tokenizer)'
+        load = 'model = LMBFFModel.from_pretrained("$repo", base_model=base_model, tokenizer=tokenizer)'
     else:
         tuning = "every parameter of the model was fine-tuned, as in the paper (this repository holds the model)."
         load = 'model = LMBFFModel.from_pretrained("$repo")'

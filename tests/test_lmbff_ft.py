@@ -190,7 +190,9 @@ def test_float_labels_given_to_a_classifier_are_refused(bpe_tokenizer):
 
 
 def test_regression_targets_outside_the_bounds_are_refused(bpe_tokenizer):
-    config = LMBFFConfig(template=TEMPLATE, label_words=LOW_HIGH, peft_config=_lora(tiny_llama), regression_bounds=(0, 1))
+    config = LMBFFConfig(
+        template=TEMPLATE, label_words=LOW_HIGH, peft_config=_lora(tiny_llama), regression_bounds=(0, 1)
+    )
     model = LMBFFModel(tiny_llama(bpe_tokenizer), bpe_tokenizer, config, show_progress=False)
     with pytest.raises(ValueError, match=r"Row 0 has target 5\.0, outside regression_bounds \(0, 1\)"):
         model.prepare_dataset({"sentence": ["a", "b"], "label": [5.0, 0.5]})

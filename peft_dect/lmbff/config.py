@@ -102,7 +102,9 @@ class LMBFFConfig:
         if self.regression_bounds is not None:
             bounds = tuple(self.regression_bounds)
             if len(bounds) != 2 or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds):
-                raise ValueError(f"regression_bounds must be two finite numbers (lb, ub), got {self.regression_bounds}.")
+                raise ValueError(
+                    f"regression_bounds must be two finite numbers (lb, ub), got {self.regression_bounds}."
+                )
             if bounds[0] >= bounds[1]:
                 raise ValueError(f"regression_bounds (lb, ub) needs lb < ub, got {bounds}.")
             if len(self.label_words) != 2:

@@ -343,7 +343,9 @@ class LMBFFModel(LabelWordClassifier):
             if not os.path.isfile(os.path.join(directory, "model.safetensors")) and not any(
                 f.startswith("model-") and f.endswith(".safetensors") for f in os.listdir(directory)
             ):
-                raise ValueError(f"{directory} has no model.safetensors; peft-dect loads weights from safetensors only.")
+                raise ValueError(
+                    f"{directory} has no model.safetensors; peft-dect loads weights from safetensors only."
+                )
             auto_config = AutoConfig.from_pretrained(directory)
             is_causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in auto_config.architectures or [])
             auto = AutoModelForCausalLM if is_causal else AutoModelForMaskedLM
