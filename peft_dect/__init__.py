@@ -10,6 +10,7 @@ from .registry import FEW_SHOT_CLS, register_all
 register_all()
 
 from .backbone import Backbone  # noqa: E402
+from .classifier import LabelWordClassifier  # noqa: E402
 from .dect import DecTConfig, DecTModel  # noqa: E402
 from .features import FeatureCache, Features  # noqa: E402
 from .peft_model import PeftModelForFewShotClassification  # noqa: E402
@@ -25,6 +26,7 @@ __all__ = [
     "DecTModel",
     "FeatureCache",
     "Features",
+    "LabelWordClassifier",
     "PeftModelForFewShotClassification",
     "Template",
     "Verbalizer",

@@ -22,13 +22,28 @@ MASKED, CAUSAL = "masked", "causal"
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a `peft.PeftModel` (LoRA layers stay injected in it), else `model` itself."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def prepends_virtual_tokens(model: nn.Module) -> bool:
+    """Whether `model` is a PeftModel whose active adapter is prompt learning (soft prompts before the input)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel) and bool(model.active_peft_config.is_prompt_learning)
+
+
 def lm_kind(model: nn.Module) -> str:
-    """'masked' or 'causal' for a transformers LM with its head; a clear TypeError for anything else."""
+    """'masked' or 'causal' for a transformers LM with its head (or a PeftModel around one); TypeError otherwise."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
+    model = unwrap_peft(model)
     name = type(model).__name__
     if name in MODEL_FOR_MASKED_LM_MAPPING_NAMES.values() or name.endswith("ForMaskedLM"):
         kind = MASKED
@@ -71,11 +86,28 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A short id of the weights the features depend on: name, shape and a checksum of a few embedding rows."""
-    emb = model.get_input_embeddings().weight
+    """A short id of the weights the features depend on: name, shape and a checksum of a few embedding rows.
+
+    For a PeftModel the active adapters' type and a checksum of their weights are added, so that features of a
+    model with a soft prompt or LoRA never mix with those of the bare model (or of another adapter state).
+    """
+    from peft import PeftModel
+
+    base = unwrap_peft(model)
+    emb = base.get_input_embeddings().weight
     checksum = float(emb.detach()[:: max(1, emb.shape[0] // 64)].double().sum())
-    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    return f"{type(model).__name__}|{name}|{tuple(emb.shape)}|{checksum:.8e}"
+    name = getattr(getattr(base, "config", None), "_name_or_path", "") or ""
+    key = f"{type(base).__name__}|{name}|{tuple(emb.shape)}|{checksum:.8e}"
+    if isinstance(model, PeftModel) and not getattr(model.base_model, "disable_adapters", False):
+        from peft import get_peft_model_state_dict
+
+        for adapter in model.active_adapters:
+            state = get_peft_model_state_dict(model, adapter_name=adapter)
+            total = sum(
+                float(t.detach().double().sum()) + float(t.detach().double().abs().sum()) for t in state.values()
+            )
+            key += f"|{model.peft_config[adapter].peft_type}:{adapter}:{total:.10e}"
+    return key
 
 
 def distributed_state():
@@ -100,11 +132,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def default_max_length(model: nn.Module, tokenizer) -> int:
-    limits = [getattr(tokenizer, "model_max_length", None), getattr(model.config, "max_position_embeddings", None)]
+    """Longest prompt in tokens: the tokenizer's and the position embeddings' limit, less any soft-prompt tokens."""
+    base = unwrap_peft(model)
+    limits = [getattr(tokenizer, "model_max_length", None), getattr(base.config, "max_position_embeddings", None)]
     limits = [int(x) for x in limits if x is not None and 0 < x < 1_000_000]
-    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limits = [x - 2 if x == model.config.max_position_embeddings else x for x in limits]
-    return min(limits) if limits else 512
+    if getattr(base.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limits = [x - 2 if x == base.config.max_position_embeddings else x for x in limits]
+    limit = min(limits) if limits else 512
+    if prepends_virtual_tokens(model):
+        limit -= int(model.active_peft_config.num_virtual_tokens)
+    return limit
 
 
 class Backbone:
@@ -141,7 +178,9 @@ class Backbone:
         self.cache = cache if cache is not None else FeatureCache()
         self.passes = 0  # inputs sent through the model, for tests and benchmarks
         self.truncated = 0
-        self._split = split_head(model)
+        # A soft prompt is prepended inside PeftModel.forward, so such models run whole; LoRA layers live inside the
+        # transformers model, which can then be split into body and head like a bare model.
+        self._split = None if prepends_virtual_tokens(model) else split_head(unwrap_peft(model))
         self._word_ids, self._word_mask = verbalizer.id_matrix()
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
@@ -245,6 +284,8 @@ class Backbone:
             vocab_logits = head(hidden)
         else:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            # Prompt-learning adapters prepend virtual tokens: the outputs are longer than the inputs by that many.
+            pos = pos + (out.logits.shape[1] - input_ids.shape[1])
             hidden = out.hidden_states[-1][rows, pos]
             vocab_logits = out.logits[rows, pos]
         ids, mask = self._word_ids.to(hidden.device), self._word_mask.to(hidden.device)
@@ -296,13 +337,13 @@ class Backbone:
     def _run(self, ids: list[list[int]], desc: str, show: bool) -> Features:
         """One model pass per token list, in length-sorted batches; features in the order of `ids`."""
         if not ids:
-            hidden = (
-                getattr(self.model.config, "hidden_size", None) or self.model.get_input_embeddings().weight.shape[1]
-            )
+            base = unwrap_peft(self.model)
+            hidden = getattr(base.config, "hidden_size", None) or base.get_input_embeddings().weight.shape[1]
             return Features(torch.zeros(0, hidden), torch.zeros(0, self.verbalizer.num_classes))
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         parts: list[Features] = []
-        was_training = self.model.training
+        # Restore each module's own mode afterwards: a PeftModel may be in train mode around an eval-mode model.
+        modes = [(module, module.training) for module in self.model.modules()]
         self.model.eval()
         try:
             with torch.inference_mode():
@@ -313,7 +354,8 @@ class Backbone:
                     parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
                     self.passes += len(chunk)
         finally:
-            self.model.train(was_training)
+            for module, mode in modes:
+                module.training = mode
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         new = Features.cat(parts)[inverse]

@@ -1,11 +1,11 @@
 """Feature extraction split over 2 CPU processes (accelerate launch, gloo) equals the single-process result."""
 
 import os
-import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import LABEL_WORDS, TEMPLATE, sentiment_data, tiny_llama
 from peft import get_peft_model
@@ -17,13 +17,21 @@ from peft_dect import DecTConfig
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_fit.py"
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate launcher is not installed")
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_give_the_same_features_and_decoder(bpe_tokenizer, tmp_path):
     out = tmp_path / "dist.safetensors"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU the processes use gloo on the CPU.
-    launch = "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no"
-    cmd = [*launch.split(), "--dynamo_backend", "no", "--main_process_port", "29517", str(SCRIPT), str(out)]
+    # The launcher runs under this interpreter, so the processes import the peft_dect under test.
+    launch = "-m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no"
+    port = str(_free_port())
+    cmd = [sys.executable, *launch.split(), "--dynamo_backend", "no", "--main_process_port", port, str(SCRIPT)]
+    cmd.append(str(out))
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=SCRIPT.parent)
     assert run.returncode == 0, run.stderr[-3000:]
     dist = load_file(out)

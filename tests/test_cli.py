@@ -1,9 +1,9 @@
 """The peft-dect command, driven through a subprocess as a user would."""
 
 import csv
+import importlib.metadata
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -82,7 +82,8 @@ def test_help_documents_every_command():
     fit_help = cli("fit", "--help").stdout
     for option in ("--train", "--task", "--template", "--label-words", "--mode", "--out", "--json", "--quiet"):
         assert option in fit_help
-    assert shutil.which("peft-dect") is not None
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    assert [e.value for e in scripts if e.name == "peft-dect"] == ["peft_dect.cli:main"]
 
 
 def test_fit_saves_an_adapter_and_reports_json(workspace):
