@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import TrainerCallback
 
-from ..backbone import unwrap_peft
+from ..backbone import Backbone, unwrap_peft
 from ..classifier import LabelWordClassifier
 from ..data import _columns
 from .config import LMBFFConfig
@@ -166,7 +166,30 @@ class LMBFFModel(LabelWordClassifier):
         self.demonstrations = Demonstrations(
             texts_a, texts_b, labels, self.template, words, **(self.config.demonstrations or {})
         )
-        self.backbone.demonstrations = self.demonstrations
+        previous = self.backbone
+        self.backbone = Backbone(
+            self.model,
+            self.tokenizer,
+            previous.template,
+            previous.verbalizer,
+            max_length=self.config.max_length,
+            batch_size=previous.batch_size,
+            show_progress=False,
+            demonstrations=self.demonstrations,
+        )
+
+    def predict_logits(self, inputs, *, show_progress: bool | None = None) -> torch.Tensor:
+        """Class logits (N, C); with demonstrations, the mean over the configured number of demonstration sets."""
+        sets = self.demonstrations.num_sets if self.demonstrations is not None else 1
+        if sets == 1:
+            return super().predict_logits(inputs, show_progress=show_progress)
+        texts_a, texts_b = self._texts(inputs)
+        show = self.show_progress if show_progress is None else show_progress
+        runs = [
+            self.backbone._run(self.backbone.tokenize(texts_a, texts_b, s), f"predict (set {s + 1}/{sets})", show=show)
+            for s in range(sets)
+        ]
+        return torch.stack([r.label_logits for r in runs]).mean(0)
 
     # ---------------------------------------------------------------- targets and loss
     def encode_labels(self, data) -> list:
