@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .features import FeatureCache, Features
 from .prompting import Template, Verbalizer, label_log_probs
+from .prompting.demonstrations import Demonstrations
 
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,11 @@ class Backbone:
 
     The prediction position is the mask token for a masked LM and the last prompt token for a causal LM (the
     prompt ends where the label word would follow). Only that position goes through the LM head.
+
+    With `demonstrations` every prompt carries one sampled set of solved training examples: after the query for a
+    masked LM (as LM-BFF does, separated by the tokenizer's separator token), before it for a causal LM (separated
+    by a blank line), so that a causal prompt still ends at the query's prediction position. `extract` averages the
+    features of the `num_sets` demonstration sets of each input; over-long prompts lose demonstration text first.
     """
 
     def __init__(
@@ -162,6 +168,7 @@ class Backbone:
         batch_size: int = 16,
         show_progress: bool = True,
         cache: FeatureCache | None = None,
+        demonstrations: Demonstrations | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -193,6 +200,13 @@ class Backbone:
             verbalizer.aggregation,
             str(self.max_length),
         ]
+        self.demonstrations = demonstrations
+        if demonstrations is not None:
+            if demonstrations.template.is_pair != template.is_pair:
+                raise ValueError("The demonstrations' template and the backbone's template must use the same fields.")
+            sep = tokenizer.sep_token if self.kind == MASKED else None
+            self.demo_separator = sep if sep else ("\n\n" if self.kind == CAUSAL else " ")
+            parts += [f"demos={demonstrations.fingerprint}", repr(self.demo_separator)]
         self._key_prefix = "|".join(parts)
 
     @property
@@ -200,21 +214,52 @@ class Backbone:
         return next(self.model.parameters()).device
 
     # ---------------------------------------------------------------- prompts and tokens
-    def render(self, text_a: str, text_b: str | None = None) -> str:
+    def _render_query(self, text_a: str, text_b: str | None = None) -> str:
         if self.kind == MASKED:
             return self.template.render(text_a, text_b, mask_token=self.tokenizer.mask_token)
         return self.template.render(text_a, text_b)
 
-    def tokenize(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None) -> list[list[int]]:
-        """Token ids of each prompt; over-long inputs lose text-field tokens, never template or mask tokens."""
+    def _join(self, query: str, demos: str) -> str:
+        if not demos:
+            return query
+        if self.kind == MASKED:
+            return query + self.demo_separator + demos
+        return demos + self.demo_separator + query
+
+    def render(self, text_a: str, text_b: str | None = None, set_index: int = 0) -> str:
+        """The prompt of one input (with demonstration set `set_index` when the backbone has demonstrations)."""
+        query = self._render_query(text_a, text_b)
+        if self.demonstrations is None:
+            return query
+        demos = self.demonstrations.render(text_a, text_b, set_index, separator=self.demo_separator)
+        return self._join(query, demos)
+
+    def tokenize(
+        self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, set_index: int = 0
+    ) -> list[list[int]]:
+        """Token ids of each prompt; over-long inputs lose demonstration text first, then text-field tokens, never
+        template or mask tokens."""
         texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
-        prompts = [self.render(a, b) for a, b in zip(texts_a, texts_b)]
+        if self.demonstrations is not None:
+            self.demonstrations.prepare(texts_a, texts_b)
+        prompts = [self.render(a, b, set_index) for a, b in zip(texts_a, texts_b)]
         ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
-        truncated = 0
+        truncated = cut_demos = 0
         for i, row in enumerate(ids):
             if len(row) > self.max_length:
-                ids[i] = self._truncate(texts_a[i], texts_b[i])
-                truncated += 1
+                if self.demonstrations is not None:
+                    ids[i], query_cut = self._truncate_demos(texts_a[i], texts_b[i], set_index)
+                    cut_demos += 1
+                    truncated += query_cut
+                else:
+                    ids[i] = self._truncate(texts_a[i], texts_b[i])
+                    truncated += 1
+        if cut_demos:
+            logger.warning(
+                "Cut the demonstrations of %d input(s) to fit max_length=%d tokens; the query and its mask were kept.",
+                cut_demos,
+                self.max_length,
+            )
         if truncated:
             self.truncated += truncated
             logger.warning(
@@ -232,10 +277,31 @@ class Backbone:
                     )
         return ids
 
+    def _truncate_demos(self, text_a: str, text_b: str | None, set_index: int) -> tuple[list[int], bool]:
+        """(ids, whether the query itself was truncated): demonstration tokens go first, from the end far from the
+        query; only when no demonstration token fits is the query truncated as without demonstrations."""
+        query = self._render_query(text_a, text_b)
+        demos = self.demonstrations.render(text_a, text_b, set_index, separator=self.demo_separator)
+        for _ in range(8):
+            ids = self.tokenizer(self._join(query, demos), add_special_tokens=True)["input_ids"]
+            excess = len(ids) - self.max_length
+            if excess <= 0:
+                return ids, False
+            pieces = self.tokenizer.encode(demos, add_special_tokens=False)
+            keep = len(pieces) - excess - 1
+            if keep <= 0:
+                break
+            demos = self.tokenizer.decode(pieces[:keep] if self.kind == MASKED else pieces[-keep:])
+        ids = self.tokenizer(query, add_special_tokens=True)["input_ids"]
+        if len(ids) <= self.max_length:
+            return ids, False
+        return self._truncate(text_a, text_b), True
+
     def _truncate(self, text_a: str, text_b: str | None) -> list[int]:
         texts = {"text_a": text_a, "text_b": text_b}
         for _ in range(8):
-            ids = self.tokenizer(self.render(texts["text_a"], texts["text_b"]), add_special_tokens=True)["input_ids"]
+            prompt = self._render_query(texts["text_a"], texts["text_b"])
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
             excess = len(ids) - self.max_length
             if excess <= 0:
                 return ids
@@ -291,10 +357,14 @@ class Backbone:
         ids, mask = self._word_ids.to(hidden.device), self._word_mask.to(hidden.device)
         return Features(hidden.float(), label_log_probs(vocab_logits, ids, mask, self.verbalizer.aggregation))
 
-    def keys(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None) -> list[str]:
+    def keys(
+        self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, set_index: int = 0
+    ) -> list[str]:
+        """Cache keys: model, tokenizer, template, label words, length budget, texts (and demonstration set)."""
         texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
+        extra = [set_index] if self.demonstrations is not None else []
         return [
-            hashlib.sha1(json.dumps([self._key_prefix, a, b]).encode("utf-8", "surrogatepass")).hexdigest()
+            hashlib.sha1(json.dumps([self._key_prefix, a, b, *extra]).encode("utf-8", "surrogatepass")).hexdigest()
             for a, b in zip(texts_a, texts_b)
         ]
 
@@ -306,15 +376,24 @@ class Backbone:
         Under `accelerate launch` the new inputs are split across the processes and the features gathered back in
         input order, so every process ends with the same features as a single process would compute.
         """
-        keys = self.keys(texts_a, texts_b)
+        sets = self.demonstrations.num_sets if self.demonstrations is not None else 1
+        n = len(texts_a)
+        keys = [k for s in range(sets) for k in self.keys(texts_a, texts_b, s)]
         todo = self.cache.missing(keys)
         if todo:
-            sub_b = [texts_b[i] for i in todo] if texts_b is not None else None
-            ids = self.tokenize([texts_a[i] for i in todo], sub_b)
+            ids: list[list[int]] = []
+            for s in range(sets):  # one tokenizer call per demonstration set
+                rows = [j % n for j in todo if j // n == s]
+                sub_b = [texts_b[i] for i in rows] if texts_b is not None else None
+                ids += self.tokenize([texts_a[i] for i in rows], sub_b, s) if rows else []
             new = self._run_distributed(ids, desc)
-            new.check_finite(index=todo)
+            new.check_finite(index=[j % n for j in todo])
             self.cache.put([keys[i] for i in todo], new)
-        return self.cache.gather(keys)
+        feats = self.cache.gather(keys)
+        if sets == 1:
+            return feats
+        # the average over demonstration sets, as LM-BFF averages its logits over sampled sets
+        return Features(feats.hidden.view(sets, n, -1).mean(0), feats.label_logits.view(sets, n, -1).mean(0))
 
     def _run_distributed(self, ids: list[list[int]], desc: str) -> Features:
         state = distributed_state()

@@ -1,9 +1,10 @@
-"""Task registry: LM-BFF k-shot data loaders, default templates and label words per task.
+"""Task registry: LM-BFF k-shot data loaders, default templates, label words and metrics for its 15 tasks.
 
 The k-shot layout is the one LM-BFF's `tools/generate_k_shot_data.py` writes:
 ``<data_dir>/<TASK>/<k>-<seed>/{train,dev}.<ext>`` and a test file either beside them or one level up
 (``<data_dir>/<TASK>/test.<ext>``). Every loader returns a `datasets.DatasetDict` with columns ``text_a``
-(``text_b`` for pairs) and ``label`` (a `ClassLabel` whose names are the keys of the task's label words).
+(``text_b`` for pairs) and ``label`` (a `ClassLabel` whose names are the keys of the task's label words; a float
+score for the regression task STS-B). `task_metric` scores predictions with the task's metric.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class TaskSpec:
     template: str  # masked-LM template (LM-BFF's manual template)
     causal_template: str  # the same prompt for causal LMs: it ends at the mask
     metric: str = "accuracy"
+    regression: bool = False  # STS-B: float labels; the two "classes" are LM-BFF's low/high label words
     dev_name: str = "dev"
     test_names: tuple[str, ...] = field(default=("test",))
 
@@ -65,6 +69,21 @@ def _tsv(text_cols: tuple[str, ...], label_col: str, encoding: str = "utf-8", la
 def _csv(path: Path):
     with open(path, encoding="utf-8", newline="") as fh:
         return [(row[1], None, row[0]) for row in csv.reader(fh) if row]
+
+
+def _tsv_float(text_cols: tuple[str, str], label_col: str):
+    read = _tsv(text_cols, label_col)
+
+    def parse(path: Path):
+        rows = read(path)
+        for line, (_, _, raw) in enumerate(rows, start=2):
+            try:
+                float(raw)
+            except ValueError:
+                raise ValueError(f"{path}:{line}: the score {raw!r} is not a number.") from None
+        return rows
+
+    return parse
 
 
 def _cola(path: Path):
@@ -180,6 +199,51 @@ TASKS: dict[str, TaskSpec] = {
             "{text_a}\nQuestion: {text_b} Yes, no, or maybe?\nAnswer:{mask}",
         ),
         TaskSpec(
+            "STS-B",
+            "tsv",
+            _tsv_float(("sentence1", "sentence2"), "score"),
+            {},
+            {"low": ["No"], "high": ["Yes"]},
+            "{text_a}{mask}, {text_b}",
+            "{text_a}\n{text_b}\nDo both sentences mean the same? Answer:{mask}",
+            metric="pearson_spearman",
+            regression=True,
+        ),
+        TaskSpec(
+            "mr",
+            "csv",
+            _csv,
+            {"0": "negative", "1": "positive"},
+            BINARY_SENTIMENT,
+            SENTIMENT_PROMPT,
+            "{text_a} In summary, it was {mask}.",
+        ),
+        TaskSpec(
+            "subj",
+            "csv",
+            _csv,
+            {"0": "subjective", "1": "objective"},
+            {"subjective": ["subjective"], "objective": ["objective"]},
+            "{text_a} This is {mask}.",
+            "{text_a} Is this sentence a subjective opinion or an objective fact? It is {mask}.",
+        ),
+        TaskSpec(
+            "trec",
+            "csv",
+            _csv,
+            {"0": "description", "1": "entity", "2": "expression", "3": "human", "4": "location", "5": "number"},
+            {
+                "description": ["Description"],
+                "entity": ["Entity"],
+                "expression": ["Expression"],
+                "human": ["Human"],
+                "location": ["Location"],
+                "number": ["Number"],
+            },
+            "{mask}: {text_a}",
+            "Question: {text_a}\nThe answer is a {mask}",
+        ),
+        TaskSpec(
             "MNLI",
             "tsv",
             _tsv(("sentence1", "sentence2"), "gold_label", label_last=True),
@@ -215,18 +279,20 @@ def load_task(name: str, data_dir: str | Path, k: int = 16, seed: int = 13):
 
     spec = get_task(name)
     folder = Path(data_dir) / spec.name / f"{k}-{seed}"
+    if not Path(data_dir).is_dir():
+        raise ValueError(
+            f"The data folder {data_dir} does not exist: give the folder of LM-BFF's k-shot layout, "
+            f"<data_dir>/<TASK>/<k>-<seed>/{{train,dev}}.<tsv|csv> (e.g. {Path(data_dir) / spec.name / '16-13'})."
+        )
     if not folder.is_dir():
         raise ValueError(
             f"No data for {spec.name} {k}-shot seed {seed}: expected the folder {folder} holding "
             f"train.{spec.ext} and {spec.dev_name}.{spec.ext} (LM-BFF's k-shot layout, "
             "<data_dir>/<TASK>/<k>-<seed>/), with the test file beside them or one level up."
         )
+    label_feature = datasets.Value("float32") if spec.regression else datasets.ClassLabel(names=spec.classes)
     features = datasets.Features(
-        {
-            "text_a": datasets.Value("string"),
-            "text_b": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=spec.classes),
-        }
+        {"text_a": datasets.Value("string"), "text_b": datasets.Value("string"), "label": label_feature}
     )
     splits = {}
     for split, stem in [("train", "train"), ("validation", spec.dev_name)] + [("test", t) for t in spec.test_names]:
@@ -238,6 +304,9 @@ def load_task(name: str, data_dir: str | Path, k: int = 16, seed: int = 13):
         rows = spec.reader(path)
         labels = []
         for _, _, raw in rows:
+            if spec.regression:
+                labels.append(float(raw))
+                continue
             if raw not in spec.label_map:
                 raise ValueError(f"{path}: unknown label {raw!r} for {spec.name} (known: {list(spec.label_map)}).")
             labels.append(spec.classes.index(spec.label_map[raw]))
@@ -249,3 +318,53 @@ def load_task(name: str, data_dir: str | Path, k: int = 16, seed: int = 13):
 def packaged_data_dir() -> Path:
     """The folder of the SST-2 16-shot (seed 13) split shipped with peft-dect for the demo and tests."""
     return Path(__file__).parent / "data"
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (as scipy.stats.rankdata)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denom = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
+def task_metric(task: str, predictions, references) -> dict[str, float]:
+    """The task's metric(s) as in LM-BFF / GLUE: accuracy; F1 (positive class 1) for MRPC and QQP, with accuracy;
+    Matthews correlation for CoLA; Pearson and Spearman correlation for STS-B (float predictions).
+
+    The issue asked for `evaluate`, but `evaluate.load("accuracy")` fetches its metric script from the Hub and fails
+    offline (as on machines without Hub access), so the same formulas are computed here with numpy; the tests check
+    them against scikit-learn and scipy.
+    """
+    spec = get_task(task)
+    pred, ref = np.asarray(predictions, dtype=float), np.asarray(references, dtype=float)
+    if pred.shape != ref.shape or pred.ndim != 1 or not len(ref):
+        raise ValueError(f"Expected two equally long, non-empty 1-D sequences, got {pred.shape} and {ref.shape}.")
+    if spec.regression:
+        return {"pearson": _pearson(pred, ref), "spearman": _pearson(_ranks(pred), _ranks(ref))}
+    out = {"accuracy": float((pred == ref).mean())}
+    if spec.metric == "f1":
+        tp = float(((pred == 1) & (ref == 1)).sum())
+        fp, fn = float(((pred == 1) & (ref != 1)).sum()), float(((pred != 1) & (ref == 1)).sum())
+        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    elif spec.metric == "matthews_correlation":
+        tp, tn = float(((pred == 1) & (ref == 1)).sum()), float(((pred == 0) & (ref == 0)).sum())
+        fp, fn = float(((pred == 1) & (ref == 0)).sum()), float(((pred == 0) & (ref == 1)).sum())
+        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        out["matthews_correlation"] = float((tp * tn - fp * fn) / denom) if denom > 0 else 0.0
+    return out
+
+
+def main_metric(task: str) -> str:
+    """The name of the task's headline metric in `task_metric`'s result (Pearson for STS-B)."""
+    spec = get_task(task)
+    return "pearson" if spec.regression else spec.metric

@@ -9,6 +9,7 @@ from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType, TaskType
 
 from ..prompting import Template, normalize_label_words
+from ..prompting.demonstrations import FILTERS
 from ..prompting.verbalizer import AGGREGATIONS, MULTI_TOKEN_RULES
 from ..registry import FEW_SHOT_CLS, extend_enum
 
@@ -68,6 +69,26 @@ class DecTConfig(PeftConfig):
         default=None, metadata={"help": "Dataset column of the second text, for templates with {text_b}."}
     )
     label_column: str = field(default="label", metadata={"help": "Dataset column of the labels."})
+    demonstrations: int = field(
+        default=0,
+        metadata={
+            "help": "LM-BFF demonstrations: the number of demonstration sets sampled per input and averaged (0: no "
+            "demonstrations). Each set holds `demo_per_class` solved training examples of every class; fit() "
+            "records its training data as the demonstration pool (saved in this config)."
+        },
+    )
+    demo_per_class: int = field(default=1, metadata={"help": "Demonstrations of each class in a set."})
+    demo_filter: str = field(
+        default="random",
+        metadata={
+            "help": "'random': sample from all training examples; 'similar': from the most similar half of each "
+            "class by a sentence encoder (all-MiniLM-L6-v2 unless model.demo_encoder is set), as LM-BFF's filter."
+        },
+    )
+    demo_pool: dict | None = field(
+        default=None,
+        metadata={"help": "The demonstrations' training examples {'text_a', 'text_b', 'label'}; set by fit()."},
+    )
     base_hidden_size: int | None = field(
         default=None, metadata={"help": "Hidden size of the base model; set by get_peft_model, checked on load."}
     )
@@ -97,6 +118,16 @@ class DecTConfig(PeftConfig):
             raise ValueError("decoder_dim must be >= 1, epochs >= 0 and learning_rate > 0.")
         if self.lam is not None and self.lam < 0:
             raise ValueError(f"lam must be >= 0, got {self.lam}.")
+        if not isinstance(self.demonstrations, int) or self.demonstrations < 0:
+            raise ValueError(f"demonstrations must be an integer >= 0 (sets per input), got {self.demonstrations!r}.")
+        if not isinstance(self.demo_per_class, int) or self.demo_per_class < 1:
+            raise ValueError(f"demo_per_class must be an integer >= 1, got {self.demo_per_class!r}.")
+        if self.demo_filter not in FILTERS:
+            raise ValueError(f"demo_filter must be one of {FILTERS}, got {self.demo_filter!r}.")
+        if self.demo_pool is not None:
+            pool = self.demo_pool
+            if not isinstance(pool, dict) or not {"text_a", "label"} <= set(pool):
+                raise ValueError("demo_pool must be a dict with 'text_a', 'label' (and 'text_b' for pairs) lists.")
 
     @property
     def classes(self) -> list[str]:

@@ -66,7 +66,8 @@ def fit_faithful(
         lr=cfg.learning_rate,
         seed=cfg.seed,
     )
-    return FitResult(weights, lam, calibrate, cfg.epochs, {"mode": "faithful", "lam": lam, "calibrate": calibrate})
+    report = {"mode": "faithful", "lam": lam, "calibrate": calibrate, "epochs": cfg.epochs}
+    return FitResult(weights, lam, calibrate, cfg.epochs, report)
 
 
 def _fusion_grid(shots: int) -> list[float]:

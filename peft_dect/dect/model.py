@@ -20,6 +20,7 @@ from ..backbone import Backbone, lm_kind
 from ..data import read_labels, read_texts
 from ..features import FeatureCache, Features
 from ..prompting import Template, Verbalizer, calibrated_probs, content_free_texts
+from ..prompting.demonstrations import Demonstrations
 from . import decoder
 from .fit import FitResult, fit_auto, fit_faithful, shots_of
 from .layer import DecTLayer
@@ -97,6 +98,7 @@ class DecTModel(BaseTuner):
         self.last_fit: dict[str, Any] = {}
         self.fit_reports: dict[str, dict[str, Any]] = {}  # per adapter, for its model card
         self.evaluations: dict[str, list[dict[str, Any]]] = {}  # per adapter, for its model card
+        self.demo_encoder = None  # sentence encoder of demo_filter='similar' (texts -> embeddings); None: MiniLM
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ---------------------------------------------------------------- PEFT plumbing
@@ -194,9 +196,66 @@ class DecTModel(BaseTuner):
                 multi_token=cfg.multi_token,
             )
             self._backbones[name] = Backbone(
-                self.model, self._tokenizer, template, verbalizer, max_length=cfg.max_length, cache=self._cache
+                self.model,
+                self._tokenizer,
+                template,
+                verbalizer,
+                max_length=cfg.max_length,
+                cache=self._cache,
+                demonstrations=self._demonstrations(cfg, template, verbalizer),
             )
         return self._backbones[name]
+
+    def _demonstrations(self, cfg, template: Template, verbalizer: Verbalizer) -> Demonstrations | None:
+        if cfg.demonstrations == 0:
+            return None
+        if cfg.demo_pool is None:
+            raise ValueError(
+                "This adapter uses demonstrations but has no demonstration pool yet: call fit() (or "
+                "set_demonstrations(train_dataset) for in-context learning without training) first."
+            )
+        pool = cfg.demo_pool
+        return Demonstrations(
+            pool["text_a"],
+            pool.get("text_b"),
+            pool["label"],
+            template,
+            verbalizer,
+            per_class=cfg.demo_per_class,
+            filter=cfg.demo_filter,
+            num_sets=cfg.demonstrations,
+            seed=cfg.seed,
+            encoder=self.demo_encoder,
+        )
+
+    @serialized
+    def set_demonstrations(self, train_dataset, tokenizer=None) -> None:
+        """Record `train_dataset` as the demonstration pool of the active adapter (fit() does this itself).
+
+        With the adapter untrained, `zero_shot_logits(inputs, calibrate=False)` is then LM-BFF's in-context
+        learning: label-word scoring of prompts that carry demonstrations, averaged over the sampled sets.
+        """
+        self.set_tokenizer(tokenizer)
+        name = self._adapter
+        cfg = self.peft_config[name]
+        if cfg.demonstrations == 0:
+            raise ValueError("Set demonstrations=N (sets per input) in the config to use demonstrations.")
+        template = Template(cfg.template)
+        texts_a, texts_b = read_texts(
+            train_dataset,
+            needs_pair=template.is_pair,
+            text_column=cfg.text_column,
+            text_pair_column=cfg.text_pair_column,
+        )
+        labels = read_labels(train_dataset, cfg.classes, cfg.label_column)
+        pool = {"text_a": texts_a, "text_b": texts_b, "label": labels.tolist()}
+        if pool == cfg.demo_pool:
+            return
+        Demonstrations(texts_a, texts_b, pool["label"], template, cfg.label_words)  # checks every class is present
+        cfg.demo_pool = pool
+        self._backbones.pop(name, None)
+        with torch.no_grad():  # the content-free prompt carries demonstrations too: recompute it
+            self._settings(name)[DecTLayer.CF_READY] = 0.0
 
     @serialized
     def use_cache_dir(self, cache_dir) -> None:
@@ -336,6 +395,8 @@ class DecTModel(BaseTuner):
         cfg = self.peft_config[name]
         if cache_dir is not None:
             self.use_cache_dir(cache_dir)
+        if cfg.demonstrations:
+            self.set_demonstrations(train_dataset, tokenizer)
         bb = self.backbone(tokenizer)
         bb.show_progress = show_progress
         if batch_size is not None:

@@ -1,7 +1,25 @@
-"""LM-BFF (Gao, Fisch and Chen, ACL 2021): prompt-based fine-tuning, demonstrations, automatic prompts."""
+"""LM-BFF (Gao, Fisch and Chen, ACL 2021): prompt-based fine-tuning, automatic label words and templates."""
 
 from .config import LMBFFConfig
 from .model import BestOnDevCallback, LMBFFModel
+from .search import (
+    LabelWordSearch,
+    TemplateSearch,
+    label_word_scores,
+    rank_templates,
+    search_label_words,
+    vocab_log_probs,
+)
 
 
-__all__ = ["BestOnDevCallback", "LMBFFConfig", "LMBFFModel"]
+__all__ = [
+    "BestOnDevCallback",
+    "LMBFFConfig",
+    "LMBFFModel",
+    "LabelWordSearch",
+    "TemplateSearch",
+    "label_word_scores",
+    "rank_templates",
+    "search_label_words",
+    "vocab_log_probs",
+]

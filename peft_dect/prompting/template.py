@@ -1,5 +1,9 @@
 """Prompt templates with `{text_a}`, `{text_b}` and `{mask}` placeholders.
 
+A text field may carry transforms after a colon, applied in order: ``{text_b:lower_first}`` lower-cases its first
+character, ``upper_first`` upper-cases it, ``drop_last`` removes its last character (LM-BFF's ``*sentl_1*``,
+``*sentu_0*`` and ``*sent-_0*``); combine them with commas, e.g. ``{text_a:lower_first,drop_last}``.
+
 A template is parsed once into literal and placeholder segments. Rendering substitutes the texts and a mask token
 (masked LMs) or stops at the mask (causal LMs, whose prediction position is the end of the prompt).
 """
@@ -12,6 +16,11 @@ from dataclasses import dataclass, field
 
 PLACEHOLDERS = ("text_a", "text_b", "mask")
 TEXT_FIELDS = ("text_a", "text_b")
+TRANSFORMS = {
+    "lower_first": lambda t: t[:1].lower() + t[1:],
+    "upper_first": lambda t: t[:1].upper() + t[1:],
+    "drop_last": lambda t: t[:-1],
+}
 
 
 @dataclass(frozen=True)
@@ -23,11 +32,13 @@ class Template:
 
     text: str
     segments: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    transforms: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)  # per segment
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise TypeError(f"template must be a string, got {type(self.text).__name__}")
         segments: list[tuple[str, str]] = []
+        transforms: list[tuple[str, ...]] = []
         try:
             parsed = list(string.Formatter().parse(self.text))
         except ValueError as err:
@@ -37,16 +48,28 @@ class Template:
         for literal, name, spec, conversion in parsed:
             if literal:
                 segments.append(("literal", literal))
+                transforms.append(())
             if name is None:
                 continue
-            if spec or conversion:
-                raise ValueError(f"Template {self.text!r}: placeholder {{{name}}} takes no format spec or conversion.")
+            if conversion or (spec and name not in TEXT_FIELDS):
+                raise ValueError(
+                    f"Template {self.text!r}: placeholder {{{name}}} takes no format spec or conversion (text fields "
+                    "take only transforms, such as {text_a:lower_first})."
+                )
+            steps = tuple(spec.split(",")) if spec else ()
+            unknown = [t for t in steps if t not in TRANSFORMS]
+            if unknown:
+                raise ValueError(
+                    f"Template {self.text!r}: unknown transform(s) {unknown} of {{{name}}}; "
+                    f"the known ones are {', '.join(TRANSFORMS)}."
+                )
             if name not in PLACEHOLDERS:
                 raise ValueError(
                     f"Template {self.text!r} has unknown placeholder {{{name}}}; "
                     f"the known ones are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}."
                 )
             segments.append(("field", name))
+            transforms.append(steps)
         names = [value for kind, value in segments if kind == "field"]
         if names.count("mask") != 1:
             raise ValueError(
@@ -58,6 +81,7 @@ class Template:
         if "text_b" in names and "text_a" not in names:
             raise ValueError(f"Template {self.text!r} uses {{text_b}} without {{text_a}}.")
         object.__setattr__(self, "segments", tuple(segments))
+        object.__setattr__(self, "transforms", tuple(transforms))
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -130,7 +154,7 @@ class Template:
                 "use a single-text template."
             )
         out: list[str] = []
-        for kind, value in self.segments:
+        for (kind, value), steps in zip(self.segments, self.transforms):
             if kind == "literal":
                 out.append(value)
             elif value == "mask":
@@ -138,5 +162,8 @@ class Template:
                     return "".join(out).rstrip(" ")
                 out.append(mask_token if mask_token is not None else label_word)
             else:
-                out.append(values[value] or "")
+                text = values[value] or ""
+                for step in steps:
+                    text = TRANSFORMS[step](text)
+                out.append(text)
         return "".join(out)

@@ -1,0 +1,244 @@
+"""LM-BFF's automatic prompt search (Gao et al., 2021): label words and templates chosen on the few-shot data.
+
+- `search_label_words`: for each class the `k_likely` vocabulary words the model finds most likely at the
+  prediction position over that class's training examples; every assignment of one candidate per class is scored
+  by its zero-shot accuracy on the training set, and the best `n_pairs` are re-ranked by zero-shot accuracy (or
+  another metric) on the dev set, as LM-BFF's ``tools/generate_labels.py`` + ``src/label_search.py`` do (LM-BFF
+  re-ranks by the dev score after prompt-based fine-tuning; here by the zero-shot dev score, which needs no
+  training and suits every method).
+- `generate_templates`: T5 span infilling proposes templates around the input and label word (LM-BFF's
+  ``tools/generate_template.py``); `rank_templates` ranks any candidate templates by zero-shot dev score with the
+  actual backbone, which also serves models other than T5.
+
+Every function reuses `Backbone`: one model pass per example, cached; the vocabulary scores are recomputed from the
+cached hidden states by the LM head, so scoring thousands of candidate words costs no extra model pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..backbone import Backbone, split_head
+from ..data import read_labels, read_texts
+from ..prompting import Template, Verbalizer, label_log_probs
+from ..prompting.verbalizer import word_token_ids
+
+
+logger = logging.getLogger(__name__)
+
+Metric = Callable[[Sequence[int], Sequence[int]], float]  # (predictions, references) -> score, higher is better
+
+
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Share of predictions equal to their reference."""
+    if not len(references):
+        raise ValueError("Cannot score an empty dev set.")
+    return sum(int(p) == int(r) for p, r in zip(predictions, references)) / len(references)
+
+
+def _texts_labels(
+    backbone: Backbone, data, classes: Sequence[str]
+) -> tuple[list[str], list[str] | None, torch.Tensor]:
+    texts_a, texts_b = read_texts(data, needs_pair=backbone.template.is_pair)
+    labels = read_labels(data, list(classes))
+    if len(texts_a) != labels.numel():
+        raise ValueError(f"The data has {len(texts_a)} texts but {labels.numel()} labels.")
+    return texts_a, texts_b, labels
+
+
+def vocab_log_probs(backbone: Backbone, texts_a: Sequence[str], texts_b: Sequence[str] | None = None) -> torch.Tensor:
+    """Log-probabilities (N, V) of the whole vocabulary at each prompt's prediction position.
+
+    With a separable LM head the hidden states come from the backbone's feature cache (one pass per prompt, ever)
+    and only the head runs; otherwise the model runs once more on the prompts. With demonstrations the head sees the
+    hidden state averaged over the demonstration sets.
+    """
+    split = split_head(backbone.model)
+    device = backbone.device
+    if split is not None:
+        hidden = backbone.extract(texts_a, texts_b, desc="label search").hidden
+        with torch.no_grad():
+            logits = torch.cat([split[1](h.to(device)).float().cpu() for h in hidden.split(64)])
+        return torch.log_softmax(logits, -1)
+    ids = backbone.tokenize(texts_a, texts_b)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(ids), backbone.batch_size):
+            batch = {k: v.to(device) for k, v in backbone.collate(ids[start : start + backbone.batch_size]).items()}
+            pos = backbone.positions(batch["input_ids"], batch["attention_mask"])
+            logits = backbone.model(**batch).logits
+            rows.append(logits[torch.arange(len(pos)), pos].float().cpu())
+    return torch.log_softmax(torch.cat(rows), -1)
+
+
+def label_word_scores(
+    backbone: Backbone,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str] | None,
+    label_words: dict[str, list[str]],
+    aggregation: str = "mean",
+) -> torch.Tensor:
+    """Zero-shot class log-probabilities (N, C) of other label words, from the backbone's cached features."""
+    verbalizer = Verbalizer.from_words(
+        label_words, backbone.tokenizer, space_before=backbone.template.space_before_mask, aggregation=aggregation
+    )
+    ids, mask = verbalizer.id_matrix()
+    return label_log_probs(vocab_log_probs(backbone, texts_a, texts_b), ids, mask, aggregation)
+
+
+def candidate_words(tokenizer, scores: torch.Tensor, k: int, space_before: bool) -> list[tuple[int, str]]:
+    """The `k` best-scoring vocabulary tokens that are whole alphabetic words, as (token id, word).
+
+    A token qualifies when its text is alphabetic and the verbalizer's rule maps the word back to exactly this
+    token (so 'Ġgreat' qualifies after a space, a word-piece like '##ing' or 'great' without its space does not).
+    """
+    special = set(tokenizer.all_special_ids)
+    out: list[tuple[int, str]] = []
+    for tid in torch.argsort(scores, descending=True).tolist():
+        if tid in special:
+            continue
+        word = tokenizer.decode([tid]).strip()
+        if not word.isalpha() or word_token_ids(tokenizer, word, space_before) != [tid]:
+            continue
+        out.append((tid, word))
+        if len(out) == k:
+            break
+    return out
+
+
+@dataclass
+class LabelWordSearch:
+    """Result of `search_label_words`: the best assignment first, with its scores."""
+
+    label_words: dict[str, list[str]]
+    candidates: list[dict] = field(default_factory=list)  # {"label_words", "train_accuracy", "dev_score"} ranked
+    per_class: dict[str, list[str]] = field(default_factory=dict)  # the k_likely candidate words of each class
+
+
+def search_label_words(
+    backbone: Backbone,
+    train_dataset,
+    dev_dataset,
+    classes: Sequence[str],
+    *,
+    k_likely: int = 30,
+    n_pairs: int = 32,
+    metric: Metric = accuracy,
+) -> LabelWordSearch:
+    """LM-BFF's automatic label words (see the module docstring); returns label words usable by every method.
+
+    `train_dataset` and `dev_dataset` are datasets or dicts of columns (text column(s) and labels naming
+    `classes`). `k_likely` candidates per class give k_likely ** C assignments, all scored on the training set
+    (vectorised, no model pass); the `n_pairs` best are re-ranked by `metric` on the dev set.
+    """
+    classes = list(classes)
+    if k_likely < 1 or n_pairs < 1:
+        raise ValueError(f"k_likely and n_pairs must be >= 1, got {k_likely} and {n_pairs}.")
+    if k_likely ** len(classes) > 5_000_000:
+        raise ValueError(f"k_likely={k_likely} gives {k_likely ** len(classes)} assignments; lower it.")
+    ta, tb, ty = _texts_labels(backbone, train_dataset, classes)
+    da, db, dy = _texts_labels(backbone, dev_dataset, classes)
+    missing = [c for i, c in enumerate(classes) if not bool((ty == i).any())]
+    if missing:
+        raise ValueError(f"Label word search needs training examples of every class; none for {missing}.")
+    train_lp = vocab_log_probs(backbone, ta, tb)
+    dev_lp = vocab_log_probs(backbone, da, db)
+    space = backbone.template.space_before_mask
+    per_class = []
+    for c in range(len(classes)):
+        per_class.append(candidate_words(backbone.tokenizer, train_lp[ty == c].mean(0), k_likely, space))
+    if any(not words for words in per_class):
+        raise ValueError("No whole-word vocabulary token qualified as a label word candidate.")
+    mean_lp = train_lp.mean(0)
+
+    # every assignment (distinct tokens) scored on the training set, in chunks
+    pairings = [p for p in itertools.product(*[[t for t, _ in ws] for ws in per_class]) if len(set(p)) == len(p)]
+    if not pairings:
+        raise ValueError("The candidate words of all classes coincide; raise k_likely.")
+    scored: list[tuple[float, float, tuple[int, ...]]] = []
+    for start in range(0, len(pairings), 4096):
+        idx = torch.tensor(pairings[start : start + 4096])  # (P, C)
+        preds = train_lp[:, idx].argmax(-1)  # (N, P)
+        acc = (preds == ty.unsqueeze(1)).float().mean(0)
+        prior = mean_lp[idx].sum(-1)  # tie-break: words the model finds likely overall
+        scored += [(float(a), float(p), tuple(row)) for a, p, row in zip(acc, prior, idx.tolist())]
+    scored.sort(key=lambda s: (-s[0], -s[1]))
+    words_of = {t: w for ws in per_class for t, w in ws}
+    candidates = []
+    for acc, _, pairing in scored[:n_pairs]:
+        preds = dev_lp[:, list(pairing)].argmax(-1).tolist()
+        candidates.append(
+            {
+                "label_words": {cls: [words_of[t]] for cls, t in zip(classes, pairing)},
+                "train_accuracy": acc,
+                "dev_score": metric(preds, dy.tolist()),
+            }
+        )
+    candidates.sort(key=lambda c: -c["dev_score"])  # stable: equal dev scores keep the training order
+    best = candidates[0]
+    logger.info(
+        "Label word search: %s (dev %.3f, train %.3f) among %d assignments.",
+        best["label_words"],
+        best["dev_score"],
+        best["train_accuracy"],
+        len(pairings),
+    )
+    return LabelWordSearch(
+        label_words=best["label_words"],
+        candidates=candidates,
+        per_class={cls: [w for _, w in ws] for cls, ws in zip(classes, per_class)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- templates
+@dataclass
+class TemplateSearch:
+    """Result of a template search: the best template string first, with the scores of all candidates."""
+
+    template: str
+    candidates: list[dict] = field(default_factory=list)  # {"template", "dev_score"} ranked
+
+
+def rank_templates(
+    model,
+    tokenizer,
+    templates: Sequence[str],
+    label_words: dict[str, list[str]],
+    dev_dataset,
+    *,
+    metric: Metric = accuracy,
+    cache=None,
+    max_length: int | None = None,
+    show_progress: bool = False,
+) -> TemplateSearch:
+    """Rank candidate templates (peft-dect syntax) by the zero-shot dev score of their label words on `model`.
+
+    Model-agnostic: works for any masked or causal LM the `Backbone` supports. Templates that do not suit the model
+    (e.g. text after the mask for a causal LM) are skipped with a warning.
+    """
+    if not templates:
+        raise ValueError("rank_templates needs at least one candidate template.")
+    classes = list(label_words)
+    ranked = []
+    for text in templates:
+        template = Template(text)
+        try:
+            verbalizer = Verbalizer.from_words(label_words, tokenizer, space_before=template.space_before_mask)
+            bb = Backbone(
+                model, tokenizer, template, verbalizer, max_length=max_length, cache=cache, show_progress=show_progress
+            )
+        except ValueError as err:
+            logger.warning("Skipping template %r: %s", text, err)
+            continue
+        da, db, dy = _texts_labels(bb, dev_dataset, classes)
+        preds = bb.extract(da, db, desc="template search").label_logits.argmax(-1).tolist()
+        ranked.append({"template": text, "dev_score": metric(preds, dy.tolist())})
+    if not ranked:
+        raise ValueError("None of the candidate templates suits this model.")
+    ranked.sort(key=lambda r: -r["dev_score"])
+    return TemplateSearch(template=ranked[0]["template"], candidates=ranked)
