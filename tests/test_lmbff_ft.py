@@ -129,7 +129,7 @@ def test_regression_learns_the_scores(bpe_tokenizer, tmp_path):
     assert trainer.train_dataset.features["labels"].dtype == "float64"
     trainer.train()
     metrics = model.evaluate(test)
-    assert set(metrics) == {"pearson", "spearmanr"}
+    assert set(metrics) == {"pearson", "spearman"}
     assert metrics["pearson"] >= 0.8 and metrics["pearson"] > before
     pred = model.predict(test["sentence"][:5])
     assert all(isinstance(p, float) and 0.0 <= p <= 5.0 for p in pred)
@@ -144,7 +144,7 @@ def test_compute_metric_matches_definitions():
     assert compute_metric("matthews_correlation", pred, ref) == pytest.approx((2 * 2 - 1 * 1) / 9)
     x, y = [0.1, 0.4, 0.35, 0.8], [1.0, 2.0, 3.0, 4.0]
     assert compute_metric("pearson", x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
-    assert compute_metric("spearmanr", x, y) == pytest.approx(0.8)
+    assert compute_metric("spearman", x, y) == pytest.approx(0.8)
 
 
 # ---------------------------------------------------------------- save and load
@@ -227,3 +227,44 @@ def test_loading_needs_the_right_pieces(bpe_tokenizer, tmp_path):
         LMBFFModel.from_pretrained(tmp_path / "bare", base_model=tiny_llama(bpe_tokenizer))
     with pytest.raises(TypeError, match="pass the bare transformers model"):
         LMBFFModel(bare, bpe_tokenizer, LMBFFConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+
+
+# ---------------------------------------------------------------- demonstrations
+def test_demonstrations_reach_the_prompts_train_and_survive_save_load(
+    bpe_tokenizer, sentiment_train, sentiment_test, tmp_path
+):
+    demos = {"num_sets": 2, "seed": 0}
+    config = LMBFFConfig(
+        template=TEMPLATE, label_words=LABEL_WORDS, peft_config=_lora(tiny_llama), demonstrations=demos
+    )
+    with pytest.raises(ValueError, match="pass train_dataset"):
+        LMBFFModel(tiny_llama(bpe_tokenizer), bpe_tokenizer, config)
+    model = LMBFFModel(
+        tiny_llama(bpe_tokenizer), bpe_tokenizer, config, train_dataset=sentiment_train, show_progress=False
+    )
+    prompt = model.backbone.render(sentiment_test["sentence"][0])
+    assert prompt.endswith(sentiment_test["sentence"][0] + " In summary, it was")
+    assert "In summary, it was bad." in prompt and "In summary, it was great." in prompt
+    # predictions average the label-word scores of the two demonstration sets
+    sets = [
+        model.backbone._run(model.backbone.tokenize(sentiment_test["sentence"][:4], None, s), "t", show=False)
+        for s in range(2)
+    ]
+    torch.testing.assert_close(
+        model.predict_logits(sentiment_test["sentence"][:4]), (sets[0].label_logits + sets[1].label_logits) / 2
+    )
+    _trainer(model, sentiment_train, tmp_path, epochs=10, lr=2e-2).train()
+    assert model.evaluate(sentiment_test)["accuracy"] >= 0.9
+    expected = model.predict_proba(sentiment_test)
+    model.save_pretrained(tmp_path / "demos")
+    loaded = LMBFFModel.from_pretrained(tmp_path / "demos", base_model=tiny_llama(bpe_tokenizer), show_progress=False)
+    assert loaded.backbone.render(sentiment_test["sentence"][0]) == prompt
+    np.testing.assert_allclose(loaded.predict_proba(sentiment_test), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_regression_demonstrations_use_the_word_of_their_half_of_the_range(bpe_tokenizer):
+    config = LMBFFConfig(template=TEMPLATE, label_words=LOW_HIGH, regression_bounds=BOUNDS, demonstrations={"seed": 1})
+    train = {"sentence": ["a dull film", "a fine film"], "label": [1.0, 4.0]}
+    model = LMBFFModel(tiny_llama(bpe_tokenizer), bpe_tokenizer, config, train_dataset=train, show_progress=False)
+    prompt = model.backbone.render("a new film")
+    assert "a dull film In summary, it was bad." in prompt and "a fine film In summary, it was great." in prompt

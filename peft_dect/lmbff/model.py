@@ -27,7 +27,7 @@ from .config import LMBFFConfig
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
+METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman")
 
 
 def regression_targets(values: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
@@ -77,8 +77,8 @@ def compute_metric(name: str, predictions, references) -> float:
         fp, fn = float(((pred == 1) & (ref == 0)).sum()), float(((pred == 0) & (ref == 1)).sum())
         denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
         return (tp * tn - fp * fn) / denom if denom else 0.0
-    if name in ("pearson", "spearmanr"):
-        if name == "spearmanr":
+    if name in ("pearson", "spearman"):
+        if name == "spearman":
             pred, ref = _ranks(pred), _ranks(ref)
         if pred.std() == 0 or ref.std() == 0:
             return 0.0
@@ -253,7 +253,7 @@ class LMBFFModel(LabelWordClassifier):
         logits = self.predict_logits(dataset, show_progress=show_progress)
         if self.config.is_regression:
             pred = regression_prediction(logits, self.config.regression_bounds).numpy()
-            names = [metric] if metric else ["pearson", "spearmanr"]
+            names = [metric] if metric else ["pearson", "spearman"]
         else:
             pred = logits.argmax(-1).numpy()
             names = [metric or "accuracy"]
@@ -272,7 +272,7 @@ class LMBFFModel(LabelWordClassifier):
             refs = np.asarray(eval_pred.label_ids)
             if bounds is not None:
                 pred = regression_prediction(logits, bounds).numpy()
-                return {m: compute_metric(m, pred, refs) for m in ([metric] if metric else ["pearson", "spearmanr"])}
+                return {m: compute_metric(m, pred, refs) for m in ([metric] if metric else ["pearson", "spearman"])}
             return {metric or "accuracy": compute_metric(metric or "accuracy", logits.argmax(-1).numpy(), refs)}
 
         return compute
