@@ -268,3 +268,17 @@ def test_regression_demonstrations_use_the_word_of_their_half_of_the_range(bpe_t
     model = LMBFFModel(tiny_llama(bpe_tokenizer), bpe_tokenizer, config, train_dataset=train, show_progress=False)
     prompt = model.backbone.render("a new film")
     assert "a dull film In summary, it was bad." in prompt and "a fine film In summary, it was great." in prompt
+
+
+def test_config_for_a_task_uses_its_prompt_and_sts_b_is_regression():
+    sst2 = LMBFFConfig.for_task("SST-2", kind="masked", peft_config=LoraConfig(r=2))
+    assert sst2.template == "{text_a} It was {mask}." and sst2.label_words == {
+        "negative": ["terrible"],
+        "positive": ["great"],
+    }
+    assert not sst2.is_regression and sst2.tuning == "peft"
+    stsb = LMBFFConfig.for_task("sts-b")
+    assert stsb.regression_bounds == (0.0, 5.0) and stsb.classes == ["low", "high"] and stsb.tuning == "full"
+    assert stsb.template.endswith("Answer:{mask}")
+    with pytest.raises(ValueError, match="Unknown task 'nope'; known tasks: SST-2"):
+        LMBFFConfig.for_task("nope")

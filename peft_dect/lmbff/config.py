@@ -25,6 +25,7 @@ from ..prompting.verbalizer import AGGREGATIONS, MULTI_TOKEN_RULES
 
 CONFIG_NAME = "lmbff_config.json"
 FULL, PEFT = "full", "peft"
+REGRESSION_BOUNDS = {"STS-B": (0.0, 5.0)}  # LM-BFF's bound_mapping
 
 
 @dataclass
@@ -119,6 +120,30 @@ class LMBFFConfig:
             )
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be a positive number of tokens, got {self.max_length}.")
+
+    @classmethod
+    def for_task(cls, task: str, *, kind: str = "causal", **kwargs: Any) -> LMBFFConfig:
+        """The paper's manual template and label words for a task of `peft_dect.tasks` (columns `text_a`, `text_b`,
+        `label` as `load_task` gives them); STS-B becomes a regression on LM-BFF's bounds (0, 5).
+
+        `kind` is "causal" or "masked" (the causal form of a template ends at the mask); `kwargs` set or override
+        any other field, e.g. ``peft_config=LoraConfig(...)``.
+        """
+        from ..tasks import get_task
+
+        if kind not in ("causal", "masked"):
+            raise ValueError(f"kind must be 'causal' or 'masked', got {kind!r}.")
+        spec = get_task(task)
+        settings: dict[str, Any] = {
+            "template": spec.template_for(kind),
+            "label_words": spec.label_words,
+            "text_column": "text_a",
+            "text_pair_column": "text_b",
+        }
+        if spec.regression:
+            settings["regression_bounds"] = REGRESSION_BOUNDS.get(spec.name, (0.0, 5.0))
+        settings.update(kwargs)
+        return cls(**settings)
 
     @property
     def classes(self) -> list[str]:
