@@ -135,7 +135,9 @@ def render_lmbff_card(
     if config.demonstrations is not None:
         task += f" Inputs are followed by demonstrations from the training set ({config.demonstrations})."
     if training:
-        training_text = ", ".join(f"{k} {v}" for k, v in training.items())
+        training_text = (
+            "Trained with the transformers Trainer: " + ", ".join(f"{k} {v}" for k, v in training.items()) + "."
+        )
     else:
         training_text = "Not trained in this session."
     if evaluations:

@@ -102,6 +102,8 @@ def test_best_on_dev_restores_the_best_evaluated_weights(bpe_tokenizer, sentimen
     assert sorted(best.history) == [4, 8, 12, 16] and best.best_value == max(best.history.values())
     assert best.best_step == min(s for s, v in best.history.items() if v == best.best_value)
     assert model.evaluate(dev)["accuracy"] == pytest.approx(best.best_value)
+    assert model.train_report["training batches"] == 16 and model.train_report["examples seen"] == 128
+    assert model.train_report["kept the best dev accuracy"].endswith(f"(step {best.best_step})")
 
 
 # ---------------------------------------------------------------- regression
@@ -162,6 +164,7 @@ def test_lora_save_load_reproduces_predictions(bpe_tokenizer, sentiment_train, s
     assert json.loads((folder / "lmbff_config.json").read_text())["tuning"] == "peft"
     card = ModelCard.load(folder / "README.md")
     assert "lm-bff" in card.data.tags and "lora" in card.data.tags and "toy-sentiment" in card.text
+    assert "Trained with the transformers Trainer: training batches 12, examples seen 96." in card.text
     loaded = LMBFFModel.from_pretrained(folder, base_model=tiny_llama(bpe_tokenizer), show_progress=False)
     np.testing.assert_allclose(loaded.predict_proba(sentiment_test), expected, rtol=1e-5, atol=1e-6)
     assert loaded.config.label_words == config.label_words and loaded.config.template == TEMPLATE

@@ -95,8 +95,7 @@ class LMBFFModel(LabelWordClassifier):
 
     With `config.peft_config` the base model is wrapped by `peft.get_peft_model` and only the adapter trains (a
     PeftModel that already carries the adapter is used as it is); with None every parameter trains (the paper's
-    setting). `train_dataset` is the demonstration pool when
-    `config.demonstrations` is set.
+    setting). `train_dataset` is the demonstration pool when `config.demonstrations` is set.
     """
 
     def __init__(
@@ -192,6 +191,17 @@ class LMBFFModel(LabelWordClassifier):
         return torch.stack([r.label_logits for r in runs]).mean(0)
 
     # ---------------------------------------------------------------- targets and loss
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs: Any):
+        """Class logits and loss (see `LabelWordClassifier.forward`); training batches are counted for the card."""
+        if self.training and labels is not None:
+            report = (
+                self.train_report if self.train_report is not None else {"training batches": 0, "examples seen": 0}
+            )
+            report["training batches"] += 1
+            report["examples seen"] += int(labels.shape[0])
+            self.train_report = report
+        return super().forward(input_ids, attention_mask, labels, **kwargs)
+
     def encode_labels(self, data) -> list:
         """Class indices (classification) or float targets within `regression_bounds` (regression)."""
         column = self.config.label_column
@@ -416,4 +426,7 @@ class BestOnDevCallback(TrainerCallback):
             params = dict(model.named_parameters())
             for name, value in self._state.items():
                 params[name].copy_(value)
+        report = getattr(model, "train_report", None)
+        if isinstance(report, dict):
+            report[f"kept the best dev {self.metric}"] = f"{self.best_value:.4f} (step {self.best_step})"
         logger.info("Restored the weights of step %d (dev %s %.4f).", self.best_step, self.metric, self.best_value)
