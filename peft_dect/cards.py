@@ -133,7 +133,7 @@ def render_lmbff_card(
     else:
         task = "Classification: the class is the one whose label words are most likely at the prediction position."
     if config.demonstrations is not None:
-        task += f" Inputs are followed by demonstrations from the training set ({config.demonstrations})."
+        task += f" Every input carries demonstrations from the training set ({config.demonstrations})."
     if training:
         training_text = (
             "Trained with the transformers Trainer: " + ", ".join(f"{k} {v}" for k, v in training.items()) + "."
