@@ -158,3 +158,75 @@ def render_dect_card(config, *, fit: dict | None, evaluations: list[dict], repo:
         peft_version=peft.__version__,
         transformers_version=transformers.__version__,
     )
+
+
+def render_lmbff_card(
+    config, *, base_model: str | None, training: dict | None, evaluations: list[dict], repo: str | None = None
+) -> str:
+    """The README.md of an LM-BFF prompt-based fine-tuning classifier (a LoRA adapter or a full model)."""
+    import peft
+    import transformers
+
+    from . import __version__
+
+    base = base_model or "unknown"
+    name = repo or f"lmbff-{base.rstrip('/').split('/')[-1]}"
+    metadata: dict[str, Any] = {"library_name": "peft" if config.tuning == "peft" else "transformers"}
+    if base_model:
+        metadata["base_model"] = base_model
+    metadata["pipeline_tag"] = "text-classification"
+    metadata["tags"] = ["peft-dect", "lm-bff", "prompt-based-fine-tuning", "few-shot", "text-classification"]
+    kind = (
+        str(getattr(config.peft_config.peft_type, "value", config.peft_config.peft_type)) if config.peft_config else ""
+    )
+    if kind:
+        metadata["tags"].append(kind.lower())
+    index = _model_index(name, evaluations)
+    if index:
+        metadata["model-index"] = index
+    if config.tuning == "peft":
+        tuning = f"only a {kind} adapter was trained (this repository holds the adapter, the base model is frozen)."
+        load = 'model = LMBFFModel.from_pretrained("$repo", base_model=base_model, tokenizer=tokenizer)'
+    else:
+        tuning = "every parameter of the model was fine-tuned, as in the paper (this repository holds the model)."
+        load = 'model = LMBFFModel.from_pretrained("$repo")'
+    rows = "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in config.label_words.items())
+    if config.is_regression:
+        lb, ub = config.regression_bounds
+        task = (
+            f"Regression: the prediction is `{lb:g} + {ub - lb:g} * p({config.classes[1]})`, interpolating between "
+            "the two label words."
+        )
+    else:
+        task = "Classification: the class is the one whose label words are most likely at the prediction position."
+    if config.demonstrations is not None:
+        task += f" Every input carries demonstrations from the training set ({config.demonstrations})."
+    if training:
+        training_text = (
+            "Trained with the transformers Trainer: " + ", ".join(f"{k} {v}" for k, v in training.items()) + "."
+        )
+    else:
+        training_text = "Not trained in this session."
+    if evaluations:
+        evaluation = "\n".join(
+            f"- {ev.get('dataset', 'evaluation data')} ({ev.get('split', 'test')}, {ev.get('examples', '?')} "
+            f"examples): " + ", ".join(f"{k} {float(v):.4f}" for k, v in ev["metrics"].items())
+            for ev in evaluations
+        )
+    else:
+        evaluation = "Not evaluated yet: run `model.evaluate(dataset, name=..., split=...)` before saving."
+    return _template("lmbff").substitute(
+        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        title=name,
+        base_model=base,
+        tuning_sentence=tuning,
+        template=config.template,
+        label_word_rows=rows,
+        task_sentence=task,
+        training=training_text,
+        evaluation=evaluation,
+        load_line=string.Template(load).safe_substitute(repo=repo or "path/to/model"),
+        peft_dect_version=__version__,
+        peft_version=peft.__version__,
+        transformers_version=transformers.__version__,
+    )

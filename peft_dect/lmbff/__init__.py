@@ -1,5 +1,7 @@
-"""LM-BFF (Gao, Fisch, Chen, ACL 2021): automatic label words and templates; prompt-based fine-tuning."""
+"""LM-BFF (Gao, Fisch and Chen, ACL 2021): prompt-based fine-tuning, automatic label words and templates."""
 
+from .config import LMBFFConfig
+from .model import BestOnDevCallback, LMBFFModel
 from .search import (
     LabelWordSearch,
     TemplateSearch,
@@ -13,6 +15,9 @@ from .search import (
 
 
 __all__ = [
+    "BestOnDevCallback",
+    "LMBFFConfig",
+    "LMBFFModel",
     "LabelWordSearch",
     "TemplateSearch",
     "generate_templates",
