@@ -103,7 +103,9 @@ class LabelWordClassifier(nn.Module):
         """Class logits (label-word log-probabilities) and, with `labels`, the loss of `compute_loss`."""
         if input_ids is None:
             raise ValueError("forward needs input_ids made by classifier.prepare_dataset(...).")
-        logits = self.backbone.forward(input_ids, attention_mask).label_logits
+        feats = self.backbone.forward(input_ids, attention_mask)
+        feats.check_finite()
+        logits = feats.label_logits
         loss = self.compute_loss(logits, labels.to(logits.device)) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -154,7 +156,9 @@ class LabelWordClassifier(nn.Module):
         texts_a, texts_b = self._texts(inputs)
         ids = self.backbone.tokenize(texts_a, texts_b)
         show = self.show_progress if show_progress is None else show_progress
-        return self.backbone._run(ids, "predict", show=show).label_logits
+        feats = self.backbone._run(ids, "predict", show=show)
+        feats.check_finite(texts=texts_a)
+        return feats.label_logits
 
     def predict_proba(self, inputs, *, show_progress: bool | None = None) -> np.ndarray:
         """Class probabilities (N, C), columns in the order of `label_words`."""
@@ -176,18 +180,38 @@ class LabelWordClassifier(nn.Module):
         """Save the trained weights (a PEFT adapter, or the whole model after full fine-tuning) and the settings.
 
         Weights are written with safetensors only; the settings (template, label words) go to
-        `label_word_classifier.json` beside them.
+        `label_word_classifier.json` beside them. The files are written into a hidden folder next to the target and
+        then moved in, so an interrupted save leaves a previous save intact.
         """
+        import shutil
+        import tempfile
+
+        from .peft_model import move_into_place
+
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect saves weights with safetensors only (safe_serialization=True).")
-        os.makedirs(save_directory, exist_ok=True)
-        self.model.save_pretrained(save_directory, **kwargs)
-        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as fh:
+        target = os.path.abspath(os.fspath(save_directory))
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+        try:
+            card = os.path.join(target, "README.md")
+            if os.path.isfile(card):  # a card the user wrote is kept
+                shutil.copy2(card, os.path.join(staging, "README.md"))
+            self._save_files(staging, **kwargs)
+            move_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _save_files(self, directory: str, **kwargs: Any) -> None:
+        """Write the classifier's files into `directory` (subclasses add theirs after calling this)."""
+        self.model.save_pretrained(directory, **kwargs)
+        with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as fh:
             json.dump({"format_version": FORMAT_VERSION, **self.settings}, fh, indent=2)
         from .prompt_tuning import write_prompt_cards
 
-        write_prompt_cards(self.model, save_directory, self.settings)  # soft prompts: their card and init
+        write_prompt_cards(self.model, directory, self.settings)  # soft prompts: their card and init
 
     @classmethod
     def read_settings(cls, directory: str) -> dict[str, Any]:

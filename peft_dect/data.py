@@ -157,5 +157,9 @@ def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor
     labels = torch.tensor(out, dtype=torch.long)
     missing = [classes[c] for c in range(len(classes)) if not bool((labels == c).any())]
     if missing and len(labels):
-        logger.warning("Classes %s have no example in the data; their decoder radii stay at 0.", missing)
+        logger.warning(
+            "Classes %s have no example in the data: training still runs, but nothing teaches it those classes "
+            "(DecT keeps their decoder radii at 0); they are scored by their label words.",
+            missing,
+        )
     return labels

@@ -146,3 +146,28 @@ def test_bad_inputs_are_named(bpe_tokenizer):
         clf.predict([])
     with pytest.raises(ValueError, match="input_ids"):
         clf()
+
+
+def test_interrupted_save_keeps_the_previous_classifier(bpe_tokenizer, sentiment_test, tmp_path, monkeypatch):
+    import peft
+
+    target = tmp_path / "clf"
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    good = LabelWordClassifier(get_peft_model(tiny_llama(bpe_tokenizer), lora), bpe_tokenizer, TEMPLATE, LABEL_WORDS)
+    good.save_pretrained(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    torch.manual_seed(1)
+    other = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    newer = LabelWordClassifier(get_peft_model(tiny_llama(bpe_tokenizer), other), bpe_tokenizer, TEMPLATE, LABEL_WORDS)
+
+    def crash(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", crash)
+    with pytest.raises(OSError, match="No space left"):
+        newer.save_pretrained(target)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf"]  # no staging folder left behind
+    loaded = LabelWordClassifier.from_pretrained(tiny_llama(bpe_tokenizer), bpe_tokenizer, target)
+    torch.testing.assert_close(loaded.predict_logits(sentiment_test), good.predict_logits(sentiment_test))

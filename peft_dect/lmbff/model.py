@@ -293,17 +293,17 @@ class LMBFFModel(LabelWordClassifier):
         name = getattr(unwrap_peft(self.model).config, "_name_or_path", None)
         return name or None
 
-    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Save the adapter (LoRA) or the whole model (full fine-tuning) with safetensors, the config and a card.
+    def _save_files(self, save_directory: str, **kwargs: Any) -> None:
+        """Write the adapter (LoRA) or the whole model (full fine-tuning) with safetensors, the config and a card.
 
         With demonstrations the pool they are drawn from is saved too (`demonstration_pool.json`), so that a
-        loaded model renders the same prompts.
+        loaded model renders the same prompts. `save_pretrained` (inherited) stages these files and moves them in.
         """
         import json
 
         from ..cards import MARKER, render_lmbff_card
 
-        super().save_pretrained(save_directory, **kwargs)
+        super()._save_files(save_directory, **kwargs)
         self.tokenizer.save_pretrained(save_directory)
         self.config.save_pretrained(save_directory)
         if self.demonstrations is not None:
