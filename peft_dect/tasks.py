@@ -337,6 +337,30 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / denom) if denom > 0 else 0.0
 
 
+METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman")
+
+
+def metric_value(name: str, predictions, references) -> float:
+    """One metric by name: accuracy, F1 of class 1, Matthews correlation (binary), Pearson or Spearman correlation."""
+    pred, ref = np.asarray(predictions, dtype=float), np.asarray(references, dtype=float)
+    if name == "accuracy":
+        return float((pred == ref).mean())
+    if name == "f1":
+        tp = float(((pred == 1) & (ref == 1)).sum())
+        fp, fn = float(((pred == 1) & (ref != 1)).sum()), float(((pred != 1) & (ref == 1)).sum())
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    if name == "matthews_correlation":
+        tp, tn = float(((pred == 1) & (ref == 1)).sum()), float(((pred == 0) & (ref == 0)).sum())
+        fp, fn = float(((pred == 1) & (ref == 0)).sum()), float(((pred == 0) & (ref == 1)).sum())
+        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        return float((tp * tn - fp * fn) / denom) if denom > 0 else 0.0
+    if name == "pearson":
+        return _pearson(pred, ref)
+    if name == "spearman":
+        return _pearson(_ranks(pred), _ranks(ref))
+    raise ValueError(f"Unknown metric {name!r}; known metrics: {', '.join(METRICS)}.")
+
+
 def task_metric(task: str, predictions, references) -> dict[str, float]:
     """The task's metric(s) as in LM-BFF / GLUE: accuracy; F1 (positive class 1) for MRPC and QQP, with accuracy;
     Matthews correlation for CoLA; Pearson and Spearman correlation for STS-B (float predictions).
@@ -349,19 +373,12 @@ def task_metric(task: str, predictions, references) -> dict[str, float]:
     pred, ref = np.asarray(predictions, dtype=float), np.asarray(references, dtype=float)
     if pred.shape != ref.shape or pred.ndim != 1 or not len(ref):
         raise ValueError(f"Expected two equally long, non-empty 1-D sequences, got {pred.shape} and {ref.shape}.")
-    if spec.regression:
-        return {"pearson": _pearson(pred, ref), "spearman": _pearson(_ranks(pred), _ranks(ref))}
-    out = {"accuracy": float((pred == ref).mean())}
-    if spec.metric == "f1":
-        tp = float(((pred == 1) & (ref == 1)).sum())
-        fp, fn = float(((pred == 1) & (ref != 1)).sum()), float(((pred != 1) & (ref == 1)).sum())
-        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    elif spec.metric == "matthews_correlation":
-        tp, tn = float(((pred == 1) & (ref == 1)).sum()), float(((pred == 0) & (ref == 0)).sum())
-        fp, fn = float(((pred == 1) & (ref == 0)).sum()), float(((pred == 0) & (ref == 1)).sum())
-        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        out["matthews_correlation"] = float((tp * tn - fp * fn) / denom) if denom > 0 else 0.0
-    return out
+    names = (
+        ("pearson", "spearman")
+        if spec.regression
+        else ("accuracy",) + ((spec.metric,) if spec.metric in ("f1", "matthews_correlation") else ())
+    )
+    return {name: metric_value(name, pred, ref) for name in names}
 
 
 def main_metric(task: str) -> str:

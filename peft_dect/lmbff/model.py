@@ -22,12 +22,11 @@ from transformers import TrainerCallback
 from ..backbone import Backbone, unwrap_peft
 from ..classifier import LabelWordClassifier
 from ..data import _columns
+from ..tasks import metric_value as compute_metric
 from .config import LMBFFConfig
 
 
 logger = logging.getLogger(__name__)
-
-METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman")
 
 
 def regression_targets(values: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
@@ -51,39 +50,6 @@ def regression_prediction(logits: torch.Tensor, bounds: tuple[float, float]) -> 
     """``lb + (ub - lb) * p_high``: the expected value under the two label words' distribution."""
     lb, ub = bounds
     return lb + (ub - lb) * torch.softmax(logits.float(), dim=-1)[:, 1]
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    for value in np.unique(x):  # ties share their mean rank
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def compute_metric(name: str, predictions, references) -> float:
-    """Task metric of LM-BFF's tasks: accuracy, F1 of class 1, Matthews correlation, Pearson or Spearman."""
-    pred, ref = np.asarray(predictions, dtype=np.float64), np.asarray(references, dtype=np.float64)
-    if name == "accuracy":
-        return float((pred == ref).mean())
-    if name == "f1":
-        tp = float(((pred == 1) & (ref == 1)).sum())
-        fp, fn = float(((pred == 1) & (ref != 1)).sum()), float(((pred != 1) & (ref == 1)).sum())
-        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    if name == "matthews_correlation":
-        tp, tn = float(((pred == 1) & (ref == 1)).sum()), float(((pred == 0) & (ref == 0)).sum())
-        fp, fn = float(((pred == 1) & (ref == 0)).sum()), float(((pred == 0) & (ref == 1)).sum())
-        denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        return (tp * tn - fp * fn) / denom if denom else 0.0
-    if name in ("pearson", "spearman"):
-        if name == "spearman":
-            pred, ref = _ranks(pred), _ranks(ref)
-        if pred.std() == 0 or ref.std() == 0:
-            return 0.0
-        return float(np.corrcoef(pred, ref)[0, 1])
-    raise ValueError(f"Unknown metric {name!r}; known metrics: {', '.join(METRICS)}.")
 
 
 class LMBFFModel(LabelWordClassifier):
