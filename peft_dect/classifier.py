@@ -183,26 +183,13 @@ class LabelWordClassifier(nn.Module):
         `label_word_classifier.json` beside them. The files are written into a hidden folder next to the target and
         then moved in, so an interrupted save leaves a previous save intact.
         """
-        import shutil
-        import tempfile
-
-        from .peft_model import move_into_place
+        from .peft_model import staged_folder
 
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect saves weights with safetensors only (safe_serialization=True).")
-        target = os.path.abspath(os.fspath(save_directory))
-        parent = os.path.dirname(target)
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
-        try:
-            card = os.path.join(target, "README.md")
-            if os.path.isfile(card):  # a card the user wrote is kept
-                shutil.copy2(card, os.path.join(staging, "README.md"))
+        with staged_folder(save_directory) as staging:
             self._save_files(staging, **kwargs)
-            move_into_place(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def _save_files(self, directory: str, **kwargs: Any) -> None:
         """Write the classifier's files into `directory` (subclasses add theirs after calling this)."""

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -63,20 +65,10 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
-        target = os.path.abspath(os.fspath(save_directory))
-        parent = os.path.dirname(target)
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
-        try:
-            card = os.path.join(target, "README.md")
-            if os.path.isfile(card):  # a card the user wrote is kept (see create_or_update_model_card)
-                shutil.copy2(card, os.path.join(staging, "README.md"))
+        with staged_folder(save_directory) as staging:
             super().save_pretrained(staging, **kwargs)
             if kwargs.get("is_main_process", True):
                 self._save_soft_prompts(staging, kwargs.get("selected_adapters") or list(self.peft_config))
-            move_into_place(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def _save_soft_prompts(self, directory: str, adapter_names) -> None:
         for name in adapter_names:
@@ -188,6 +180,27 @@ def hub_adapter_folder(repo_id: str, kwargs: dict) -> str:
             "peft-dect loads safetensors adapters only and never unpickles adapter_model.bin."
         ) from None
     return os.path.dirname(weights)
+
+
+@contextmanager
+def staged_folder(save_directory) -> Iterator[str]:
+    """A hidden folder next to `save_directory` to write a save into; on success its files are moved in.
+
+    An interrupted save thus leaves the previous files intact and no half-written one. A README.md already in the
+    target (a card the user wrote) is copied in first, so that card writers can see and keep it.
+    """
+    target = os.path.abspath(os.fspath(save_directory))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+    try:
+        card = os.path.join(target, "README.md")
+        if os.path.isfile(card):
+            shutil.copy2(card, os.path.join(staging, "README.md"))
+        yield staging
+        move_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def move_into_place(staging: str, target: str) -> None:
