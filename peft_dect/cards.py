@@ -230,3 +230,46 @@ def render_lmbff_card(
         peft_version=peft.__version__,
         transformers_version=transformers.__version__,
     )
+
+
+def render_remote_dect_card(
+    config, model_name: str, *, fit: dict | None, evaluations: list[dict], repo: str | None = None
+) -> str:
+    """The README.md of a black-box DecT adapter (fitted through a served model, see `peft_dect.remote`)."""
+    from . import __version__
+
+    name = repo or f"dect-remote-{model_name.rstrip('/').split('/')[-1]}"
+    metadata: dict[str, Any] = {"library_name": "peft-dect", "pipeline_tag": "text-classification"}
+    metadata["tags"] = ["peft-dect", "dect", "black-box", "few-shot", "text-classification", "prompting"]
+    index = _model_index(name, evaluations)
+    if index:
+        metadata["model-index"] = index
+    rows = "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in config.label_words.items())
+    with_decoder = bool(fit) and fit.get("mode") != "logits"
+    decoder_text = (
+        f"a small decoder (a {config.decoder_dim}-dimensional projection, fixed class prototypes and learned radii) "
+        "reads the prompt's embedding and is fused with them."
+        if with_decoder
+        else "the server gave no embeddings, so the adapter classifies with DecT's logit term alone."
+    )
+    if fit:
+        training = (
+            f"Fitted on {fit['train_examples']} labelled examples ({fit['shots']} per class) with "
+            f"{fit['requests']} HTTP requests ({fit['completion_requests']} for log-probabilities, "
+            f"{fit['embedding_requests']} for embeddings) in {fit['wall_seconds']:.1f} s; mode `{fit['mode']}`, "
+            f"fusion weight lam = {fit['lam']:g}, calibration {'on' if fit['calibrate'] else 'off'}."
+        )
+    else:
+        training = "Not fitted: the adapter predicts with calibrated label-word scores."
+    return _template("dect_remote").substitute(
+        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        title=name,
+        base_model=model_name,
+        decoder_text=decoder_text,
+        template=config.template,
+        label_word_rows=rows,
+        training=training,
+        evaluation=_evaluation_text(evaluations),
+        repo=repo or "path/to/adapter",
+        peft_dect_version=__version__,
+    )

@@ -76,6 +76,39 @@ def _emit(args, payload: dict, human: str) -> None:
     print(json.dumps(payload) if args.json else human)
 
 
+def _endpoint(args, **overrides):
+    """The OpenAI-compatible endpoint of --endpoint/--model, with the request options of the command line."""
+    from .remote import OpenAIEndpoint
+
+    if not args.model:
+        raise ValueError("--endpoint needs --model: the name the server serves the model under.")
+    options = {
+        "embeddings": not getattr(args, "no_embeddings", False),
+        "top_logprobs": getattr(args, "top_logprobs", 20),
+        "max_concurrency": args.concurrency,
+        "cache_file": args.request_cache,
+        "show_progress": not args.quiet,
+    }
+    return OpenAIEndpoint(args.endpoint, args.model, **(options | overrides))
+
+
+def _fit_remote(args, train, config) -> None:
+    from .remote import BlackBoxDecT
+
+    clf = BlackBoxDecT(config, _endpoint(args), missing_label_words=args.missing_label_words)
+    report = clf.fit(train, _data(args, "eval"))
+    clf.save_pretrained(args.out)
+    report = {k: v for k, v in report.items() if k != "grid"} | {"adapter": str(args.out)}
+    _emit(
+        args,
+        report,
+        f"Saved the black-box DecT adapter to {args.out}: {report['requests']} requests to {args.endpoint} "
+        f"({report['completion_requests']} completions, of which {report['label_word_requests']} for label words "
+        f"outside the top candidates; {report['embedding_requests']} embedding), {report['prompt_tokens']} prompt "
+        f"tokens, {report['wall_seconds']:.1f} s; mode {report['mode']}, lam={report['lam']:g}.",
+    )
+
+
 def cmd_fit(args) -> None:
     from peft import get_peft_model
 
@@ -85,11 +118,15 @@ def cmd_fit(args) -> None:
     train = _data(args, "train")
     if train is None:
         raise ValueError("Give the training data: --train FILE or --task NAME (with --data DIR).")
-    model, tokenizer = _load_base(args.model, args.kind)
     spec = get_task(args.task) if args.task else None
-    from .backbone import lm_kind
+    if args.endpoint:
+        model = tokenizer = None
+        kind = "causal"  # an OpenAI-compatible server continues the prompt: causal-LM templates
+    else:
+        from .backbone import lm_kind
 
-    kind = lm_kind(model)
+        model, tokenizer = _load_base(args.model, args.kind)
+        kind = lm_kind(model)
     template = args.template or (spec.template_for(kind) if spec else None)
     words = _label_words(args.label_words) or (spec.label_words if spec else None)
     if template is None or words is None:
@@ -104,6 +141,9 @@ def cmd_fit(args) -> None:
         text_pair_column=args.text_pair_column or ("text_b" if spec else None),
         label_column=args.label_column,
     )
+    if args.endpoint:
+        _fit_remote(args, train, config)
+        return
     peft_model = get_peft_model(model, config)
     report = peft_model.fit(
         train, tokenizer, _data(args, "eval"), cache_dir=args.cache_dir, show_progress=not args.quiet
@@ -120,7 +160,17 @@ def cmd_fit(args) -> None:
 
 
 def _load_adapter(args):
+    """A PeftModel with its DecT adapter, or a `BlackBoxDecT` for an adapter fitted through a server."""
     from peft import PeftConfig, PeftModel
+
+    from .remote.dect import REMOTE_FILE, BlackBoxDecT
+
+    if (Path(args.adapter) / REMOTE_FILE).is_file():
+        overrides = {"url": args.endpoint} if args.endpoint else {}
+        if args.model:
+            overrides["model"] = args.model
+        overrides |= {"max_concurrency": args.concurrency, "cache_file": args.request_cache}
+        return BlackBoxDecT.from_pretrained(args.adapter, show_progress=not args.quiet, **overrides)
 
     config = PeftConfig.from_pretrained(args.adapter)
     model, tokenizer = _load_base(args.model or config.base_model_name_or_path, args.kind)
@@ -134,7 +184,8 @@ def cmd_evaluate(args) -> None:
     if test is None:
         raise ValueError("Give the evaluation data: --test FILE or --task NAME (with --data DIR).")
     peft_model = _load_adapter(args)
-    metrics = peft_model.evaluate(test, show_progress=not args.quiet)
+    progress = {} if _is_remote(peft_model) else {"show_progress": not args.quiet}
+    metrics = peft_model.evaluate(test, **progress)
     _emit(args, metrics, "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
 
 
@@ -144,7 +195,8 @@ def cmd_predict(args) -> None:
     from .prompting import Template
 
     peft_model = _load_adapter(args)
-    cfg = peft_model.active_peft_config
+    remote = _is_remote(peft_model)
+    cfg = peft_model.config if remote else peft_model.active_peft_config
     columns = read_columns(args.input)
     texts, _ = read_texts(
         columns,
@@ -152,7 +204,7 @@ def cmd_predict(args) -> None:
         text_column=cfg.text_column,
         text_pair_column=cfg.text_pair_column,
     )
-    probs = peft_model.predict_proba(columns, show_progress=not args.quiet)
+    probs = peft_model.predict_proba(columns, **({} if remote else {"show_progress": not args.quiet}))
     classes = cfg.classes
     if not args.json:
         print("\t".join(["label", *classes]))
@@ -162,6 +214,12 @@ def cmd_predict(args) -> None:
             print(json.dumps({"text": text, "label": label, "probabilities": dict(zip(classes, map(float, row)))}))
         else:
             print("\t".join([label, *(f"{p:.4f}" for p in row)]))
+
+
+def _is_remote(model) -> bool:
+    from .remote import BlackBoxDecT
+
+    return isinstance(model, BlackBoxDecT)
 
 
 def cmd_push(args) -> None:
@@ -189,6 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable JSON output")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    def remote(p, fitting: bool):
+        p.add_argument(
+            "--endpoint",
+            help="base URL of an OpenAI-compatible server (llama.cpp, vLLM) to reach the model through"
+            + ("" if fitting else "; default: the one the adapter was fitted with"),
+        )
+        p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (with --endpoint)")
+        p.add_argument("--request-cache", help="JSON-lines file of server answers, so no prompt is sent twice")
+        if fitting:
+            p.add_argument("--top-logprobs", type=int, default=20, help="next-token candidates asked for")
+            p.add_argument("--no-embeddings", action="store_true", help="the server has no embeddings: logit term")
+            p.add_argument(
+                "--missing-label-words",
+                choices=["exact", "floor", "error"],
+                default="exact",
+                help="label words outside the top candidates: one more request each (exact), the lowest "
+                "candidate's log-probability (floor), or an error",
+            )
+
     def data(p, split):
         p.add_argument("--task", help="a named task (LM-BFF k-shot layout), e.g. SST-2")
         p.add_argument("--data", default="data/fewshot", help="folder of the k-shot tasks (with --task)")
@@ -197,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{split}", help=f"{split} data file: .csv or .tsv with a header, or .jsonl")
 
     fit = sub.add_parser("fit", help="fit a DecT adapter and save it")
-    common(fit, "base model: 'smollm2' (embedded, default), a local folder or a Hub id")
+    common(
+        fit, "base model: 'smollm2' (embedded, default), a local folder or a Hub id; with --endpoint the served name"
+    )
     data(fit, "train")
     fit.add_argument("--eval", help="eval data file for auto mode's choice (default with --task: its dev split)")
     fit.add_argument("--out", required=True, help="folder to save the adapter to")
@@ -210,18 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--text-pair-column", help="column of the second text, for {text_b} templates")
     fit.add_argument("--label-column", default="label")
     fit.add_argument("--cache-dir", help="keep extracted features here and reuse them")
+    remote(fit, fitting=True)
     fit.set_defaults(func=cmd_fit)
 
     ev = sub.add_parser("evaluate", help="accuracy of an adapter on labelled data")
     ev.add_argument("adapter", help="adapter folder")
     common(ev, "base model (default: the one in the adapter config)")
     data(ev, "test")
+    remote(ev, fitting=False)
     ev.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts from a file or stdin")
     pr.add_argument("adapter", help="adapter folder")
     pr.add_argument("input", nargs="?", default="-", help="texts: .txt (one per line), .csv/.tsv/.jsonl, or - (stdin)")
     common(pr, "base model (default: the one in the adapter config)")
+    remote(pr, fitting=False)
     pr.set_defaults(func=cmd_predict)
 
     push = sub.add_parser("push", help="upload an adapter folder to the Hugging Face Hub")

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from benchmarks.grid.data import capped_sample, load_cell, per_class_subsample
 from benchmarks.grid.methods import MethodResult
@@ -194,3 +195,25 @@ def test_peak_memory_is_measured():
         block = bytearray(50_000_000)
     del block
     assert mem.mb > 40 and mem.source
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "lmbff_ft"])
+def test_methods_that_train_the_model_run_a_cell(name, data_dir, tmp_path, bpe_tokenizer):
+    """Prompt tuning and LM-BFF fine-tuning as grid methods, on a tiny Llama: they train, predict the test
+    subsample and hand the base model back unchanged for the next cell."""
+    from conftest import tiny_llama
+
+    from benchmarks.grid.trained_methods import TRAINED_METHODS
+
+    model = tiny_llama(bpe_tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = TRAINED_METHODS[name](test_cap=6, loader=lambda: (model, bpe_tokenizer))
+    out = tmp_path / "grid"
+    cells = grid_cells(["SST-2"], [name], [4], [13, 21])
+    counts = run_grid(cells, {name: lambda: method}, data_dir, out, test_cap=20, show_progress=False)
+    assert counts == {"done": 2, "read_back": 0, "failed": 0}
+    record = read_record(cells[1].path(out), cells[1])
+    assert record["test_size"] == 6 and record["train_seconds"] > 0 and record["train_passes"] > 0
+    assert "6 of the 20 capped test rows" in record["details"]["test_subsample"]
+    base = method.base if name == "lmbff_ft" else method.prompt_model.get_base_model()
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())

@@ -13,7 +13,7 @@ from . import SEEDS, SHOTS, TASKS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
-METHODS = ("zero_shot", "calibrated_zero_shot", "icl", "dect", "linear_probe", "setfit")
+METHODS = ("zero_shot", "calibrated_zero_shot", "icl", "dect", "linear_probe", "setfit", "prompt_tuning", "lmbff_ft")
 
 
 def method_factories(args) -> dict:
@@ -36,6 +36,14 @@ def method_factories(args) -> dict:
         return SetFit()
 
     factories["setfit"] = setfit
+
+    def trained(name):
+        from .trained_methods import TRAINED_METHODS
+
+        return TRAINED_METHODS[name](test_cap=args.trained_test_cap or None)
+
+    factories["prompt_tuning"] = lambda: trained("prompt_tuning")
+    factories["lmbff_ft"] = lambda: trained("lmbff_ft")
     return factories
 
 
@@ -49,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-cap", type=int, default=200, help="cap test sets to a fixed seeded sample (0: none)")
     parser.add_argument(
         "--icl-test-cap", type=int, default=40, help="in-context learning scores this many of the capped test rows"
+    )
+    parser.add_argument(
+        "--trained-test-cap",
+        type=int,
+        default=40,
+        help="prompt tuning and LM-BFF fine-tuning score this many of the capped test rows",
     )
     parser.add_argument("--out", default=str(RESULTS / "grid"), help="folder of the per-cell JSON records")
     parser.add_argument("--cache", default=str(HERE.parent / ".cache"), help="shared SmolLM2 feature cache folder")

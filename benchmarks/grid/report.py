@@ -21,6 +21,8 @@ METHOD_ORDER = (
     "icl",
     "linear_probe",
     "setfit",
+    "prompt_tuning",
+    "lmbff_ft",
     "dect",
 )
 LABELS = {
@@ -29,9 +31,16 @@ LABELS = {
     "icl": "in-context learning",
     "linear_probe": "linear probe",
     "setfit": "SetFit",
+    "prompt_tuning": "prompt tuning",
+    "lmbff_ft": "LM-BFF fine-tuning (LoRA)",
     "dect": "DecT",
 }
-PEERS = ("calibrated_zero_shot", "icl", "linear_probe", "setfit")
+PEERS = ("calibrated_zero_shot", "icl", "linear_probe", "setfit", "prompt_tuning", "lmbff_ft")
+WHY_SUBSAMPLED = {
+    "icl": "its prompts carry demonstrations and are several times longer",
+    "prompt_tuning": "it trains and runs the whole model, with no feature cache to share",
+    "lmbff_ft": "it trains and runs the whole model, with no feature cache to share",
+}
 TIME_FLOOR = 1e-2  # seconds: where methods without training sit on the log axis
 
 
@@ -286,7 +295,7 @@ def render(grid: Grid) -> str:
         sizes = sorted({r["test_size"] for r in grid.records if r["method"] == m})
         parts.append(
             f"{LABELS.get(m, m)} is scored on a seeded subsample of {', '.join(map(str, sizes))} of those rows "
-            "(its prompts carry demonstrations and are several times longer)."
+            f"({WHY_SUBSAMPLED.get(m, 'see its records')})."
         )
     for k in grid.shots:
         parts += [f"\n### {k} shots per class\n", score_table(grid, k)]

@@ -1,0 +1,304 @@
+"""Black-box DecT over HTTP against a local OpenAI-compatible stub: fitting, counting, caching, retries, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from openai_stub import NEGATIVE, POSITIVE, OpenAIStub
+
+from peft_dect.dect import DecTConfig
+from peft_dect.remote import BlackBoxDecT, EndpointError, OpenAIEndpoint, RemoteBackbone
+
+
+TEMPLATE = "{text_a} It was {mask}."
+WORDS = {"negative": ["terrible"], "positive": ["great"]}
+FILLER = ["the", "plot", "cast", "film", "story", "music", "pace", "ending", "scenes", "actors"]
+
+
+def sentiment_data(n_per_class: int, seed: int, cue_words: int = 1) -> dict[str, list]:
+    """Short reviews with `cue_words` sentiment words among neutral ones (one cue is often not enough for the
+    prior alone: the decoder has to read the embedding)."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for label, cues in (("negative", sorted(NEGATIVE)), ("positive", sorted(POSITIVE))):
+        for _ in range(n_per_class):
+            words = rng.sample(FILLER, 5) + rng.sample(cues, cue_words)
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            labels.append(label)
+    return {"text": texts, "label": labels}
+
+
+@pytest.fixture
+def stub():
+    with OpenAIStub() as server:
+        yield server
+
+
+def endpoint(stub, **kwargs) -> OpenAIEndpoint:
+    kwargs.setdefault("show_progress", False)
+    kwargs.setdefault("backoff", 0.01)
+    return OpenAIEndpoint(stub.url, "stub-model", **kwargs)
+
+
+def config(**kwargs) -> DecTConfig:
+    return DecTConfig(template=TEMPLATE, label_words=WORDS, **kwargs)
+
+
+def test_fit_counts_one_request_per_example_and_learns(stub):
+    train, test = sentiment_data(8, seed=0), sentiment_data(20, seed=1)
+    clf = BlackBoxDecT(config(), endpoint(stub))
+    report = clf.fit(train)
+    n = len(train["text"]) + 1  # the content-free prompt
+    assert report["completion_requests"] == n == stub.state.requests["completions"]
+    assert report["embedding_requests"] == math.ceil(n / 16) == stub.state.requests["embeddings"]
+    assert report["requests"] == report["completion_requests"] + report["embedding_requests"]
+    assert report["model_passes"] == n and report["retries"] == 0 and report["prompt_tokens"] > 0
+    assert report["wall_seconds"] >= report["feature_seconds"] > 0
+    assert clf.evaluate(test)["accuracy"] >= 0.9
+    assert clf.predict(["a lovely, moving film"]) == ["positive"]
+    probs = clf.predict_proba(test)
+    assert probs.shape == (40, 2) and np.allclose(probs.sum(1), 1)
+
+
+def test_no_prompt_is_sent_twice(stub, tmp_path):
+    train = sentiment_data(6, seed=2)
+    cache = tmp_path / "requests.jsonl"
+    clf = BlackBoxDecT(config(), endpoint(stub, cache_file=cache))
+    clf.fit(train)
+    clf.predict(train)  # all answered from the cache
+    again = clf.fit(train)
+    assert again["requests"] == 0 and again["cached_prompts"] == len(train["text"]) + 1
+    assert len(stub.state.prompts_seen) == len(set(stub.state.prompts_seen)) == len(train["text"]) + 1
+    fresh = BlackBoxDecT(config(), endpoint(stub, cache_file=cache))  # a new process reads the file
+    assert fresh.fit(train)["requests"] == 0
+    assert torch.equal(fresh.predict_logits(train), clf.predict_logits(train))
+
+
+def test_cache_file_of_another_model_is_ignored_with_a_warning(stub, tmp_path, caplog):
+    train = sentiment_data(4, seed=3)
+    cache = tmp_path / "requests.jsonl"
+    BlackBoxDecT(config(), endpoint(stub, cache_file=cache)).fit(train)
+    size = cache.stat().st_size
+    other = OpenAIEndpoint(stub.url, "another-model", cache_file=cache, show_progress=False)
+    with caplog.at_level(logging.WARNING):
+        report = BlackBoxDecT(config(), other).fit(train)
+    assert "Ignoring the request cache" in caplog.text and "another-model" in caplog.text
+    assert report["completion_requests"] == len(train["text"]) + 1
+    assert cache.stat().st_size == size  # not appended to
+
+
+def test_torn_cache_line_is_skipped(stub, tmp_path, caplog):
+    train = sentiment_data(4, seed=4)
+    cache = tmp_path / "requests.jsonl"
+    BlackBoxDecT(config(), endpoint(stub, cache_file=cache)).fit(train)
+    with open(cache, "a", encoding="utf-8") as f:
+        f.write('{"k": "logprobs", "p": "half a li')
+    with caplog.at_level(logging.WARNING):
+        report = BlackBoxDecT(config(), endpoint(stub, cache_file=cache)).fit(train)
+    assert report["requests"] == 0 and "unreadable line" in caplog.text
+
+
+def test_batches_and_concurrency_limit(stub):
+    stub.state.delay = 0.05
+    ep = endpoint(stub, max_concurrency=3, embedding_batch_size=4)
+    prompts = [f"prompt number {i}" for i in range(12)]
+    ep.next_token_logprobs(prompts)
+    ep.embed(prompts)
+    assert stub.state.max_in_flight == 3
+    assert stub.state.requests == {"completions": 12, "embeddings": 3, "tokenize": 0}
+    assert ep.stats.prompts_sent == 12
+
+
+def test_list_prompts_for_servers_that_take_them(stub):
+    ep = endpoint(stub, batch_size=5)
+    out = ep.next_token_logprobs([f"text {i} good" for i in range(7)])
+    assert len(out) == 7 and stub.state.requests["completions"] == 2
+    assert all(" great" in top for top in out)
+
+
+def test_retries_on_5xx_then_succeeds(stub):
+    stub.state.fail_next = 2
+    ep = endpoint(stub, max_retries=3)
+    assert len(ep.next_token_logprobs(["a good film"])) == 1
+    assert ep.stats.retries == 2
+
+
+def test_gives_up_after_bounded_retries(stub):
+    stub.state.fail_next = 100
+    ep = endpoint(stub, max_retries=2)
+    with pytest.raises(EndpointError, match="failed 3 times.*HTTP 500"):
+        ep.next_token_logprobs(["a good film"])
+    assert ep.stats.retries == 2
+
+
+def test_client_errors_are_not_retried(stub):
+    stub.state.fail_next, stub.state.fail_status = 1, 400
+    ep = endpoint(stub, max_retries=3)
+    with pytest.raises(ValueError, match="HTTP 400"):
+        ep.next_token_logprobs(["a good film"])
+    assert ep.stats.retries == 0
+
+
+def test_slow_server_times_out_then_recovers(stub):
+    stub.state.delay = 0.5
+    ep = endpoint(stub, timeout=0.1, max_retries=1)
+    with pytest.raises(EndpointError, match="timed out|Timeout"):
+        ep.next_token_logprobs(["a good film"])
+    stub.state.delay = 0.0
+    assert len(ep.next_token_logprobs(["a good film"])) == 1
+
+
+def test_unreachable_server():
+    ep = OpenAIEndpoint("http://127.0.0.1:9", "m", max_retries=1, backoff=0.0, timeout=1, show_progress=False)
+    with pytest.raises(EndpointError, match="127.0.0.1:9.*failed 2 times"):
+        ep.next_token_logprobs(["hello"])
+
+
+def test_response_without_logprobs_is_an_error(stub):
+    stub.state.no_logprobs = True
+    with pytest.raises(ValueError, match="no log-probabilities.*logits_all"):
+        BlackBoxDecT(config(), endpoint(stub)).fit(sentiment_data(2, seed=5))
+
+
+def test_label_word_missing_from_top_k_is_scored_exactly(stub):
+    from openai_stub import logprobs_of
+
+    stub.state.drop_tokens = {" terrible"}
+    texts = sentiment_data(4, seed=6)["text"]
+    ep = endpoint(stub)
+    feats = RemoteBackbone(ep, TEMPLATE, WORDS).extract(texts)
+    prompts = [f"{t} It was" for t in texts]
+    expected = [[logprobs_of(p)[" terrible"], logprobs_of(p)[" great"]] for p in prompts]
+    assert torch.allclose(feats.label_logits, torch.tensor(expected))
+    assert ep.stats.forced_requests == len(texts) and stub.state.requests["tokenize"] == 1
+    assert sorted(stub.state.forced) == sorted((p, " terrible") for p in prompts)
+    again = RemoteBackbone(ep, TEMPLATE, WORDS, label_token_ids={"terrible": 1}).extract(texts)
+    assert torch.equal(again.label_logits, feats.label_logits) and ep.stats.forced_requests == len(texts)  # cached
+
+
+def test_label_word_missing_from_top_k_floor_and_error(stub, caplog):
+    stub.state.drop_tokens = {" terrible"}
+    with caplog.at_level(logging.WARNING):
+        clf = BlackBoxDecT(config(), endpoint(stub), missing_label_words="floor")
+        report = clf.fit(sentiment_data(4, seed=6))
+    assert report["missing_label_words"] == {" terrible": 9} and report["label_word_requests"] == 0
+    assert "missing from the top 20" in caplog.text
+    bb = RemoteBackbone(endpoint(stub), TEMPLATE, WORDS, missing="error")
+    with pytest.raises(ValueError, match="' terrible' is not among the server's top"):
+        bb.extract(["a good film"])
+    top = {" great": -1.0, " the": -3.0}
+    floor = RemoteBackbone(endpoint(stub), TEMPLATE, WORDS, missing="floor")
+    assert floor.label_scores([top]).tolist() == [[-3.0, -1.0]]
+
+
+def test_logit_term_alone_without_embeddings(stub):
+    train, test = sentiment_data(6, seed=7), sentiment_data(10, seed=8, cue_words=2)
+    clf = BlackBoxDecT(config(), endpoint(stub, embeddings=False))
+    report = clf.fit(train)
+    assert report["mode"] == "logits" and report["embedding_requests"] == 0 and clf.weights is None
+    logits = clf.predict_logits(test)
+    feats = clf.backbone.extract(test["text"])
+    expected = torch.log_softmax(feats.label_logits - clf.content_free, -1)
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert clf.evaluate(test)["accuracy"] >= 0.9  # two cue words: the calibrated prior alone is right
+
+
+def test_server_without_embeddings_names_the_fallback(stub):
+    stub.state.no_embeddings = True
+    with pytest.raises(ValueError, match="HTTP 404.*embeddings=False"):
+        BlackBoxDecT(config(), endpoint(stub)).fit(sentiment_data(2, seed=14))
+
+
+def test_per_token_embeddings_use_the_last_token(stub):
+    stub.state.per_token_embeddings = True
+    from openai_stub import embedding_of
+
+    assert endpoint(stub).embed(["a good film"]) == [embedding_of("a good film")]
+
+
+def test_save_load_round_trip_and_card(stub, tmp_path):
+    train, test = sentiment_data(8, seed=9), sentiment_data(10, seed=10)
+    clf = BlackBoxDecT(config(), endpoint(stub))
+    clf.fit(train)
+    clf.evaluate(test, name="stub-sentiment")
+    clf.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "remote_endpoint.json").read_text())
+    assert saved["endpoint"]["model"] == "stub-model" and "api_key" not in json.dumps(saved)
+    loaded = BlackBoxDecT.from_pretrained(tmp_path / "adapter", show_progress=False)
+    assert torch.equal(loaded.predict_logits(test), clf.predict_logits(test))
+    card = ModelCard.load(tmp_path / "adapter" / "README.md")
+    assert "black-box" in card.data.tags
+    assert card.data.eval_results[0].metric_value == clf.evaluations[0]["metrics"]["accuracy"]
+
+
+def test_bad_input(stub, tmp_path):
+    with pytest.raises(ValueError, match="http"):
+        OpenAIEndpoint("127.0.0.1:8080", "m")
+    with pytest.raises(ValueError, match="top_logprobs"):
+        OpenAIEndpoint(stub.url, "m", top_logprobs=0)
+    with pytest.raises(TypeError, match="DecTConfig"):
+        BlackBoxDecT({"template": TEMPLATE}, endpoint(stub))
+    with pytest.raises(ValueError, match="demonstrations"):
+        BlackBoxDecT(config(demonstrations=1), endpoint(stub))
+    with pytest.raises(ValueError, match="causal LM"):
+        BlackBoxDecT(DecTConfig(template="{mask}: {text_a}", label_words=WORDS), endpoint(stub))
+    with pytest.raises(ValueError, match="label .neutral., which label_words does not name"):
+        BlackBoxDecT(config(), endpoint(stub)).fit({"text": ["a", "b"], "label": ["negative", "neutral"]})
+    with pytest.raises(ValueError, match="not a saved black-box"):
+        BlackBoxDecT.from_pretrained(tmp_path)
+    clf = BlackBoxDecT(config(), endpoint(stub))
+    with pytest.raises(ValueError, match="fit"):
+        clf.save_pretrained(tmp_path / "nothing")
+    clf.fit(sentiment_data(4, seed=11))
+    clf.save_pretrained(tmp_path / "a")
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="safetensors"):
+        BlackBoxDecT.from_pretrained(tmp_path / "a")
+
+
+def test_cli_fit_predict_evaluate_through_an_endpoint(stub, tmp_path):
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    for name, data in (("train", sentiment_data(8, seed=12)), ("test", sentiment_data(10, seed=13))):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["sentence", "label"])
+            writer.writerows(zip(data["text"], data["label"]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "peft_dect.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    common = ["--endpoint", stub.url, "--model", "stub-model", "--quiet", "--json"]
+    fit = cli("fit", *common, "--train", str(tmp_path / "train.csv"), "--template", TEMPLATE,
+              "--label-words", "negative=terrible,positive=great", "--out", str(tmp_path / "adapter"),
+              "--request-cache", str(tmp_path / "cache.jsonl"))  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    report = json.loads(fit.stdout.strip().splitlines()[-1])
+    assert report["completion_requests"] == 17 and report["mode"] == "auto"
+    ev = cli("evaluate", str(tmp_path / "adapter"), "--test", str(tmp_path / "test.csv"), "--quiet", "--json")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["accuracy"] >= 0.9
+    pr = subprocess.run(
+        [sys.executable, "-m", "peft_dect.cli", "predict", str(tmp_path / "adapter"), "--quiet", "--json"],
+        input="a lovely, moving film\n", capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert pr.returncode == 0, pr.stderr
+    assert json.loads(pr.stdout)["label"] == "positive"
+    down = cli("fit", "--endpoint", "http://127.0.0.1:9", "--model", "m", "--train", str(tmp_path / "train.csv"),
+               "--template", TEMPLATE, "--label-words", "negative=terrible,positive=great", "--out",
+               str(tmp_path / "x"), "--quiet")  # fmt: skip
+    assert down.returncode == 2 and "failed" in down.stderr and "server is running" in down.stderr
