@@ -50,7 +50,7 @@ def test_server_features_match_in_process(server_url, smollm2):
     prompt = "a gorgeous, moving film. In summary, it was"
     ep = OpenAIEndpoint(server_url, "smollm2", show_progress=False)
     (top,) = ep.next_token_logprobs([prompt])
-    (vector,) = ep.embed([prompt])
+    vector, _ = ep.embed([prompt, "another prompt, so that each request's input is checked"])
     with torch.no_grad():
         hidden = model.model(**tok(prompt, return_tensors="pt"))[0][0, -1]
         local = torch.log_softmax(model.lm_head(hidden), -1)
@@ -79,7 +79,7 @@ def test_sst2_fit_through_the_server_matches_in_process(server_url, smollm2, tmp
     n = len(data["train"]) + 1
     assert report["model_passes"] == n
     assert report["completion_requests"] == n + report["label_word_requests"]
-    assert report["embedding_requests"] == -(-n // 16)
+    assert report["embedding_requests"] == n  # one per request: llama-cpp-python mixes up batched per-token ones
     assert remote.fit(data["train"])["requests"] == 0  # every prompt answered from the cache
     remote_acc = remote.evaluate(test)["accuracy"]
 

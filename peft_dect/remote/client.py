@@ -148,8 +148,10 @@ class OpenAIEndpoint:
     embeddings on, for instance); `embeddings=False` uses log-probabilities only. `top_logprobs` is the number of
     next-token candidates asked for (label words outside them are handled by the caller). `batch_size` prompts go in
     one completion request (llama.cpp's server takes 1, vLLM takes lists); `embedding_batch_size` in one embedding
-    request. At most `max_concurrency` requests are in flight; a failed request is retried `max_retries` times with
-    backoff `backoff * 2**attempt` seconds. `cache_file` keeps answers across runs.
+    request (default 1: llama-cpp-python 0.3 returns wrong per-token embeddings for all but the first input of a
+    batch; raise it for servers that batch correctly, such as vLLM). At most `max_concurrency` requests are in
+    flight; a failed request is retried `max_retries` times with backoff `backoff * 2**attempt` seconds.
+    `cache_file` keeps answers across runs.
     """
 
     def __init__(
@@ -162,7 +164,7 @@ class OpenAIEndpoint:
         embedding_model: str | None = None,
         top_logprobs: int = 20,
         batch_size: int = 1,
-        embedding_batch_size: int = 16,
+        embedding_batch_size: int = 1,
         max_concurrency: int = 4,
         timeout: float = 60.0,
         max_retries: int = 4,
