@@ -266,6 +266,9 @@ def render_remote_dect_card(
         title=name,
         base_model=model_name,
         decoder_text=decoder_text,
+        calibration_text=(
+            "calibrated against a content-free prompt" if not fit or fit.get("calibrate") else "not calibrated"
+        ),
         template=config.template,
         label_word_rows=rows,
         training=training,

@@ -84,18 +84,34 @@ def _endpoint(args, **overrides):
         raise ValueError("--endpoint needs --model: the name the server serves the model under.")
     options = {
         "embeddings": not getattr(args, "no_embeddings", False),
-        "top_logprobs": getattr(args, "top_logprobs", 20),
-        "max_concurrency": args.concurrency,
+        "top_logprobs": getattr(args, "top_logprobs", None) or 20,
+        "max_concurrency": args.concurrency or 4,
         "cache_file": args.request_cache,
         "show_progress": not args.quiet,
     }
     return OpenAIEndpoint(args.endpoint, args.model, **(options | overrides))
 
 
+REMOTE_ONLY = ("concurrency", "request_cache", "top_logprobs", "no_embeddings", "missing_label_words")
+LOCAL_ONLY = ("cache_dir", "kind")
+
+
+def _check_options(args, *, fitting: bool) -> None:
+    """Refuse options that do not apply: request options without --endpoint, model options with it."""
+    given = [name for name in REMOTE_ONLY if getattr(args, name, None)]
+    if given and not args.endpoint and fitting:
+        raise ValueError(
+            f"--{given[0].replace('_', '-')} applies to a model behind --endpoint only; add --endpoint URL or drop it."
+        )
+    wrong = [name for name in LOCAL_ONLY if getattr(args, name, None)] if args.endpoint else []
+    if wrong:
+        raise ValueError(f"--{wrong[0].replace('_', '-')} applies to an in-process model, not to --endpoint; drop it.")
+
+
 def _fit_remote(args, train, config) -> None:
     from .remote import BlackBoxDecT
 
-    clf = BlackBoxDecT(config, _endpoint(args), missing_label_words=args.missing_label_words)
+    clf = BlackBoxDecT(config, _endpoint(args), missing_label_words=args.missing_label_words or "exact")
     report = clf.fit(train, _data(args, "eval"))
     clf.save_pretrained(args.out)
     report = {k: v for k, v in report.items() if k != "grid"} | {"adapter": str(args.out)}
@@ -119,6 +135,7 @@ def cmd_fit(args) -> None:
     if train is None:
         raise ValueError("Give the training data: --train FILE or --task NAME (with --data DIR).")
     spec = get_task(args.task) if args.task else None
+    _check_options(args, fitting=True)
     if args.endpoint:
         model = tokenizer = None
         kind = "causal"  # an OpenAI-compatible server continues the prompt: causal-LM templates
@@ -166,11 +183,19 @@ def _load_adapter(args):
     from .remote.dect import REMOTE_FILE, BlackBoxDecT
 
     if (Path(args.adapter) / REMOTE_FILE).is_file():
+        if args.kind:
+            raise ValueError("--kind applies to an in-process model, not to an adapter fitted through a server.")
         overrides = {"url": args.endpoint} if args.endpoint else {}
         if args.model:
             overrides["model"] = args.model
-        overrides |= {"max_concurrency": args.concurrency, "cache_file": args.request_cache}
+        overrides |= {"max_concurrency": args.concurrency or 4, "cache_file": args.request_cache}
         return BlackBoxDecT.from_pretrained(args.adapter, show_progress=not args.quiet, **overrides)
+    given = [name for name in ("endpoint", "concurrency", "request_cache") if getattr(args, name, None)]
+    if given:
+        raise ValueError(
+            f"--{given[0].replace('_', '-')} applies to adapters fitted through a server (peft-dect fit --endpoint); "
+            f"{args.adapter} is an in-process adapter."
+        )
 
     config = PeftConfig.from_pretrained(args.adapter)
     model, tokenizer = _load_base(args.model or config.base_model_name_or_path, args.kind)
@@ -253,17 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="base URL of an OpenAI-compatible server (llama.cpp, vLLM) to reach the model through"
             + ("" if fitting else "; default: the one the adapter was fitted with"),
         )
-        p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (with --endpoint)")
+        p.add_argument("--concurrency", type=int, help="requests in flight at once (with --endpoint; default 4)")
         p.add_argument("--request-cache", help="JSON-lines file of server answers, so no prompt is sent twice")
         if fitting:
-            p.add_argument("--top-logprobs", type=int, default=20, help="next-token candidates asked for")
+            p.add_argument("--top-logprobs", type=int, help="next-token candidates asked for (default 20)")
             p.add_argument("--no-embeddings", action="store_true", help="the server has no embeddings: logit term")
             p.add_argument(
                 "--missing-label-words",
                 choices=["exact", "floor", "error"],
-                default="exact",
-                help="label words outside the top candidates: one more request each (exact), the lowest "
-                "candidate's log-probability (floor), or an error",
+                help="label words outside the top candidates: one more request each (exact, the default), the "
+                "lowest candidate's log-probability (floor), or an error",
             )
 
     def data(p, split):

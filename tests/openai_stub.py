@@ -57,8 +57,12 @@ class StubState:
         self.no_logprobs = False
         self.per_token_embeddings = False
         self.no_embeddings = False
+        self.no_embeddings_status = 404  # llama.cpp's Python server answers 500 when started without --embedding
+        self.ignore_bias = False  # answer as if logit_bias were not supported
+        self.biased_logprobs = False  # report log-probabilities after the bias
+        self.tokenize_bos = False  # the tokenize route prepends a BOS token (id 0)
         self.top_cap: int | None = None
-        self.drop_tokens: set[str] = set()
+        self.drop_tokens: set[str] = set()  # left out of the top candidates (with every token below them)
         self.prompts_seen: list[str] = []
         self.requests = {"completions": 0, "embeddings": 0, "tokenize": 0}
         self.forced: list[tuple[str, str]] = []  # (prompt, token) pairs scored through logit_bias
@@ -100,11 +104,14 @@ class _Handler(BaseHTTPRequestHandler):
                     st.requests["tokenize"] += 1
                 text = body["input"]
                 ids = [VOCAB.index(text)] if text in VOCAB else [100 + len(w) for w in text.split()]
+                ids = [0] + ids if st.tokenize_bos else ids
                 self._send(200, {"tokens": ids})
             elif self.path == "/v1/completions":
                 self._complete(body)
             elif self.path == "/v1/embeddings" and not st.no_embeddings:
                 self._embed(body)
+            elif self.path == "/v1/embeddings":
+                self._send(st.no_embeddings_status, {"error": {"message": "model created without embeddings"}})
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
         finally:
@@ -118,11 +125,13 @@ class _Handler(BaseHTTPRequestHandler):
             st.requests["completions"] += 1
             st.prompts_seen.extend(prompts)
         choices = []
-        bias = {VOCAB[int(i)]: b for i, b in (body.get("logit_bias") or {}).items()}
+        bias = {VOCAB[int(i)]: b for i, b in (body.get("logit_bias") or {}).items()} if not st.ignore_bias else {}
         for i, prompt in enumerate(prompts):
             raw = logprobs_of(prompt)
-            top = {t: v for t, v in raw.items() if t not in st.drop_tokens}
-            top = dict(sorted(top.items(), key=lambda kv: -kv[1])[: min(body.get("logprobs") or 1, st.top_cap or 99)])
+            ranked = sorted(raw.items(), key=lambda kv: -kv[1])
+            cut = next((i for i, (t, _) in enumerate(ranked) if t in st.drop_tokens), len(ranked))
+            # the candidates end just above the first dropped token, as a real top-k that it misses would
+            top = dict(ranked[: max(1, min(cut, body.get("logprobs") or 1, st.top_cap or 99))])
             best = max(raw, key=lambda t: raw[t] + bias.get(t, 0.0))  # sampled with the bias, reported without it
             if bias:
                 with st.lock:
@@ -133,7 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
             logprobs = (
                 None if st.no_logprobs else {"tokens": [best], "token_logprobs": [top[best]], "top_logprobs": [top]}
             )
-            logprobs = logprobs if logprobs is None else logprobs | {"token_logprobs": [raw[best]]}
+            reported = -1e-6 if (bias and st.biased_logprobs) else raw[best]
+            logprobs = logprobs if logprobs is None else logprobs | {"token_logprobs": [reported]}
             choices.append({"index": i, "text": best, "logprobs": logprobs, "finish_reason": "length"})
         usage = {"prompt_tokens": sum(len(p.split()) for p in prompts), "completion_tokens": len(prompts)}
         self._send(200, {"object": "text_completion", "model": body["model"], "choices": choices, "usage": usage})

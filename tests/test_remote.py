@@ -183,10 +183,13 @@ def test_label_word_missing_from_top_k_is_scored_exactly(stub):
     prompts = [f"{t} It was" for t in texts]
     expected = [[logprobs_of(p)[" terrible"], logprobs_of(p)[" great"]] for p in prompts]
     assert torch.allclose(feats.label_logits, torch.tensor(expected))
-    assert ep.stats.forced_requests == len(texts) and stub.state.requests["tokenize"] == 1
-    assert sorted(stub.state.forced) == sorted((p, " terrible") for p in prompts)
-    again = RemoteBackbone(ep, TEMPLATE, WORDS, label_token_ids={"terrible": 1}).extract(texts)
-    assert torch.equal(again.label_logits, feats.label_logits) and ep.stats.forced_requests == len(texts)  # cached
+    forced = ep.stats.forced_requests
+    assert forced == len(stub.state.forced) > 0 and set(stub.state.forced) <= {
+        (p, w) for p in prompts for w in (" terrible", " great")
+    }
+    assert stub.state.requests["tokenize"] == 3  # each word once, and "" once (what the route adds to every text)
+    again = RemoteBackbone(ep, TEMPLATE, WORDS, label_token_ids={"terrible": 1, "great": 0}).extract(texts)
+    assert torch.equal(again.label_logits, feats.label_logits) and ep.stats.forced_requests == forced  # cached
 
 
 def test_label_word_missing_from_top_k_floor_and_error(stub, caplog):
@@ -194,7 +197,7 @@ def test_label_word_missing_from_top_k_floor_and_error(stub, caplog):
     with caplog.at_level(logging.WARNING):
         clf = BlackBoxDecT(config(), endpoint(stub), missing_label_words="floor")
         report = clf.fit(sentiment_data(4, seed=6))
-    assert report["missing_label_words"] == {" terrible": 9} and report["label_word_requests"] == 0
+    assert sum(report["missing_label_words"].values()) == 9 and report["label_word_requests"] == 0
     assert "missing from the top 20" in caplog.text
     bb = RemoteBackbone(endpoint(stub), TEMPLATE, WORDS, missing="error")
     with pytest.raises(ValueError, match="' terrible' is not among the server's top"):
@@ -303,7 +306,81 @@ def test_cli_fit_predict_evaluate_through_an_endpoint(stub, tmp_path):
     )  # fmt: skip
     assert pr.returncode == 0, pr.stderr
     assert json.loads(pr.stdout)["label"] == "positive"
+    misplaced = cli("fit", "--train", str(tmp_path / "train.csv"), "--template", TEMPLATE, "--label-words",
+                    "negative=terrible,positive=great", "--top-logprobs", "5", "--out", "y")  # fmt: skip
+    assert misplaced.returncode == 2 and "--top-logprobs applies to a model behind --endpoint" in misplaced.stderr
     down = cli("fit", "--endpoint", "http://127.0.0.1:9", "--model", "m", "--train", str(tmp_path / "train.csv"),
                "--template", TEMPLATE, "--label-words", "negative=terrible,positive=great", "--out",
                str(tmp_path / "x"), "--quiet")  # fmt: skip
     assert down.returncode == 2 and "failed" in down.stderr and "server is running" in down.stderr
+
+
+def test_forced_label_word_scores_are_checked(stub):
+    stub.state.drop_tokens = {" terrible"}
+    stub.state.ignore_bias = True
+    with pytest.raises(ValueError, match="ignores logit_bias or reports biased"):
+        RemoteBackbone(endpoint(stub), TEMPLATE, WORDS).extract(["a good film"])
+    stub.state.ignore_bias, stub.state.biased_logprobs = False, True
+    with pytest.raises(ValueError, match="ignores logit_bias or reports biased"):
+        RemoteBackbone(endpoint(stub), TEMPLATE, WORDS).extract(["a dull film"])
+
+
+def test_tokenize_route_bos_is_dropped(stub):
+    stub.state.tokenize_bos = True
+    ep = endpoint(stub)
+    assert ep.tokenize(" terrible") == [1]
+    assert ep.tokenize(" terrible") == [1] and ep.stats.tokenize_requests == 2  # the text and "", then cached
+
+
+def test_embeddings_500_names_the_fallback(stub):
+    stub.state.no_embeddings, stub.state.no_embeddings_status = True, 500
+    with pytest.raises(EndpointError, match="embeddings=False"):
+        endpoint(stub, max_retries=1).embed(["a good film"])
+
+
+def test_first_failure_cancels_queued_requests_and_keeps_answers(stub):
+    ep = endpoint(stub, max_retries=0, max_concurrency=1)
+    prompts = [f"prompt {i}" for i in range(6)]
+    ep.next_token_logprobs(prompts[:2])
+    stub.state.fail_next, stub.state.fail_status = 1, 400
+    with pytest.raises(ValueError, match="HTTP 400"):
+        ep.next_token_logprobs(prompts)
+    # the failed request is not counted; of the 3 queued behind it at most the one the worker had taken is sent
+    assert stub.state.requests["completions"] <= 3
+    ep.next_token_logprobs(prompts)
+    assert stub.state.requests["completions"] == 6  # an answer received before the failure is not asked again
+
+
+def test_appending_after_a_torn_line_keeps_new_records(stub, tmp_path):
+    cache = tmp_path / "requests.jsonl"
+    endpoint(stub, cache_file=cache).next_token_logprobs(["first prompt"])
+    with open(cache, "a", encoding="utf-8") as f:
+        f.write('{"k": "logprobs", "p": "torn')
+    endpoint(stub, cache_file=cache).next_token_logprobs(["second prompt \u2028 with a line separator"])
+    fresh = endpoint(stub, cache_file=cache)
+    fresh.next_token_logprobs(["first prompt", "second prompt \u2028 with a line separator"])
+    assert fresh.stats.requests == 0 and stub.state.requests["completions"] == 2
+
+
+def test_round_trip_keeps_the_label_word_rule_and_follows_a_new_url(stub, tmp_path):
+    stub.state.drop_tokens = {" terrible"}
+    train, test = sentiment_data(6, seed=15), sentiment_data(6, seed=16)
+    clf = BlackBoxDecT(config(), endpoint(stub), missing_label_words="floor")
+    clf.fit(train)
+    clf.save_pretrained(tmp_path / "adapter")
+    with OpenAIStub() as other:  # the same model served elsewhere
+        other.state.drop_tokens = {" terrible"}
+        loaded = BlackBoxDecT.from_pretrained(tmp_path / "adapter", url=other.url, show_progress=False)
+        assert loaded.backbone.missing == "floor" and loaded.endpoint.embedding_url == other.url + "/v1"
+        assert torch.equal(loaded.predict_logits(test), clf.predict_logits(test))
+        assert other.state.requests["embeddings"] > 0 and not other.state.forced
+
+
+def test_settings_that_need_the_model_in_process_are_refused(stub):
+    with pytest.raises(ValueError, match="cannot truncate"):
+        BlackBoxDecT(config(max_length=64), endpoint(stub))
+    stub.state.drop_tokens = {" terrible"}
+    clf = BlackBoxDecT(DecTConfig(template=TEMPLATE, label_words={"negative": ["dull mess"], "positive": ["great"]},
+                                  multi_token="error"), endpoint(stub))  # fmt: skip
+    with pytest.raises(ValueError, match="2 tokens on the served model"):
+        clf.fit(sentiment_data(2, seed=17))

@@ -9,6 +9,7 @@ so that no prompt is ever sent twice.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ class RequestStats:
     completion_requests: int = 0
     embedding_requests: int = 0
     forced_requests: int = 0
+    tokenize_requests: int = 0
     retries: int = 0
     prompts_sent: int = 0
     cached_prompts: int = 0
@@ -52,7 +54,7 @@ class RequestStats:
 
     @property
     def requests(self) -> int:
-        return self.completion_requests + self.embedding_requests
+        return self.completion_requests + self.embedding_requests + self.tokenize_requests
 
     def as_dict(self) -> dict:
         return asdict(self) | {"requests": self.requests}
@@ -97,7 +99,7 @@ class ResponseCache:
 
     def _load(self) -> None:
         with open(self.path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")  # not splitlines(): U+2028 and friends may occur inside a record
         try:
             header = json.loads(lines[0])
         except (json.JSONDecodeError, IndexError):
@@ -113,6 +115,8 @@ class ResponseCache:
             )
             return
         for line in lines[1:]:
+            if not line:
+                continue
             try:
                 record = json.loads(line)
                 self._store[(record["k"], record["p"])] = record["v"]
@@ -121,6 +125,11 @@ class ResponseCache:
 
     def __len__(self) -> int:
         return len(self._store)
+
+    def _last_byte(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1)
 
     def get(self, kind: str, prompt: str):
         return self._store.get((kind, prompt))
@@ -133,9 +142,12 @@ class ResponseCache:
                 return
             new_file = not self.path.exists() or not self.path.stat().st_size
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = not new_file and self._last_byte() != b"\n"
             with open(self.path, "a", encoding="utf-8") as f:
                 if new_file:
                     f.write(json.dumps({"peft_dect_cache": 1, **self.identity}) + "\n")
+                if torn:  # an interrupted write left half a line: end it, so the next record stays whole
+                    f.write("\n")
                 for p, v in zip(prompts, values):
                     f.write(json.dumps({"k": kind, "p": p, "v": v}, ensure_ascii=False) + "\n")
 
@@ -199,6 +211,7 @@ class OpenAIEndpoint:
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.show_progress = show_progress
         self.stats = RequestStats()
+        self._tokenized: dict[str, list[int]] = {}
         self._stats_lock = threading.Lock()
         self.cache = ResponseCache(cache_file, self.identity())
 
@@ -211,14 +224,12 @@ class OpenAIEndpoint:
 
     def settings(self) -> dict:
         """JSON-able constructor arguments (no API key, no cache file): what a saved adapter needs to reconnect."""
-        return {
-            "url": self.url,
-            "model": self.model,
-            "embeddings": self.embeddings,
-            "embedding_url": self.embedding_url,
-            "embedding_model": self.embedding_model,
-            "top_logprobs": self.top_logprobs,
-        }
+        out = {"url": self.url, "model": self.model, "embeddings": self.embeddings, "top_logprobs": self.top_logprobs}
+        if self.embedding_url != self.url:  # else they follow `url` and `model` when those are overridden on load
+            out["embedding_url"] = self.embedding_url
+        if self.embedding_model != self.model:
+            out["embedding_model"] = self.embedding_model
+        return out
 
     # ---------------------------------------------------------------- public queries
     def next_token_logprobs(self, prompts: Sequence[str], desc: str = "logprobs") -> list[dict[str, float]]:
@@ -238,10 +249,23 @@ class OpenAIEndpoint:
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` (no special tokens) from the server: llama-cpp-python's `/extras/tokenize`, or the
         `/tokenize` route of llama.cpp's and vLLM's servers."""
+        if text in self._tokenized:
+            return self._tokenized[text]
+        ids = self._tokenize(text)
+        if text and "" not in self._tokenized:
+            self._tokenized[""] = self._tokenize("")
+        bos = self._tokenized.get("", []) if text else []  # what the route adds to every text (a BOS), dropped
+        if bos and ids[: len(bos)] == bos:
+            ids = ids[len(bos) :]
+        self._tokenized[text] = ids
+        return ids
+
+    def _tokenize(self, text: str) -> list[int]:
         root = self.url[: -len("/v1")]
+        body = {"model": self.model, "content": text, "prompt": text, "add_special": False}
         attempts = (
             (root + "/extras/tokenize", {"model": self.model, "input": text}),
-            (root + "/tokenize", {"model": self.model, "content": text, "prompt": text, "add_special": False}),
+            (root + "/tokenize", body | {"add_special_tokens": False}),
         )
         errors = []
         for url, body in attempts:
@@ -274,14 +298,23 @@ class OpenAIEndpoint:
         if todo:
             chunks = [todo[i : i + per_request] for i in range(0, len(todo), per_request)]
             bar = tqdm(total=len(todo), desc=desc, unit="prompt", disable=not self.show_progress)
+            pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chunks)))
+            futures = {pool.submit(send, chunk): chunk for chunk in chunks}
             try:
-                with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chunks))) as pool:
-                    futures = {pool.submit(send, chunk): chunk for chunk in chunks}
-                    for future in as_completed(futures):
-                        chunk = futures[future]
-                        self.cache.put(kind, chunk, future.result())  # answers are kept as they arrive
-                        bar.update(len(chunk))
+                for future in as_completed(futures):
+                    chunk = futures.pop(future)
+                    self.cache.put(kind, chunk, future.result())  # answers are kept as they arrive
+                    bar.update(len(chunk))
+            except BaseException:
+                # Stop at the first failure: queued requests are cancelled, the ones in flight are waited for and
+                # their answers kept, so that a rerun sends only what is still missing.
+                pool.shutdown(wait=True, cancel_futures=True)
+                for future, chunk in futures.items():
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        self.cache.put(kind, chunk, future.result())
+                raise
             finally:
+                pool.shutdown(wait=True)
                 bar.close()
         return [self.cache.get(kind, p) for p in prompts]
 
@@ -365,10 +398,10 @@ class OpenAIEndpoint:
                         hint = " This server has no embeddings: pass embeddings=False (DecT's logit term alone)."
                     raise ValueError(f"{url} refused the request with HTTP {err.code}: {detail}{hint}") from None
                 last = f"HTTP {err.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
                 last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
             else:
-                self._count(kind, prompts, payload, time.perf_counter() - start)
+                self._count(kind, prompts, payload)
                 try:
                     return json.loads(payload)
                 except json.JSONDecodeError:
@@ -377,12 +410,15 @@ class OpenAIEndpoint:
                 with self._stats_lock:
                     self.stats.seconds += time.perf_counter() - start
             logger.info("Request to %s failed (%s), attempt %d of %d.", url, last, attempt + 1, self.max_retries + 1)
+        hint = ""
+        if kind == EMBEDDING:
+            hint = " If the server has no embeddings (llama.cpp: started without --embedding), pass embeddings=False."
         raise EndpointError(
             f"{url} failed {self.max_retries + 1} times, last with {last}. Check that the server is running and "
-            "serves the model, or raise timeout / max_retries for a slow server."
+            f"serves the model, or raise timeout / max_retries for a slow server.{hint}"
         )
 
-    def _count(self, kind: str, prompts: int, payload: bytes, seconds: float) -> None:
+    def _count(self, kind: str, prompts: int, payload: bytes) -> None:
         try:
             usage = json.loads(payload).get("usage") or {}
             tokens = int(usage.get("prompt_tokens") or 0)
@@ -393,6 +429,8 @@ class OpenAIEndpoint:
                 self.stats.completion_requests += 1
             elif kind == EMBEDDING:
                 self.stats.embedding_requests += 1
+            else:
+                self.stats.tokenize_requests += 1
             if kind == FORCED:
                 self.stats.forced_requests += 1
             self.stats.prompts_sent += prompts if kind == LOGPROBS else 0

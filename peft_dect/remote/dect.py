@@ -61,6 +61,11 @@ class BlackBoxDecT:
                 "Black-box DecT sends the template alone: demonstrations and soft prompts need the model in-process "
                 "(use get_peft_model with a transformers model)."
             )
+        if config.max_length is not None:
+            raise ValueError(
+                "Black-box DecT cannot truncate prompts (it has no tokenizer): leave max_length=None; the server "
+                "refuses prompts longer than its context with an HTTP error that names it."
+            )
         self.config = config
         self.endpoint = endpoint
         self.backbone = RemoteBackbone(
@@ -71,6 +76,7 @@ class BlackBoxDecT:
             missing=missing_label_words,
             label_token_ids=label_token_ids,
             tokenizer=tokenizer,
+            multi_token=config.multi_token,
         )
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = endpoint.model
@@ -136,6 +142,7 @@ class BlackBoxDecT:
         """
         cfg = self.config
         before = self.endpoint.stats.copy()
+        missing_before = dict(self.backbone.missing_counts)
         t0 = time.perf_counter()
         labels = self._labels(train_dataset)
         use_eval = eval_dataset is not None and cfg.mode == "auto"
@@ -177,7 +184,11 @@ class BlackBoxDecT:
             "feature_seconds": t1 - t0,
             "decoder_seconds": t2 - t1,
             "wall_seconds": t2 - t0,
-            "missing_label_words": dict(self.backbone.missing_counts),
+            "missing_label_words": {
+                word: count - missing_before.get(word, 0)
+                for word, count in self.backbone.missing_counts.items()
+                if count > missing_before.get(word, 0)
+            },
         }
         self.evaluations = []
         return self.last_fit
@@ -242,6 +253,9 @@ class BlackBoxDecT:
             "calibrate": self.calibrate,
             "fit": self.last_fit,
             "evaluations": self.evaluations,
+            # how label words were scored: prediction must make its features the way the fit did
+            "missing_label_words": self.backbone.missing,
+            "label_token_ids": self.backbone.token_ids,
         }
         with staged_folder(save_directory) as staging:
             save_file(tensors, os.path.join(staging, WEIGHTS_FILE), metadata={"format": "pt"})
@@ -258,7 +272,8 @@ class BlackBoxDecT:
         cls, directory: str | os.PathLike, endpoint: OpenAIEndpoint | None = None, **endpoint_kwargs: Any
     ) -> BlackBoxDecT:
         """Load a saved black-box adapter; the endpoint is rebuilt from the saved settings unless one is given
-        (`endpoint_kwargs`, e.g. `url=...` or `cache_file=...`, override the saved settings)."""
+        (`endpoint_kwargs`, e.g. `url=...` or `cache_file=...`, override the saved settings). Label words are scored
+        as at fit time (the saved `missing_label_words` rule and token ids)."""
         folder = Path(directory)
         try:
             saved = json.loads((folder / REMOTE_FILE).read_text(encoding="utf-8"))
@@ -275,7 +290,12 @@ class BlackBoxDecT:
         config = DecTConfig.from_pretrained(str(folder))
         if endpoint is None:
             endpoint = OpenAIEndpoint(**(settings | endpoint_kwargs))
-        out = cls(config, endpoint)
+        out = cls(
+            config,
+            endpoint,
+            missing_label_words=saved.get("missing_label_words", "exact"),
+            label_token_ids=saved.get("label_token_ids"),
+        )
         num_classes = len(config.classes)
         cf = tensors.get("dect_content_free")
         if cf is None or cf.shape != (num_classes,):

@@ -10,7 +10,7 @@ import torch
 
 from ..features import Features
 from ..prompting import Template, normalize_label_words
-from ..prompting.verbalizer import AGGREGATIONS
+from ..prompting.verbalizer import AGGREGATIONS, MULTI_TOKEN_RULES
 from .client import OpenAIEndpoint
 
 
@@ -26,8 +26,12 @@ class RemoteBackbone:
     is the mean (or max) of its label words' next-token log-probabilities, each word looked up in the server's top
     `top_logprobs` candidates by its text: with a leading space when the template has one before `{mask}`. A label
     word missing from the candidates is, with `missing="exact"` (default), scored by one more request that forces its
-    (first) token with `logit_bias` and reads its log-probability; its token id comes from `label_token_ids`
-    ({word: id}), else `tokenizer` (the served model's, e.g. from `transformers`), else the server's tokenize route.
+    (first) token with `logit_bias` and reads its log-probability; the value is checked to lie below the top
+    candidates' (a server that ignores the bias, or reports biased values, gives an error). The token id comes from
+    `label_token_ids` ({label word: id of the token that continues the prompt, i.e. of " great" after "it was"}),
+    else `tokenizer` (the served model's, e.g. from `transformers`), else the server's tokenize route. Label words
+    should be single tokens: a word of several tokens never matches a candidate's text, so it is always scored
+    through that request, by its first token (`multi_token="error"` refuses such words instead).
     `missing="floor"` gives it the lowest candidate's log-probability instead (an upper bound of its own, no extra
     request, with a warning); `missing="error"` raises. Every such case is counted in `missing_counts`.
     The hidden state is the prompt's embedding (the last token's vector); without embeddings it has width 0.
@@ -43,6 +47,7 @@ class RemoteBackbone:
         missing: str = "exact",
         label_token_ids: dict[str, int] | None = None,
         tokenizer=None,
+        multi_token: str = "first",
     ) -> None:
         self.endpoint = endpoint
         self.template = template if isinstance(template, Template) else Template(template)
@@ -59,6 +64,10 @@ class RemoteBackbone:
         self.missing_counts: dict[str, int] = {}
         self.token_ids = dict(label_token_ids or {})
         self.tokenizer = tokenizer
+        if multi_token not in MULTI_TOKEN_RULES:
+            raise ValueError(f"multi_token must be one of {MULTI_TOKEN_RULES}, got {multi_token!r}.")
+        self.multi_token = multi_token
+        self._checked_words = multi_token == "first"
         self.passes = 0  # prompts whose features were requested (cached or not), as Backbone.passes counts passes
 
     def render(self, text_a: str, text_b: str | None = None) -> str:
@@ -75,6 +84,11 @@ class RemoteBackbone:
                 ids = self.endpoint.tokenize(word)
             if not ids:
                 raise ValueError(f"Label word {word!r} tokenizes to nothing on the served model.")
+            if len(ids) > 1 and self.multi_token == "error":
+                raise ValueError(
+                    f"Label word {word!r} is {len(ids)} tokens on the served model, and multi_token='error' refuses "
+                    "such words: choose a single-token word, or multi_token='first' to score its first token."
+                )
             if len(ids) > 1:
                 logger.warning(
                     "Label word %r is %d tokens on the served model; it is scored by its first.", word, len(ids)
@@ -105,6 +119,13 @@ class RemoteBackbone:
                 raise ValueError("Exact scores of missing label words need the prompts.")
             pairs = [(prompts[n], self.token_id(self.word_texts[c][w])) for n, c, w in holes]
             for (n, c, w), value in zip(holes, self.endpoint.forced_logprobs(pairs)):
+                if value > min(tops[n].values()) + 1e-3:  # outside the top candidates, it must score below them
+                    raise ValueError(
+                        f"The server scored label word {self.word_texts[c][w]!r}, forced with logit_bias, at "
+                        f"{value:.3f}, above its own top candidates: it ignores logit_bias or reports biased "
+                        "log-probabilities (vLLM: use the default --logprobs-mode raw_logprobs). Raise top_logprobs "
+                        "or use missing_label_words='floor'."
+                    )
                 values[n][c][w] = value
         elif holes:
             for n, c, w in holes:
@@ -133,6 +154,11 @@ class RemoteBackbone:
         self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, *, desc: str = "features"
     ) -> Features:
         """Features of every input; answers already in the endpoint's cache are not requested again."""
+        if not self._checked_words:  # multi_token="error": every word's token count, once
+            for words in self.word_texts:
+                for word in words:
+                    self.token_id(word)
+            self._checked_words = True
         texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
         prompts = [self.render(a, b) for a, b in zip(texts_a, texts_b)]
         self.passes += len(prompts)

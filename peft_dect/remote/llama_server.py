@@ -64,6 +64,7 @@ def llama_cpp_server(
     ]  # fmt: skip
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    started = False
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
@@ -77,6 +78,7 @@ def llama_cpp_server(
                         break
             except (urllib.error.URLError, OSError, ValueError):
                 time.sleep(0.5)
+        started = True
         logger.info("llama.cpp server for %s at %s", model_path, url)
         yield url
     finally:
@@ -87,4 +89,5 @@ def llama_cpp_server(
             process.kill()
             process.wait()
         log.close()
-        os.unlink(log.name)
+        if started:  # a failed start keeps its log, which the error message quotes
+            os.unlink(log.name)
