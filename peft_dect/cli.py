@@ -96,10 +96,10 @@ REMOTE_ONLY = ("concurrency", "request_cache", "top_logprobs", "no_embeddings", 
 LOCAL_ONLY = ("cache_dir", "kind")
 
 
-def _check_options(args, *, fitting: bool) -> None:
-    """Refuse options that do not apply: request options without --endpoint, model options with it."""
+def _check_options(args) -> None:
+    """`fit`: refuse options that do not apply (request options without --endpoint, model options with it)."""
     given = [name for name in REMOTE_ONLY if getattr(args, name, None)]
-    if given and not args.endpoint and fitting:
+    if given and not args.endpoint:
         raise ValueError(
             f"--{given[0].replace('_', '-')} applies to a model behind --endpoint only; add --endpoint URL or drop it."
         )
@@ -135,7 +135,7 @@ def cmd_fit(args) -> None:
     if train is None:
         raise ValueError("Give the training data: --train FILE or --task NAME (with --data DIR).")
     spec = get_task(args.task) if args.task else None
-    _check_options(args, fitting=True)
+    _check_options(args)
     if args.endpoint:
         model = tokenizer = None
         kind = "causal"  # an OpenAI-compatible server continues the prompt: causal-LM templates
