@@ -94,4 +94,6 @@ def test_sst2_fit_through_the_server_matches_in_process(server_url, smollm2, tmp
 
     remote.save_pretrained(tmp_path / "adapter")
     loaded = BlackBoxDecT.from_pretrained(tmp_path / "adapter", endpoint=ep)
-    assert torch.equal(loaded.predict_logits(test[:10]), remote.predict_logits(test[:10]))
+    # the same answers from the request cache; the loaded tensors may sit at other alignments, so BLAS may round
+    # the 576-wide products differently in the last bits
+    assert torch.allclose(loaded.predict_logits(test[:10]), remote.predict_logits(test[:10]), atol=1e-5, rtol=0)
