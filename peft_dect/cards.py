@@ -20,6 +20,11 @@ def _template(name: str) -> string.Template:
     return string.Template(importlib.resources.files("peft_dect.model_cards").joinpath(f"{name}.md").read_text())
 
 
+def _label_word_rows(label_words: dict) -> str:
+    """The markdown rows of a card's label-word table: one class and its words per row."""
+    return "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in label_words.items())
+
+
 def _model_index(name: str, evaluations: list[dict]) -> list[dict]:
     results = []
     for ev in evaluations:
@@ -86,7 +91,7 @@ def render_prompt_tuning_card(
         init_text = f"{INIT_TEXT[init['init']]} (seed {init.get('seed', 0)})"
     else:
         init_text = f"PEFT's `{getattr(config.prompt_tuning_init, 'value', config.prompt_tuning_init)}`"
-    rows = "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in label_words.items())
+    rows = _label_word_rows(label_words)
     return _template("prompt_tuning").substitute(
         metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
         title=name,
@@ -123,7 +128,7 @@ def render_dect_card(config, *, fit: dict | None, evaluations: list[dict], repo:
     index = _model_index(name, evaluations)
     if index:
         metadata["model-index"] = index
-    rows = "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in config.label_words.items())
+    rows = _label_word_rows(config.label_words)
     if fit:
         training = (
             f"Fitted on {fit['train_examples']} labelled examples ({fit['shots']} per class) with "
@@ -190,7 +195,7 @@ def render_lmbff_card(
     else:
         tuning = "every parameter of the model was fine-tuned, as in the paper (this repository holds the model)."
         load = 'model = LMBFFModel.from_pretrained("$repo")'
-    rows = "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in config.label_words.items())
+    rows = _label_word_rows(config.label_words)
     if config.is_regression:
         lb, ub = config.regression_bounds
         task = (
@@ -244,7 +249,7 @@ def render_remote_dect_card(
     index = _model_index(name, evaluations)
     if index:
         metadata["model-index"] = index
-    rows = "\n".join(f"| {cls} | {', '.join(words)} |" for cls, words in config.label_words.items())
+    rows = _label_word_rows(config.label_words)
     with_decoder = bool(fit) and fit.get("mode") != "logits"
     decoder_text = (
         f"a small decoder (a {config.decoder_dim}-dimensional projection, fixed class prototypes and learned radii) "

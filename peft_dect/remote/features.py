@@ -68,7 +68,6 @@ class RemoteBackbone:
             raise ValueError(f"multi_token must be one of {MULTI_TOKEN_RULES}, got {multi_token!r}.")
         self.multi_token = multi_token
         self._checked_words = multi_token == "first"
-        self.passes = 0  # prompts whose features were requested (cached or not), as Backbone.passes counts passes
 
     def render(self, text_a: str, text_b: str | None = None) -> str:
         return self.template.render(text_a, text_b)
@@ -161,7 +160,6 @@ class RemoteBackbone:
             self._checked_words = True
         texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
         prompts = [self.render(a, b) for a, b in zip(texts_a, texts_b)]
-        self.passes += len(prompts)
         tops = self.endpoint.next_token_logprobs(prompts, desc=f"{desc} (log-probs)")
         label_logits = self.label_scores(tops, prompts)
         if self.endpoint.embeddings:
