@@ -4,18 +4,15 @@ Importing this package registers its methods with peft, so that `get_peft_model`
 and `PeftModel.from_pretrained` work on peft-dect adapters.
 """
 
-from .registry import FEW_SHOT_CLS, register_all
-
-
-register_all()
-
-from .backbone import Backbone  # noqa: E402
-from .classifier import LabelWordClassifier  # noqa: E402
-from .dect import DecTConfig, DecTModel  # noqa: E402
-from .features import FeatureCache, Features  # noqa: E402
-from .peft_model import PeftModelForFewShotClassification  # noqa: E402
-from .prompt_tuning import PromptEnsemble, get_prompt_tuning_model, init_soft_prompt  # noqa: E402
-from .prompting import Template, Verbalizer  # noqa: E402
+from ._enums import FEW_SHOT_CLS
+from .backbone import Backbone
+from .classifier import FewShotClassifier, LabelWordClassifier
+from .dect import DecTConfig, DecTModel
+from .features import FeatureCache, Features
+from .peft_model import PeftModelForFewShotClassification
+from .prompt_tuning import PromptEnsemble, get_prompt_tuning_model, init_soft_prompt
+from .prompting import Template, Verbalizer
+from .settings import DemonstrationConfig, PromptSettings
 
 
 __version__ = "0.1.0"
@@ -25,11 +22,14 @@ __all__ = [
     "Backbone",
     "DecTConfig",
     "DecTModel",
+    "DemonstrationConfig",
     "FeatureCache",
     "Features",
+    "FewShotClassifier",
     "LabelWordClassifier",
     "PeftModelForFewShotClassification",
     "PromptEnsemble",
+    "PromptSettings",
     "Template",
     "Verbalizer",
     "get_prompt_tuning_model",

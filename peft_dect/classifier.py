@@ -1,9 +1,14 @@
-"""A language model (bare or wrapped by PEFT) as a trainable classifier over label words at the prediction position.
+"""The classifier interface of every peft-dect method, and the label-word classifier built on it.
 
-This is the shared head of the methods that train the model itself rather than a decoder on frozen features:
-LM-BFF's prompt-based fine-tuning (all weights or LoRA) and prompt tuning (a PEFT soft prompt). The class scores are
-the label words' log-probabilities at the mask (masked LM) or at the end of the prompt (causal LM), exactly as in
-DecT's zero-shot term, so the same template and label words give the same zero-shot classifier before training.
+`FewShotClassifier` is the interface: a method provides its `classes`, `predict_logits` and `read_targets`, and gets
+`predict`, `predict_proba`, `evaluate(dataset, *, metric=None, name=None, split=None)` and the run record its model
+card is rendered from (`peft_dect.cards.RunRecord`).
+
+`LabelWordClassifier` is the shared head of the methods that train the model itself rather than a decoder on frozen
+features: LM-BFF's prompt-based fine-tuning (all weights or LoRA) and prompt tuning (a PEFT soft prompt). The class
+scores are the label words' log-probabilities at the mask (masked LM) or at the end of the prompt (causal LM),
+exactly as in DecT's zero-shot term, so the same template and label words give the same zero-shot classifier before
+training.
 """
 
 from __future__ import annotations
@@ -11,33 +16,143 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .backbone import Backbone, unwrap_peft
-from .data import read_labels, read_texts
+from .backbone import Backbone
+from .cards import RunRecord
+from .introspect import unwrap_peft
+from .metrics import METRICS, metric_value
 from .prompting import Template, Verbalizer
+from .saving import CLASSIFIER_FORMAT, adapter_folder, check_adapter_folder, read_json_object, staged_folder
+from .settings import PROMPT_FIELDS, PromptSettings
 
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "label_word_classifier.json"
-FORMAT_VERSION = 1
+
+Metric = str | Callable[[np.ndarray, np.ndarray], float]  # a name of `peft_dect.metrics`, or (pred, ref) -> score
 
 
-class LabelWordClassifier(nn.Module):
+class FewShotClassifier:
+    """The interface every peft-dect classifier offers; a method implements `classes`, `predict_logits` and
+    `read_targets` (and holds a `run_record`), the rest follows from them.
+
+    Extra positional and keyword arguments of `predict`, `predict_proba` and `evaluate` go to `predict_logits`
+    (DecT takes the tokenizer and `show_progress` there).
+    """
+
+    default_metrics: tuple[str, ...] = ("accuracy",)
+    run_record: RunRecord
+
+    @property
+    def classes(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def predict_logits(self, inputs, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Class logits (N, C) for texts, (text_a, text_b) pairs, a dict of columns or a Dataset."""
+        raise NotImplementedError
+
+    def read_targets(self, data) -> torch.Tensor:
+        """The targets of labelled data (class indices), checked against its texts."""
+        raise NotImplementedError
+
+    @property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The recorded evaluations, as dicts (dataset, split, examples, metrics)."""
+        return [e.as_dict() for e in self.run_record.evaluations]
+
+    def predict_proba(self, inputs, *args: Any, **kwargs: Any) -> np.ndarray:
+        """Class probabilities (N, C), columns in the order of the classes."""
+        return torch.softmax(self.predict_logits(inputs, *args, **kwargs).float(), -1).numpy()
+
+    def predict(self, inputs, *args: Any, **kwargs: Any) -> list:
+        """Predicted class names."""
+        return self.decide(self.predict_logits(inputs, *args, **kwargs))
+
+    def decide(self, logits: torch.Tensor) -> list:
+        """Predictions from class logits: the class names of the largest logits."""
+        return [self.classes[i] for i in logits.argmax(-1).tolist()]
+
+    def score(self, logits: torch.Tensor, targets, metric: Metric | None = None) -> dict[str, float]:
+        """Metrics of class logits against targets: `metric` (a name or a callable), else `default_metrics`."""
+        predictions = logits.argmax(-1).numpy()
+        return compute_metrics(metric, self.default_metrics, predictions, np.asarray(targets))
+
+    def evaluate(
+        self,
+        dataset,
+        *args: Any,
+        metric: Metric | None = None,
+        name: str | None = None,
+        split: str = "test",
+        **kwargs: Any,
+    ) -> dict[str, float]:
+        """Metrics on a labelled dataset (accuracy by default), recorded with `name` and `split` for the model card."""
+        targets = self.read_targets(dataset)
+        metrics = self.score(self.predict_logits(dataset, *args, **kwargs), targets, metric)
+        self.run_record.add_evaluation(name, split, len(targets), metrics)
+        return metrics
+
+
+def compute_metrics(metric: Metric | None, default: Sequence[str], predictions, references) -> dict[str, float]:
+    """{name: value} of `metric` (a name of `peft_dect.metrics.METRICS` or a callable), else of each default."""
+    if metric is None:
+        return {name: metric_value(name, predictions, references) for name in default}
+    if callable(metric):
+        name = getattr(metric, "__name__", "metric")
+        return {name: float(metric(predictions, references))}
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; give one of {', '.join(METRICS)} or a callable.")
+    return {metric: metric_value(metric, predictions, references)}
+
+
+class AdapterHook(Protocol):
+    """What a PEFT method adds to label-word classifier folders: checks before loading, files after saving."""
+
+    def check(self, model: nn.Module, folder: str) -> None: ...
+
+    def after_load(self, peft_model: PeftModel, folder: str) -> None: ...
+
+    def after_save(self, peft_model: PeftModel, adapter_name: str, folder: str, classifier: LabelWordClassifier): ...
+
+
+ADAPTER_HOOKS: dict[str, AdapterHook] = {}
+"""Hooks by peft type, registered by the method that owns them (prompt tuning writes its init and card)."""
+
+
+def register_adapter_hook(peft_type: str, hook: AdapterHook) -> None:
+    ADAPTER_HOOKS[peft_type] = hook
+
+
+def _peft_type(config) -> str:
+    return str(getattr(config.peft_type, "value", config.peft_type))
+
+
+class LabelWordClassifier(nn.Module, FewShotClassifier):
     """Classify by the label words' log-probabilities that `model` gives at the prediction position of the template.
 
     `model` is a transformers masked or causal LM, or a `peft.PeftModel` around one (LoRA, prompt tuning, ...): the
     `transformers.Trainer` then updates whatever is trainable in it (all weights, LoRA matrices, a soft prompt).
     `forward(input_ids, attention_mask, labels)` returns class logits (N, C) and the cross-entropy over classes;
     build its inputs with `prepare_dataset` and pass `collate` as the Trainer's data collator.
+
+    Args:
+        model: the LM, bare or wrapped by PEFT.
+        tokenizer: its tokenizer.
+        template, label_words, max_length, label_word_aggregation, multi_token, text_column, text_pair_column,
+            label_column: the prompt and the data columns (see `peft_dect.settings.PromptSettings`).
+        batch_size: prompts per forward pass at prediction time.
+        show_progress: progress bars for prediction.
     """
 
     def __init__(
@@ -59,9 +174,20 @@ class LabelWordClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        template = template if isinstance(template, Template) else Template(template)
+        self.prompt = PromptSettings(
+            template=template.text if isinstance(template, Template) else template,
+            label_words=dict(label_words),
+            label_word_aggregation=label_word_aggregation,
+            multi_token=multi_token,
+            max_length=max_length,
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            label_column=label_column,
+        )
+        self.prompt.check_prompt_settings()
+        template = self.prompt.parsed_template
         verbalizer = Verbalizer.from_words(
-            label_words,
+            self.prompt.label_words,
             tokenizer,
             space_before=template.space_before_mask,
             aggregation=label_word_aggregation,
@@ -72,16 +198,8 @@ class LabelWordClassifier(nn.Module):
             model, tokenizer, template, verbalizer, max_length=max_length, batch_size=batch_size, show_progress=False
         )
         self.show_progress = show_progress
-        self.settings = {
-            "template": template.text,
-            "label_words": {c: list(w) for c, w in zip(verbalizer.classes, verbalizer.words)},
-            "max_length": max_length,
-            "label_word_aggregation": label_word_aggregation,
-            "multi_token": multi_token,
-            "text_column": text_column,
-            "text_pair_column": text_pair_column,
-            "label_column": label_column,
-        }
+        name = getattr(unwrap_peft(model).config, "_name_or_path", None) or None
+        self.run_record = RunRecord(base_model=name, template=template.text, label_words=self.prompt.label_words)
 
     # ---------------------------------------------------------------- what it classifies into
     @property
@@ -91,6 +209,11 @@ class LabelWordClassifier(nn.Module):
     @property
     def template(self) -> Template:
         return self.backbone.template
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The prompt settings (template, label words, columns) as saved in `label_word_classifier.json`."""
+        return self.prompt.prompt_settings()
 
     # ---------------------------------------------------------------- the Trainer path
     def forward(
@@ -113,30 +236,17 @@ class LabelWordClassifier(nn.Module):
         """Cross-entropy over the classes' label-word scores (the softmax renormalises over the label words)."""
         return F.cross_entropy(logits, labels)
 
-    def _texts(self, data) -> tuple[list[str], list[str] | None]:
-        texts_a, texts_b = read_texts(
-            data,
-            needs_pair=self.template.is_pair,
-            text_column=self.settings["text_column"],
-            text_pair_column=self.settings["text_pair_column"],
-        )
-        if not texts_a:
-            raise ValueError("The data is empty: give at least one input.")
-        return texts_a, texts_b
+    def read_targets(self, data) -> torch.Tensor:
+        """Training targets of `data` (class indices), checked to match its texts one for one."""
+        return self.prompt.read_labels(data)
 
     def encode_labels(self, data) -> list:
-        """Training targets of `data` (class indices), checked to match its texts one for one."""
-        labels = read_labels(data, self.classes, self.settings["label_column"])
-        texts, _ = self._texts(data)
-        if len(texts) != labels.numel():
-            raise ValueError(f"The data has {len(texts)} texts but {labels.numel()} labels; give one label per text.")
-        return labels.tolist()
+        """The targets of `data` as a list (the `labels` column of `prepare_dataset`)."""
+        return torch.as_tensor(self.read_targets(data)).tolist()
 
-    def prepare_dataset(self, dataset):
+    def prepare_dataset(self, dataset) -> datasets.Dataset:
         """Prompted, tokenised copy of `dataset` for `transformers.Trainer`: input_ids, attention_mask, labels."""
-        import datasets
-
-        texts_a, texts_b = self._texts(dataset)
+        texts_a, texts_b = self.prompt.read_texts(dataset)
         labels = self.encode_labels(dataset)
         ids = self.backbone.tokenize(texts_a, texts_b)
         columns = {"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids], "labels": labels}
@@ -153,27 +263,11 @@ class LabelWordClassifier(nn.Module):
     # ---------------------------------------------------------------- prediction
     def predict_logits(self, inputs, *, show_progress: bool | None = None) -> torch.Tensor:
         """Class logits (N, C) for texts, (text_a, text_b) pairs, a dict of columns or a Dataset (eval mode)."""
-        texts_a, texts_b = self._texts(inputs)
-        ids = self.backbone.tokenize(texts_a, texts_b)
+        texts_a, texts_b = self.prompt.read_texts(inputs)
         show = self.show_progress if show_progress is None else show_progress
-        feats = self.backbone._run(ids, "predict", show=show)
+        feats = self.backbone.run(self.backbone.tokenize(texts_a, texts_b), "predict", show=show)
         feats.check_finite(texts=texts_a)
         return feats.label_logits
-
-    def predict_proba(self, inputs, *, show_progress: bool | None = None) -> np.ndarray:
-        """Class probabilities (N, C), columns in the order of `label_words`."""
-        return torch.softmax(self.predict_logits(inputs, show_progress=show_progress), -1).numpy()
-
-    def predict(self, inputs, *, show_progress: bool | None = None) -> list[str]:
-        """Predicted class names."""
-        logits = self.predict_logits(inputs, show_progress=show_progress)
-        return [self.classes[i] for i in logits.argmax(-1).tolist()]
-
-    def evaluate(self, dataset, *, show_progress: bool | None = None) -> dict[str, float]:
-        """Accuracy on a labelled dataset."""
-        labels = torch.tensor(self.encode_labels(dataset))
-        pred = self.predict_logits(dataset, show_progress=show_progress).argmax(-1)
-        return {"accuracy": float((pred == labels).float().mean())}
 
     # ---------------------------------------------------------------- saving and loading
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
@@ -183,22 +277,22 @@ class LabelWordClassifier(nn.Module):
         `label_word_classifier.json` beside them. The files are written into a hidden folder next to the target and
         then moved in, so an interrupted save leaves a previous save intact.
         """
-        from .peft_model import staged_folder
-
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect saves weights with safetensors only (safe_serialization=True).")
         with staged_folder(save_directory) as staging:
-            self._save_files(staging, **kwargs)
+            self.save_files(staging, **kwargs)
 
-    def _save_files(self, directory: str, **kwargs: Any) -> None:
+    def save_files(self, directory: str, **kwargs: Any) -> None:
         """Write the classifier's files into `directory` (subclasses add theirs after calling this)."""
         self.model.save_pretrained(directory, **kwargs)
-        with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as fh:
-            json.dump({"format_version": FORMAT_VERSION, **self.settings}, fh, indent=2)
-        from .prompt_tuning import write_prompt_cards
-
-        write_prompt_cards(self.model, directory, self.settings)  # soft prompts: their card and init
+        write_settings(directory, self.settings)
+        if isinstance(self.model, PeftModel):
+            for name, config in self.model.peft_config.items():
+                hook = ADAPTER_HOOKS.get(_peft_type(config))
+                folder = adapter_folder(directory, name)
+                if hook is not None and os.path.isdir(folder):
+                    hook.after_save(self.model, name, folder, self)
 
     @classmethod
     def read_settings(cls, directory: str) -> dict[str, Any]:
@@ -211,16 +305,19 @@ class LabelWordClassifier(nn.Module):
         try:
             with open(path, encoding="utf-8") as fh:
                 settings = json.load(fh)
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{path} is not readable JSON ({err}); save the classifier again.") from None
         if not isinstance(settings, dict) or "template" not in settings or "label_words" not in settings:
             raise ValueError(f"{path} lacks the template or the label words; save the classifier again.")
         version = settings.pop("format_version", 1)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or version > CLASSIFIER_FORMAT:
             raise ValueError(
-                f"{path} was written by a newer peft-dect (format {version}, this one reads up to {FORMAT_VERSION}); "
-                "upgrade peft-dect."
+                f"{path} was written by a newer peft-dect (format {version}, this one reads up to "
+                f"{CLASSIFIER_FORMAT}); upgrade peft-dect."
             )
+        unknown = sorted(set(settings) - set(PROMPT_FIELDS))
+        if unknown:
+            raise ValueError(f"{path} has unknown settings {unknown}; it was written by a newer peft-dect?")
         return settings
 
     @classmethod
@@ -231,18 +328,29 @@ class LabelWordClassifier(nn.Module):
         is checked first: safetensors only). After full fine-tuning pass the model loaded from `directory` itself,
         e.g. ``AutoModelForCausalLM.from_pretrained(directory)``.
         """
-        from peft import PeftModel
-
-        from .peft_model import check_adapter_folder
-
+        directory = str(directory)
         settings = cls.read_settings(directory)
-        if os.path.isfile(os.path.join(directory, "adapter_config.json")):
-            if isinstance(model, PeftModel):
-                raise TypeError("Pass the base model (not a PeftModel): the saved adapter is loaded onto it.")
-            check_adapter_folder(directory)
-            from .prompt_tuning import check_prompt_adapter, read_prompt_init
+        return cls(load_saved_model(model, directory, **kwargs), tokenizer, **settings)
 
-            check_prompt_adapter(model, directory, required=False)  # a soft prompt of another width: clear error
-            model = PeftModel.from_pretrained(unwrap_peft(model), directory, **kwargs)
-            read_prompt_init(model, directory)
-        return cls(model, tokenizer, **settings)
+
+def write_settings(directory: str, settings: Mapping[str, Any]) -> None:
+    """Write `label_word_classifier.json` (the prompt settings and the format) into `directory`."""
+    with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as fh:
+        json.dump({"format_version": CLASSIFIER_FORMAT, **settings}, fh, indent=2)
+
+
+def load_saved_model(model: nn.Module, directory: str, **kwargs: Any) -> nn.Module:
+    """`model` with the PEFT adapter saved in `directory` loaded onto it (folder checked first), or `model` itself
+    when the folder holds no adapter (a fully fine-tuned model, loaded by the caller)."""
+    if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
+        return model
+    if isinstance(model, PeftModel):
+        raise TypeError("Pass the base model (not a PeftModel): the saved adapter is loaded onto it.")
+    check_adapter_folder(directory)
+    hook = ADAPTER_HOOKS.get(str(read_json_object(os.path.join(directory, "adapter_config.json")).get("peft_type")))
+    if hook is not None:
+        hook.check(model, directory)  # e.g. a soft prompt of another width: a clear error before peft loads it
+    peft_model = PeftModel.from_pretrained(unwrap_peft(model), directory, **kwargs)
+    if hook is not None:
+        hook.after_load(peft_model, directory)
+    return peft_model

@@ -1,263 +1,16 @@
-"""The `peft-dect` command: fit, evaluate, predict with and push DecT adapters, and run the demo."""
+"""The `peft-dect` command line: fit, evaluate, predict with and push DecT adapters, and run the demo.
+
+This module only parses the command line, so that `peft-dect --help` answers at once; the commands themselves are
+`peft_dect.commands`, loaded (with torch, transformers and peft) once a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import warnings
-from pathlib import Path
-
-
-EMBEDDED = "smollm2"
-
-
-def _load_base(model: str | None, kind: str | None):
-    """(model, tokenizer): the embedded SmolLM2 for 'smollm2' (or its folder), else a transformers LM."""
-    from .embedded import load_smollm2, smollm2_gguf
-
-    if model in (None, EMBEDDED):
-        return load_smollm2()
-    try:
-        if Path(model).resolve() == smollm2_gguf()[0].resolve():
-            return load_smollm2()
-    except ImportError:
-        pass
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-
-    if kind is None:
-        archs = " ".join(AutoConfig.from_pretrained(model).architectures or [])
-        kind = "masked" if "MaskedLM" in archs else "causal" if ("CausalLM" in archs or "LMHead" in archs) else None
-        if kind is None:
-            raise ValueError(f"Cannot tell whether {model} is a masked or a causal LM; pass --kind masked|causal.")
-    cls = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
-    return cls.from_pretrained(model).eval(), AutoTokenizer.from_pretrained(model)
-
-
-def _data(args, split: str):
-    """A labelled dataset from --task (LM-BFF layout under --data) or from a file."""
-    from .data import TEXT_COLUMNS
-    from .io import read_columns, require_columns
-    from .tasks import load_task
-
-    path = getattr(args, split, None)
-    if path:
-        columns = read_columns(path)
-        text = getattr(args, "text_column", None) or next((c for c in TEXT_COLUMNS if c in columns), "text")
-        require_columns(columns, path, [text, getattr(args, "label_column", None) or "label"])
-        return columns
-    if args.task:
-        data = load_task(args.task, args.data, k=args.k, seed=args.seed)
-        name = {"train": "train", "eval": "validation", "test": "test"}[split]
-        if name not in data:
-            raise ValueError(f"Task {args.task} has no {name} split in {args.data}.")
-        return data[name]
-    return None
-
-
-def _label_words(text: str | None) -> dict | None:
-    """JSON ('{"neg": ["bad"], "pos": ["great"]}') or 'neg=bad|awful,pos=great'."""
-    if text is None:
-        return None
-    if text.lstrip().startswith("{"):
-        return json.loads(text)
-    out = {}
-    for part in text.split(","):
-        if "=" not in part:
-            raise ValueError(f"--label-words: expected class=word[|word...], got {part!r}.")
-        name, words = part.split("=", 1)
-        out[name.strip()] = [w.strip() for w in words.split("|")]
-    return out
-
-
-def _emit(args, payload: dict, human: str) -> None:
-    print(json.dumps(payload) if args.json else human)
-
-
-def _endpoint(args, **overrides):
-    """The OpenAI-compatible endpoint of --endpoint/--model, with the request options of the command line."""
-    from .remote import OpenAIEndpoint
-
-    if not args.model:
-        raise ValueError("--endpoint needs --model: the name the server serves the model under.")
-    options = {
-        "embeddings": not getattr(args, "no_embeddings", False),
-        "top_logprobs": getattr(args, "top_logprobs", None) or 20,
-        "max_concurrency": args.concurrency or 4,
-        "cache_file": args.request_cache,
-        "show_progress": not args.quiet,
-    }
-    return OpenAIEndpoint(args.endpoint, args.model, **(options | overrides))
-
-
-REMOTE_ONLY = ("concurrency", "request_cache", "top_logprobs", "no_embeddings", "missing_label_words")
-LOCAL_ONLY = ("cache_dir", "kind")
-
-
-def _check_options(args) -> None:
-    """`fit`: refuse options that do not apply (request options without --endpoint, model options with it)."""
-    given = [name for name in REMOTE_ONLY if getattr(args, name, None)]
-    if given and not args.endpoint:
-        raise ValueError(
-            f"--{given[0].replace('_', '-')} applies to a model behind --endpoint only; add --endpoint URL or drop it."
-        )
-    wrong = [name for name in LOCAL_ONLY if getattr(args, name, None)] if args.endpoint else []
-    if wrong:
-        raise ValueError(f"--{wrong[0].replace('_', '-')} applies to an in-process model, not to --endpoint; drop it.")
-
-
-def _fit_remote(args, train, config) -> None:
-    from .remote import BlackBoxDecT
-
-    clf = BlackBoxDecT(config, _endpoint(args), missing_label_words=args.missing_label_words or "exact")
-    report = clf.fit(train, _data(args, "eval"))
-    clf.save_pretrained(args.out)
-    report = {k: v for k, v in report.items() if k != "grid"} | {"adapter": str(args.out)}
-    _emit(
-        args,
-        report,
-        f"Saved the black-box DecT adapter to {args.out}: {report['requests']} requests to {args.endpoint} "
-        f"({report['completion_requests']} completions, of which {report['label_word_requests']} for label words "
-        f"outside the top candidates; {report['embedding_requests']} embedding), {report['prompt_tokens']} prompt "
-        f"tokens, {report['wall_seconds']:.1f} s; mode {report['mode']}, lam={report['lam']:g}.",
-    )
-
-
-def cmd_fit(args) -> None:
-    from peft import get_peft_model
-
-    from .dect import DecTConfig
-    from .tasks import get_task
-
-    train = _data(args, "train")
-    if train is None:
-        raise ValueError("Give the training data: --train FILE or --task NAME (with --data DIR).")
-    spec = get_task(args.task) if args.task else None
-    _check_options(args)
-    if args.endpoint:
-        model = tokenizer = None
-        kind = "causal"  # an OpenAI-compatible server continues the prompt: causal-LM templates
-    else:
-        from .backbone import lm_kind
-
-        model, tokenizer = _load_base(args.model, args.kind)
-        kind = lm_kind(model)
-    template = args.template or (spec.template_for(kind) if spec else None)
-    words = _label_words(args.label_words) or (spec.label_words if spec else None)
-    if template is None or words is None:
-        raise ValueError("Give --template and --label-words (or --task for its defaults).")
-    config = DecTConfig(
-        template=template,
-        label_words=words,
-        mode=args.mode,
-        lam=args.lam,
-        seed=args.decoder_seed,
-        text_column=args.text_column or ("text_a" if spec else None),
-        text_pair_column=args.text_pair_column or ("text_b" if spec else None),
-        label_column=args.label_column,
-    )
-    if args.endpoint:
-        _fit_remote(args, train, config)
-        return
-    peft_model = get_peft_model(model, config)
-    report = peft_model.fit(
-        train, tokenizer, _data(args, "eval"), cache_dir=args.cache_dir, show_progress=not args.quiet
-    )
-    peft_model.save_pretrained(args.out)
-    report = {k: v for k, v in report.items() if k != "grid"} | {"adapter": str(args.out)}
-    _emit(
-        args,
-        report,
-        f"Saved the DecT adapter to {args.out} ({report['model_passes']} model passes, "
-        f"{report['feature_seconds']:.1f} s features + {report['decoder_seconds']:.2f} s decoder; "
-        f"mode {report['mode']}, lam={report['lam']:g}, calibrate={report['calibrate']}).",
-    )
-
-
-def _load_adapter(args):
-    """A PeftModel with its DecT adapter, or a `BlackBoxDecT` for an adapter fitted through a server."""
-    from peft import PeftConfig, PeftModel
-
-    from .remote.dect import REMOTE_FILE, BlackBoxDecT
-
-    if (Path(args.adapter) / REMOTE_FILE).is_file():
-        if args.kind:
-            raise ValueError("--kind applies to an in-process model, not to an adapter fitted through a server.")
-        overrides = {"url": args.endpoint} if args.endpoint else {}
-        if args.model:
-            overrides["model"] = args.model
-        overrides |= {"max_concurrency": args.concurrency or 4, "cache_file": args.request_cache}
-        return BlackBoxDecT.from_pretrained(args.adapter, show_progress=not args.quiet, **overrides)
-    given = [name for name in ("endpoint", "concurrency", "request_cache") if getattr(args, name, None)]
-    if given:
-        raise ValueError(
-            f"--{given[0].replace('_', '-')} applies to adapters fitted through a server (peft-dect fit --endpoint); "
-            f"{args.adapter} is an in-process adapter."
-        )
-
-    config = PeftConfig.from_pretrained(args.adapter)
-    model, tokenizer = _load_base(args.model or config.base_model_name_or_path, args.kind)
-    peft_model = PeftModel.from_pretrained(model, args.adapter)
-    peft_model.base_model.set_tokenizer(tokenizer)
-    return peft_model
-
-
-def cmd_evaluate(args) -> None:
-    test = _data(args, "test")
-    if test is None:
-        raise ValueError("Give the evaluation data: --test FILE or --task NAME (with --data DIR).")
-    peft_model = _load_adapter(args)
-    progress = {} if _is_remote(peft_model) else {"show_progress": not args.quiet}
-    metrics = peft_model.evaluate(test, **progress)
-    _emit(args, metrics, "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
-
-
-def cmd_predict(args) -> None:
-    from .data import read_texts
-    from .io import read_columns
-    from .prompting import Template
-
-    peft_model = _load_adapter(args)
-    remote = _is_remote(peft_model)
-    cfg = peft_model.config if remote else peft_model.active_peft_config
-    columns = read_columns(args.input)
-    texts, _ = read_texts(
-        columns,
-        needs_pair=Template(cfg.template).is_pair,
-        text_column=cfg.text_column,
-        text_pair_column=cfg.text_pair_column,
-    )
-    probs = peft_model.predict_proba(columns, **({} if remote else {"show_progress": not args.quiet}))
-    classes = cfg.classes
-    if not args.json:
-        print("\t".join(["label", *classes]))
-    for text, row in zip(texts, probs):
-        label = classes[int(row.argmax())]
-        if args.json:
-            print(json.dumps({"text": text, "label": label, "probabilities": dict(zip(classes, map(float, row)))}))
-        else:
-            print("\t".join([label, *(f"{p:.4f}" for p in row)]))
-
-
-def _is_remote(model) -> bool:
-    from .remote import BlackBoxDecT
-
-    return isinstance(model, BlackBoxDecT)
-
-
-def cmd_push(args) -> None:
-    from .hub import push_adapter_folder
-
-    url = push_adapter_folder(args.adapter, args.repo_id, private=args.private, token=args.token)
-    _emit(args, {"repo_id": args.repo_id, "url": url}, f"Pushed {args.adapter} to {url}")
-
-
-def cmd_demo(args) -> None:
-    from .demo import main as demo
-
-    demo(["--quiet"] if args.quiet else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,21 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--label-column", default="label")
     fit.add_argument("--cache-dir", help="keep extracted features here and reuse them")
     remote(fit, fitting=True)
-    fit.set_defaults(func=cmd_fit)
 
     ev = sub.add_parser("evaluate", help="accuracy of an adapter on labelled data")
     ev.add_argument("adapter", help="adapter folder")
     common(ev, "base model (default: the one in the adapter config)")
     data(ev, "test")
     remote(ev, fitting=False)
-    ev.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts from a file or stdin")
     pr.add_argument("adapter", help="adapter folder")
     pr.add_argument("input", nargs="?", default="-", help="texts: .txt (one per line), .csv/.tsv/.jsonl, or - (stdin)")
     common(pr, "base model (default: the one in the adapter config)")
     remote(pr, fitting=False)
-    pr.set_defaults(func=cmd_predict)
 
     push = sub.add_parser("push", help="upload an adapter folder to the Hugging Face Hub")
     push.add_argument("adapter", help="adapter folder")
@@ -336,11 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     push.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    push.set_defaults(func=cmd_push)
 
     demo = sub.add_parser("demo", help="DecT on SST-2 16-shot with the embedded SmolLM2, offline")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -353,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    import peft_dect  # noqa: F401  (registers DecT with peft)
+    from . import commands  # here, not at the top: `peft-dect --help` must not wait for torch and peft to load
 
     try:
-        args.func(args)
+        commands.run(args)
     except (ValueError, TypeError, ImportError, OSError) as err:
         print(f"peft-dect {args.command}: error: {err}", file=sys.stderr)
         return 2

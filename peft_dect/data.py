@@ -17,7 +17,8 @@ TEXT_COLUMNS = ("text", "sentence", "text_a", "sentence1", "question", "question
 PAIR_COLUMNS = ("text_b", "sentence2", "question2", "hypothesis")
 
 
-def _columns(data) -> list[str]:
+def column_names(data) -> list[str]:
+    """The columns of a `datasets.Dataset` or a dict of columns (a TypeError naming the fix for anything else)."""
     if hasattr(data, "column_names"):
         return list(data.column_names)
     if isinstance(data, Mapping):
@@ -93,7 +94,7 @@ def _read_texts(
         if not all(isinstance(t, (tuple, list)) and len(t) == 2 for t in items):
             raise TypeError("The template has {text_b}: give (text_a, text_b) pairs.")
         return [str(a) for a, _ in items], [str(b) for _, b in items]
-    columns = _columns(data)
+    columns = column_names(data)
     col_a = _pick(columns, text_column, TEXT_COLUMNS, "text")
     if col_a is None:
         raise ValueError(f"No text column found among {columns}; set text_column in the config (e.g. 'sentence').")
@@ -130,7 +131,7 @@ def read_labels(data: Any, classes: Sequence[str], column: str = "label") -> tor
 
 def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor:
     """Read labels after the type check of `read_labels`."""
-    columns = _columns(data)
+    columns = column_names(data)
     if column not in columns:
         raise ValueError(f"The label column {column!r} is not in the data (columns: {columns}); set label_column.")
     names = _label_names(data, column)

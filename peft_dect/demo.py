@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 import warnings
+
+import torch
+from peft import get_peft_model
+
+from .dect import DecTConfig
+from .embedded import load_smollm2
+from .tasks import load_task, packaged_data_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -18,17 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test sentences only")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-
-    import torch
-    from peft import get_peft_model
-
-    import peft_dect  # noqa: F401
-    from peft_dect import DecTConfig
-    from peft_dect.embedded import load_smollm2
-    from peft_dect.tasks import load_task, packaged_data_dir
 
     t0 = time.perf_counter()
     model, tokenizer = load_smollm2()

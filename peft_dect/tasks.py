@@ -14,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
+
+from .data import read_labels
+from .io import read_columns, require_columns
+from .metrics import metric_value
 
 
 @dataclass(frozen=True)
@@ -92,170 +97,85 @@ def _cola(path: Path):
 
 
 BINARY_SENTIMENT = {"negative": ["terrible"], "positive": ["great"]}
+BINARY_LABELS = {"0": "negative", "1": "positive"}
 SENTIMENT_PROMPT = "{text_a} It was {mask}."
+SENTIMENT_CAUSAL = "{text_a} In summary, it was {mask}."
 NLI_PROMPT = "{text_a}? {mask}, {text_b}"
-NLI_CAUSAL = "{text_a}\nQuestion: {text_b} True or false?\nAnswer:{mask}"
+PAIR_PROMPT = "{text_a}{mask}, {text_b}"
+PARAPHRASE_CAUSAL = "{text_a}\n{text_b}\nDo both sentences mean the same? Answer:{mask}"
+NLI3_CAUSAL = "{text_a}\nQuestion: {text_b} Yes, no, or maybe?\nAnswer:{mask}"
+ENTAILMENT = {"entailment": "entailment", "not_entailment": "not_entailment"}
+ENTAILMENT_WORDS = {"entailment": ["Yes"], "not_entailment": ["No"]}
+NLI3 = {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction"}
+NLI3_WORDS = {"entailment": ["Yes"], "neutral": ["Maybe"], "contradiction": ["No"]}
+
+
+def _sentiment(name: str, ext: str = "csv", reader=_csv) -> TaskSpec:
+    """A binary sentiment task with LM-BFF's prompt and words (SST-2, CR, MPQA, MR)."""
+    return TaskSpec(name, ext, reader, BINARY_LABELS, BINARY_SENTIMENT, SENTIMENT_PROMPT, SENTIMENT_CAUSAL)
+
+
+SST5_WORDS = {"very negative": ["terrible"], "negative": ["bad"], "neutral": ["okay"], "positive": ["good"]}
+TREC_CLASSES = ("description", "entity", "expression", "human", "location", "number")
 
 TASKS: dict[str, TaskSpec] = {
     spec.name.lower(): spec
     for spec in [
+        _sentiment("SST-2", "tsv", _tsv(("sentence",), "label")),
         TaskSpec(
-            "SST-2",
-            "tsv",
-            _tsv(("sentence",), "label"),
-            {"0": "negative", "1": "positive"},
-            BINARY_SENTIMENT,
-            SENTIMENT_PROMPT,
-            "{text_a} In summary, it was {mask}.",
+            "sst-5", "csv", _csv, {str(i): c for i, c in enumerate([*SST5_WORDS, "very positive"])},
+            {**SST5_WORDS, "very positive": ["great"]}, SENTIMENT_PROMPT, SENTIMENT_CAUSAL,
+        ),
+        _sentiment("cr"),
+        _sentiment("mpqa"),
+        TaskSpec(
+            "CoLA", "tsv", _cola, {"0": "unacceptable", "1": "acceptable"},
+            {"unacceptable": ["incorrect"], "acceptable": ["correct"]}, "{text_a} This is {mask}.",
+            "{text_a} Grammatically, this sentence is {mask}.", metric="matthews_correlation",
         ),
         TaskSpec(
-            "sst-5",
-            "csv",
-            _csv,
-            {"0": "very negative", "1": "negative", "2": "neutral", "3": "positive", "4": "very positive"},
-            {
-                "very negative": ["terrible"],
-                "negative": ["bad"],
-                "neutral": ["okay"],
-                "positive": ["good"],
-                "very positive": ["great"],
-            },
-            SENTIMENT_PROMPT,
-            "{text_a} In summary, it was {mask}.",
+            "MRPC", "tsv", _tsv(("#1 String", "#2 String"), "Quality", encoding="utf-8-sig"),
+            {"0": "not_equivalent", "1": "equivalent"}, {"not_equivalent": ["No"], "equivalent": ["Yes"]},
+            PAIR_PROMPT, PARAPHRASE_CAUSAL, metric="f1",
         ),
         TaskSpec(
-            "cr",
-            "csv",
-            _csv,
-            {"0": "negative", "1": "positive"},
-            BINARY_SENTIMENT,
-            SENTIMENT_PROMPT,
-            "{text_a} In summary, it was {mask}.",
+            "QQP", "tsv", _tsv(("question1", "question2"), "is_duplicate"),
+            {"0": "not_duplicate", "1": "duplicate"}, {"not_duplicate": ["No"], "duplicate": ["Yes"]}, PAIR_PROMPT,
+            "{text_a}\n{text_b}\nAre both questions the same? Answer:{mask}", metric="f1",
         ),
         TaskSpec(
-            "mpqa",
-            "csv",
-            _csv,
-            {"0": "negative", "1": "positive"},
-            BINARY_SENTIMENT,
-            SENTIMENT_PROMPT,
-            "{text_a} In summary, it was {mask}.",
-        ),
-        TaskSpec(
-            "CoLA",
-            "tsv",
-            _cola,
-            {"0": "unacceptable", "1": "acceptable"},
-            {"unacceptable": ["incorrect"], "acceptable": ["correct"]},
-            "{text_a} This is {mask}.",
-            "{text_a} Grammatically, this sentence is {mask}.",
-            metric="matthews_correlation",
-        ),
-        TaskSpec(
-            "MRPC",
-            "tsv",
-            _tsv(("#1 String", "#2 String"), "Quality", encoding="utf-8-sig"),
-            {"0": "not_equivalent", "1": "equivalent"},
-            {"not_equivalent": ["No"], "equivalent": ["Yes"]},
-            "{text_a}{mask}, {text_b}",
-            "{text_a}\n{text_b}\nDo both sentences mean the same? Answer:{mask}",
-            metric="f1",
-        ),
-        TaskSpec(
-            "QQP",
-            "tsv",
-            _tsv(("question1", "question2"), "is_duplicate"),
-            {"0": "not_duplicate", "1": "duplicate"},
-            {"not_duplicate": ["No"], "duplicate": ["Yes"]},
-            "{text_a}{mask}, {text_b}",
-            "{text_a}\n{text_b}\nAre both questions the same? Answer:{mask}",
-            metric="f1",
-        ),
-        TaskSpec(
-            "QNLI",
-            "tsv",
-            _tsv(("question", "sentence"), "label"),
-            {"entailment": "entailment", "not_entailment": "not_entailment"},
-            {"entailment": ["Yes"], "not_entailment": ["No"]},
-            NLI_PROMPT,
+            "QNLI", "tsv", _tsv(("question", "sentence"), "label"), ENTAILMENT, ENTAILMENT_WORDS, NLI_PROMPT,
             "{text_b}\nQuestion: does this answer {text_a}? Answer:{mask}",
         ),
         TaskSpec(
-            "RTE",
-            "tsv",
-            _tsv(("sentence1", "sentence2"), "label"),
-            {"entailment": "entailment", "not_entailment": "not_entailment"},
-            {"entailment": ["Yes"], "not_entailment": ["No"]},
-            NLI_PROMPT,
+            "RTE", "tsv", _tsv(("sentence1", "sentence2"), "label"), ENTAILMENT, ENTAILMENT_WORDS, NLI_PROMPT,
             "{text_a}\nQuestion: {text_b} Yes or no?\nAnswer:{mask}",
         ),
         TaskSpec(
-            "SNLI",
-            "tsv",
-            _tsv(("sentence1", "sentence2"), "gold_label", label_last=True),
-            {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction"},
-            {"entailment": ["Yes"], "neutral": ["Maybe"], "contradiction": ["No"]},
-            NLI_PROMPT,
-            "{text_a}\nQuestion: {text_b} Yes, no, or maybe?\nAnswer:{mask}",
+            "SNLI", "tsv", _tsv(("sentence1", "sentence2"), "gold_label", label_last=True), NLI3, NLI3_WORDS,
+            NLI_PROMPT, NLI3_CAUSAL,
         ),
         TaskSpec(
-            "STS-B",
-            "tsv",
-            _tsv_float(("sentence1", "sentence2"), "score"),
-            {},
-            {"low": ["No"], "high": ["Yes"]},
-            "{text_a}{mask}, {text_b}",
-            "{text_a}\n{text_b}\nDo both sentences mean the same? Answer:{mask}",
-            metric="pearson_spearman",
-            regression=True,
+            "STS-B", "tsv", _tsv_float(("sentence1", "sentence2"), "score"), {}, {"low": ["No"], "high": ["Yes"]},
+            PAIR_PROMPT, PARAPHRASE_CAUSAL, metric="pearson_spearman", regression=True,
         ),
+        _sentiment("mr"),
         TaskSpec(
-            "mr",
-            "csv",
-            _csv,
-            {"0": "negative", "1": "positive"},
-            BINARY_SENTIMENT,
-            SENTIMENT_PROMPT,
-            "{text_a} In summary, it was {mask}.",
-        ),
-        TaskSpec(
-            "subj",
-            "csv",
-            _csv,
-            {"0": "subjective", "1": "objective"},
-            {"subjective": ["subjective"], "objective": ["objective"]},
-            "{text_a} This is {mask}.",
+            "subj", "csv", _csv, {"0": "subjective", "1": "objective"},
+            {"subjective": ["subjective"], "objective": ["objective"]}, "{text_a} This is {mask}.",
             "{text_a} Is this sentence a subjective opinion or an objective fact? It is {mask}.",
         ),
         TaskSpec(
-            "trec",
-            "csv",
-            _csv,
-            {"0": "description", "1": "entity", "2": "expression", "3": "human", "4": "location", "5": "number"},
-            {
-                "description": ["Description"],
-                "entity": ["Entity"],
-                "expression": ["Expression"],
-                "human": ["Human"],
-                "location": ["Location"],
-                "number": ["Number"],
-            },
-            "{mask}: {text_a}",
+            "trec", "csv", _csv, {str(i): c for i, c in enumerate(TREC_CLASSES)},
+            {c: [c.capitalize()] for c in TREC_CLASSES}, "{mask}: {text_a}",
             "Question: {text_a}\nThe answer is a {mask}",
         ),
         TaskSpec(
-            "MNLI",
-            "tsv",
-            _tsv(("sentence1", "sentence2"), "gold_label", label_last=True),
-            {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction"},
-            {"entailment": ["Yes"], "neutral": ["Maybe"], "contradiction": ["No"]},
-            NLI_PROMPT,
-            "{text_a}\nQuestion: {text_b} Yes, no, or maybe?\nAnswer:{mask}",
-            dev_name="dev_matched",
-            test_names=("test_matched",),
+            "MNLI", "tsv", _tsv(("sentence1", "sentence2"), "gold_label", label_last=True), NLI3, NLI3_WORDS,
+            NLI_PROMPT, NLI3_CAUSAL, dev_name="dev_matched", test_names=("test_matched",),
         ),
     ]
-}
+}  # fmt: skip
 
 
 def get_task(name: str) -> TaskSpec:
@@ -275,8 +195,6 @@ def _find(folder: Path, stem: str, ext: str) -> Path | None:
 
 def load_task(name: str, data_dir: str | Path, k: int = 16, seed: int = 13):
     """Load the k-shot train/dev splits (and the test split when present) of a task as a `DatasetDict`."""
-    import datasets
-
     spec = get_task(name)
     folder = Path(data_dir) / spec.name / f"{k}-{seed}"
     if not Path(data_dir).is_dir():
@@ -320,54 +238,11 @@ def packaged_data_dir() -> Path:
     return Path(__file__).parent / "data"
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (as scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    values, inverse = np.unique(x, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks)
-    counts = np.bincount(inverse)
-    return (sums / counts)[inverse]
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    denom = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denom) if denom > 0 else 0.0
-
-
-METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman")
-
-
-def metric_value(name: str, predictions, references) -> float:
-    """One metric by name: accuracy, F1 of class 1, Matthews correlation (binary), Pearson or Spearman correlation."""
-    pred, ref = np.asarray(predictions, dtype=float), np.asarray(references, dtype=float)
-    if name == "accuracy":
-        return float((pred == ref).mean())
-    if name == "f1":
-        tp = float(((pred == 1) & (ref == 1)).sum())
-        fp, fn = float(((pred == 1) & (ref != 1)).sum()), float(((pred != 1) & (ref == 1)).sum())
-        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    if name == "matthews_correlation":
-        tp, tn = float(((pred == 1) & (ref == 1)).sum()), float(((pred == 0) & (ref == 0)).sum())
-        fp, fn = float(((pred == 1) & (ref == 0)).sum()), float(((pred == 0) & (ref == 1)).sum())
-        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        return float((tp * tn - fp * fn) / denom) if denom > 0 else 0.0
-    if name == "pearson":
-        return _pearson(pred, ref)
-    if name == "spearman":
-        return _pearson(_ranks(pred), _ranks(ref))
-    raise ValueError(f"Unknown metric {name!r}; known metrics: {', '.join(METRICS)}.")
-
-
 def task_metric(task: str, predictions, references) -> dict[str, float]:
     """The task's metric(s) as in LM-BFF / GLUE: accuracy; F1 (positive class 1) for MRPC and QQP, with accuracy;
     Matthews correlation for CoLA; Pearson and Spearman correlation for STS-B (float predictions).
 
-    The issue asked for `evaluate`, but `evaluate.load("accuracy")` fetches its metric script from the Hub and fails
-    offline (as on machines without Hub access), so the same formulas are computed here with numpy; the tests check
-    them against scikit-learn and scipy.
+    The formulas are `peft_dect.metrics`' (numpy, offline).
     """
     spec = get_task(task)
     pred, ref = np.asarray(predictions, dtype=float), np.asarray(references, dtype=float)
@@ -400,11 +275,6 @@ def load_files(
     `files` maps split names (e.g. ``train``, ``validation``, ``test``) to paths; labels are class names of
     `classes` or integer indices into it. A `datasets.Dataset` with these columns works with every method as is.
     """
-    import datasets
-
-    from .data import read_labels
-    from .io import read_columns, require_columns
-
     features = datasets.Features(
         {
             "text_a": datasets.Value("string"),

@@ -9,7 +9,7 @@ from conftest import LABEL_WORDS, TEMPLATE, sentiment_data, tiny_llama
 from peft import PeftConfig, PeftModel, get_peft_model
 
 from peft_dect import DecTConfig
-from peft_dect.compat import FORMAT_VERSION
+from peft_dect.saving import FORMAT_VERSION
 
 
 TEXTS = ["a gorgeous , moving film", "a dull , tedious film"]
@@ -80,7 +80,7 @@ def test_config_records_its_format(bpe_tokenizer, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Unexpected keyword arguments")  # peft's note on the field of the future
-@pytest.mark.parametrize("version", ["2.0", "17.3"])
+@pytest.mark.parametrize("version", ["3.0", "17.3"])
 def test_newer_major_format_is_refused(bpe_tokenizer, tmp_path, version):
     fitted(bpe_tokenizer).save_pretrained(tmp_path)
     _rewrite_config(tmp_path, format_version=version, field_of_the_future=[1, 2])
@@ -94,7 +94,7 @@ def test_newer_major_format_is_refused(bpe_tokenizer, tmp_path, version):
         model.load_adapter(str(tmp_path), adapter_name="future")
 
 
-@pytest.mark.parametrize("version", [None, "0.9", "1.0", "1.7"])
+@pytest.mark.parametrize("version", [None, "0.9", "1.0", "1.7", "2.0", "2.4"])
 def test_older_equal_and_newer_minor_formats_load(bpe_tokenizer, tmp_path, version):
     model = fitted(bpe_tokenizer)
     model.save_pretrained(tmp_path)
@@ -152,7 +152,7 @@ def test_adapter_used_with_another_tokenizer_is_refused(bpe_tokenizer, tmp_path)
 def test_refitting_with_another_tokenizer_records_its_ids(bpe_tokenizer):
     sp = swapped_tokenizer(bpe_tokenizer)
     model = fitted(bpe_tokenizer)
-    first = model.peft_config["default"].label_token_ids
+    first = model.peft_config["default"].recorded.label_token_ids
     model.fit(sentiment_data(8, 1), tokenizer=sp, show_progress=False)
-    assert model.peft_config["default"].label_token_ids != first
+    assert model.peft_config["default"].recorded.label_token_ids != first
     assert len(model.predict(TEXTS)) == 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from peft_dect.dect import decoder
-from peft_dect.dect.fit import _folds, shots_of
+from peft_dect.dect.fit import shots_of, stratified_folds
 
 
 def test_scores_follow_the_paper():
@@ -86,7 +86,7 @@ def test_shots(counts, shots):
 
 def test_folds_are_stratified_and_cover_everything():
     labels = torch.tensor([0] * 8 + [1] * 8)
-    folds = _folds(labels, 4, seed=0)
+    folds = stratified_folds(labels, 4, seed=0)
     assert torch.stack(folds).sum(0).eq(1).all()
     for f in folds:
         assert f[:8].sum() == 2 and f[8:].sum() == 2

@@ -119,8 +119,8 @@ def test_faithful_mode_uses_paper_defaults(lm, sentiment_train):
     report = peft_model.fit(sentiment_train, tokenizer=tok, show_progress=False)
     assert report["lam"] == pytest.approx(1 / 16)
     assert report["calibrate"] is True
-    settings = peft_model.base_model.dect_layer.dect_settings["default"]
-    assert settings[DecTLayer.LAM].item() == pytest.approx(1 / 16) and settings[DecTLayer.FITTED] == 1
+    state = peft_model.base_model.dect_layer.state("default")
+    assert state.lam == pytest.approx(1 / 16) and state.fitted
 
 
 def test_auto_mode_with_eval_dataset_reports_choice(lm, sentiment_train, sentiment_test):

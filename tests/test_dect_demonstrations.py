@@ -1,5 +1,7 @@
 """DecT with LM-BFF demonstrations, and in-context learning (zero-shot scoring of prompts with demonstrations)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -39,7 +41,8 @@ def test_fit_with_demonstrations_saves_and_reloads(tiny, sentiment_train, sentim
     before = peft_model.predict_proba(sentiment_test["sentence"][:9])
     peft_model.save_pretrained(tmp_path)
     saved = PeftConfig.from_pretrained(tmp_path)
-    assert saved.demonstrations == 2 and saved.demo_pool["text_a"] == sentiment_train["sentence"]
+    pool = json.loads((tmp_path / "demonstration_pool.json").read_text())  # the pool sits beside the config
+    assert saved.demonstrations.num_sets == 2 and pool["text_a"] == sentiment_train["sentence"]
     loaded = PeftModel.from_pretrained(maker(tok), tmp_path)
     np.testing.assert_allclose(loaded.predict_proba(sentiment_test["sentence"][:9], tokenizer=tok), before, atol=1e-5)
 

@@ -12,7 +12,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 
 from peft_dect.lmbff import BestOnDevCallback, LMBFFConfig, LMBFFModel
-from peft_dect.lmbff.model import compute_metric, regression_loss, regression_prediction, regression_targets
+from peft_dect.lmbff.model import regression_loss, regression_prediction, regression_targets
+from peft_dect.metrics import metric_value as compute_metric
 
 
 BOUNDS = (0.0, 5.0)
@@ -250,7 +251,7 @@ def test_demonstrations_reach_the_prompts_train_and_survive_save_load(
     assert "In summary, it was bad." in prompt and "In summary, it was great." in prompt
     # predictions average the label-word scores of the two demonstration sets
     sets = [
-        model.backbone._run(model.backbone.tokenize(sentiment_test["sentence"][:4], None, s), "t", show=False)
+        model.backbone.run(model.backbone.tokenize(sentiment_test["sentence"][:4], None, s), "t", show=False)
         for s in range(2)
     ]
     torch.testing.assert_close(

@@ -332,7 +332,7 @@ def test_ensemble_members_score_as_each_prompt_alone_in_one_pass(lm, sentiment_t
     model, tok, _ = lm
     clf, ensemble = ensemble_of(model, tok)
     base = clf.model.get_base_model()
-    body = clf.backbone._split[0] if clf.backbone._split is not None else base
+    body = clf.backbone.head_split[0] if clf.backbone.head_split is not None else base
     calls = []
     hook = body.register_forward_hook(lambda module, args, kwargs, out: calls.append(1), with_kwargs=True)
     try:

@@ -211,10 +211,10 @@ def test_logit_term_alone_without_embeddings(stub):
     train, test = sentiment_data(6, seed=7), sentiment_data(10, seed=8, cue_words=2)
     clf = BlackBoxDecT(config(), endpoint(stub, embeddings=False))
     report = clf.fit(train)
-    assert report["mode"] == "logits" and report["embedding_requests"] == 0 and clf.weights is None
+    assert report["mode"] == "logits" and report["embedding_requests"] == 0 and clf.state.weights is None
     logits = clf.predict_logits(test)
     feats = clf.backbone.extract(test["text"])
-    expected = torch.log_softmax(feats.label_logits - clf.content_free, -1)
+    expected = torch.log_softmax(feats.label_logits - clf.state.content_free, -1)
     assert torch.allclose(logits, expected, atol=1e-6)
     assert clf.evaluate(test)["accuracy"] >= 0.9  # two cue words: the calibrated prior alone is right
 

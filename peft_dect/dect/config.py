@@ -2,39 +2,70 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import ClassVar
 
 from peft.config import PeftConfig
-from peft.utils.peft_types import PeftType, TaskType
 
-from ..compat import FORMAT_VERSION, check_format_version
-from ..prompting import Template, normalize_label_words
-from ..prompting.demonstrations import FILTERS
-from ..prompting.verbalizer import AGGREGATIONS, MULTI_TOKEN_RULES
-from ..registry import FEW_SHOT_CLS, extend_enum
+from .._enums import DECT_TYPE, FEW_SHOT_CLS_TYPE
+from ..saving import FORMAT_VERSION, check_format_version
+from ..settings import DemonstrationConfig, PromptSettings, check_choice, check_int, check_number
 
 
 MODES = ("auto", "faithful")
 
 
 @dataclass
-class DecTConfig(PeftConfig):
+class RecordedValues:
+    """What peft-dect records in an adapter, not the user: facts of the base model and tokenizer it was made with.
+
+    Args:
+        hidden_size: hidden size of the base model (set by `get_peft_model`, checked on load).
+        vocab_size: vocabulary size of the base model (set by `get_peft_model`, checked on load).
+        label_token_ids: token id(s) of each class's label words in the tokenizer the adapter was fitted with (set
+            by `fit`, checked when the adapter is used with a tokenizer).
+    """
+
+    hidden_size: int | None = None
+    vocab_size: int | None = None
+    label_token_ids: list | None = None
+
+    @classmethod
+    def coerce(cls, value) -> RecordedValues:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**{k: value.get(k) for k in ("hidden_size", "vocab_size", "label_token_ids")})
+        raise TypeError(f"recorded must be a RecordedValues or a dict, got {type(value).__name__}.")
+
+
+@dataclass
+class DecTConfig(PromptSettings, PeftConfig):
     """Configuration of a DecT adapter: prompt, label words and the decoder trained on the frozen model's features.
 
     The model is queried once per input; a small decoder (projection `W`, fixed random class prototypes, learned
     radii) scores the hidden state at the prediction position and adds `lam` times the calibrated label-word
     probabilities: ``score_k = -||normalize(W h) - p_k|| + r_k + lam * q_k``.
+
+    Args:
+        template, label_words, label_word_aggregation, multi_token, max_length, text_column, text_pair_column,
+            label_column: the prompt and the data columns (see `PromptSettings`).
+        decoder_dim: dimension of the projection `W` and of the class prototypes.
+        mode: ``"auto"`` chooses lam, epochs and calibration on held-out data (cross-validation of the training set
+            plus the fit's `eval_dataset`); ``"faithful"`` uses the paper's settings.
+        lam: weight of the calibrated label-word probabilities in faithful mode; None means 1/shots.
+        calibrate: divide label-word probabilities by those of the content-free input.
+        epochs, learning_rate: full-batch Adam training of the decoder.
+        seed: seed of the projection and prototype initialisation (and of demonstration sampling).
+        soft_prompt: folder, inside the adapter's, of a PEFT prompt-tuning adapter whose soft prompt is prepended
+            when DecT reads the model; set by `use_soft_prompt()`.
+        demonstrations: LM-BFF demonstrations in every prompt (a `DemonstrationConfig`, a dict of its settings, or
+            the number of sets per input); None for none. The training data of `fit` become the pool, saved beside
+            the adapter in `demonstration_pool.json`.
+        recorded: values peft-dect writes (base model sizes, label-word token ids); see `RecordedValues`.
+        format_version: peft-dect adapter format that wrote this config; a newer major format is refused.
     """
 
-    template: str = field(
-        default="{text_a} In summary, it was {mask}.",
-        metadata={"help": "Prompt with {text_a}, optional {text_b} and one {mask} where the label word goes."},
-    )
-    label_words: dict = field(
-        default_factory=dict,
-        metadata={"help": "Class name -> list of label words, e.g. {'negative': ['bad'], 'positive': ['great']}."},
-    )
     decoder_dim: int = field(default=128, metadata={"help": "Dimension of the projection W and class prototypes."})
     mode: str = field(
         default="auto",
@@ -53,23 +84,6 @@ class DecTConfig(PeftConfig):
     epochs: int = field(default=30, metadata={"help": "Full-batch Adam epochs of decoder training."})
     learning_rate: float = field(default=0.01, metadata={"help": "Adam learning rate of the decoder."})
     seed: int = field(default=0, metadata={"help": "Seed of the projection and prototype initialisation."})
-    label_word_aggregation: str = field(
-        default="mean", metadata={"help": "How several words of a class combine: 'mean' of log-probs or 'max'."}
-    )
-    multi_token: str = field(
-        default="first",
-        metadata={"help": "Label words of several tokens: 'first' scores the first token (with a warning), 'error'."},
-    )
-    max_length: int | None = field(
-        default=None, metadata={"help": "Token budget of a prompt; text fields are truncated to fit it."}
-    )
-    text_column: str | None = field(
-        default=None, metadata={"help": "Dataset column of the first text; None guesses text/sentence/sentence1."}
-    )
-    text_pair_column: str | None = field(
-        default=None, metadata={"help": "Dataset column of the second text, for templates with {text_b}."}
-    )
-    label_column: str = field(default="label", metadata={"help": "Dataset column of the labels."})
     soft_prompt: str | None = field(
         default=None,
         metadata={
@@ -77,78 +91,71 @@ class DecTConfig(PeftConfig):
             "prepended when DecT reads the model; set by use_soft_prompt(), saved and loaded with the adapter."
         },
     )
-    demonstrations: int = field(
-        default=0,
-        metadata={
-            "help": "LM-BFF demonstrations: the number of demonstration sets sampled per input and averaged (0: no "
-            "demonstrations). Each set holds `demo_per_class` solved training examples of every class; fit() "
-            "records its training data as the demonstration pool (saved in this config)."
-        },
-    )
-    demo_per_class: int = field(default=1, metadata={"help": "Demonstrations of each class in a set."})
-    demo_filter: str = field(
-        default="random",
-        metadata={
-            "help": "'random': sample from all training examples; 'similar': from the most similar half of each "
-            "class by a sentence encoder (all-MiniLM-L6-v2 unless model.demo_encoder is set), as LM-BFF's filter."
-        },
-    )
-    demo_pool: dict | None = field(
-        default=None,
-        metadata={"help": "The demonstrations' training examples {'text_a', 'text_b', 'label'}; set by fit()."},
-    )
-    base_hidden_size: int | None = field(
-        default=None, metadata={"help": "Hidden size of the base model; set by get_peft_model, checked on load."}
-    )
-    base_vocab_size: int | None = field(
-        default=None, metadata={"help": "Vocabulary size of the base model; set by get_peft_model, checked on load."}
-    )
-    label_token_ids: list | None = field(
+    demonstrations: DemonstrationConfig | dict | int | None = field(
         default=None,
         metadata={
-            "help": "Token id(s) of each class's label words in the tokenizer the adapter was fitted with; set by "
-            "fit, checked when the adapter is used with a tokenizer."
+            "help": "LM-BFF demonstrations: a DemonstrationConfig (or a dict of its settings, or the number of sets "
+            "per input); None: no demonstrations. fit() records its training data as the demonstration pool."
         },
+    )
+    recorded: RecordedValues | dict = field(
+        default_factory=RecordedValues,
+        metadata={"help": "Values peft-dect records: base model sizes and label-word token ids."},
     )
     format_version: str = field(
         default=FORMAT_VERSION,
         metadata={"help": "peft-dect adapter format that wrote this config; a newer major format is refused."},
     )
+    # Fields of adapter format 1.0, read into `demonstrations`, `recorded` and `inline_demo_pool` on load.
+    demo_per_class: InitVar[int | None] = None
+    demo_filter: InitVar[str | None] = None
+    demo_pool: InitVar[dict | None] = None
+    base_hidden_size: InitVar[int | None] = None
+    base_vocab_size: InitVar[int | None] = None
+    label_token_ids: InitVar[list | None] = None
 
     # The tuner finds the LM head itself; peft's injection code reads this attribute.
     target_modules: ClassVar[None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(
+        self, demo_per_class, demo_filter, demo_pool, base_hidden_size, base_vocab_size, label_token_ids
+    ) -> None:
         if self.task_type is None:
-            self.task_type = extend_enum(TaskType, FEW_SHOT_CLS)
-        super().__post_init__()
+            self.task_type = FEW_SHOT_CLS_TYPE
+        PeftConfig.__post_init__(self)
         check_format_version(self.format_version, "This DecT adapter config")
-        self.peft_type = extend_enum(PeftType, "DECT")
-        Template(self.template)  # validates placeholders and the single {mask}
-        self.label_words = normalize_label_words(self.label_words)
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}.")
-        if self.label_word_aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"label_word_aggregation must be one of {AGGREGATIONS}, got {self.label_word_aggregation!r}."
-            )
-        if self.multi_token not in MULTI_TOKEN_RULES:
-            raise ValueError(f"multi_token must be one of {MULTI_TOKEN_RULES}, got {self.multi_token!r}.")
-        if self.decoder_dim < 1 or self.epochs < 0 or self.learning_rate <= 0:
-            raise ValueError("decoder_dim must be >= 1, epochs >= 0 and learning_rate > 0.")
-        if self.lam is not None and self.lam < 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam}.")
-        if not isinstance(self.demonstrations, int) or self.demonstrations < 0:
-            raise ValueError(f"demonstrations must be an integer >= 0 (sets per input), got {self.demonstrations!r}.")
-        if not isinstance(self.demo_per_class, int) or self.demo_per_class < 1:
-            raise ValueError(f"demo_per_class must be an integer >= 1, got {self.demo_per_class!r}.")
-        if self.demo_filter not in FILTERS:
-            raise ValueError(f"demo_filter must be one of {FILTERS}, got {self.demo_filter!r}.")
-        if self.demo_pool is not None:
-            pool = self.demo_pool
-            if not isinstance(pool, dict) or not {"text_a", "label"} <= set(pool):
-                raise ValueError("demo_pool must be a dict with 'text_a', 'label' (and 'text_b' for pairs) lists.")
+        self.peft_type = DECT_TYPE
+        self.check_prompt_settings()
+        check_choice("mode", self.mode, MODES)
+        check_int("decoder_dim", self.decoder_dim, 1)
+        check_int("epochs", self.epochs, 0)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_number("learning_rate", self.learning_rate, minimum=0, strict=True)
+        if self.lam is not None:
+            check_number("lam", self.lam, minimum=0)
+        self.demonstrations = self._demonstrations(self.demonstrations, demo_per_class, demo_filter)
+        self.recorded = RecordedValues.coerce(self.recorded)
+        legacy = {"hidden_size": base_hidden_size, "vocab_size": base_vocab_size, "label_token_ids": label_token_ids}
+        for name, value in legacy.items():
+            if value is not None:
+                setattr(self.recorded, name, value)
+        if demo_pool is not None and not (isinstance(demo_pool, dict) and {"text_a", "label"} <= set(demo_pool)):
+            raise ValueError("demo_pool must be a dict with 'text_a', 'label' (and 'text_b' for pairs) lists.")
+        self.inline_demo_pool = demo_pool  # format 1.0 kept the pool in the config; saves now write it beside it
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.label_words)
+    @staticmethod
+    def _demonstrations(value, per_class, filter) -> DemonstrationConfig | None:
+        """A DemonstrationConfig from the new form, or from format 1.0's number of sets plus two flat fields."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            if per_class is not None or filter is not None:
+                raise ValueError("demo_per_class and demo_filter go with demonstrations=<number of sets>.")
+            return DemonstrationConfig.coerce(value)
+        if value < 0:
+            raise ValueError(f"demonstrations must be an integer >= 0 (sets per input), got {value!r}.")
+        if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
+            raise ValueError(f"demo_per_class must be an integer >= 1, got {per_class!r}.")
+        if filter is not None:
+            check_choice("demo_filter", filter, ("random", "similar"))
+        if value == 0:
+            return None
+        return DemonstrationConfig(num_sets=value, per_class=per_class or 1, filter=filter or "random")

@@ -8,6 +8,9 @@ weight of the calibrated prior at prediction time from a grid that runs from "de
 (1000). The choice is made by held-out accuracy (ties: the candidate closest to the prior), where held-out means
 the folds of a stratified k-fold cross-validation on the training set plus the eval split when one is given.
 Below 8 examples per class the decoder must beat the calibrated prior alone by 4 held-out examples to be used.
+
+`fit_auto` is three steps: `auto_table` (every candidate's held-out correct count), `choose` (the best, with the
+low-shot rule) and `auto_report`.
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ AUTO_FOLDS = 4
 AUTO_MIN_SHOTS = 8
 AUTO_LOW_SHOT_MARGIN = 4
 
+Candidate = tuple[bool, int, float]  # (calibrate, epochs, fusion weight lam)
+
 
 @dataclass
 class FitResult:
-    """A fitted decoder (one member) with the settings it predicts with."""
+    """A fitted decoder (one member) with the settings it predicts with; `weights` is None for no decoder."""
 
-    weights: decoder.DecoderWeights
+    weights: decoder.DecoderWeights | None
     lam: float
     calibrate: bool
     epochs: int
@@ -53,7 +58,40 @@ def shots_of(labels: torch.Tensor, num_classes: int) -> int:
 
 
 def probs(label_logits: torch.Tensor, content_free: torch.Tensor | None, calibrate: bool) -> torch.Tensor:
+    """Label-word probabilities q, divided by the content-free ones when `calibrate`."""
     return calibrated_probs(label_logits, content_free if calibrate else None)
+
+
+def fit_decoder(
+    train: Features,
+    labels: torch.Tensor,
+    content_free: torch.Tensor | None,
+    cfg,
+    eval_features: Features | None = None,
+    eval_labels: torch.Tensor | None = None,
+) -> FitResult:
+    """The configured mode: `fit_faithful`, or `fit_auto` (which also reads the eval features, when given)."""
+    if cfg.mode == "faithful":
+        return fit_faithful(train, labels, content_free, cfg, len(cfg.classes))
+    if cfg.lam is not None:
+        logger.warning("Auto mode chooses lam itself; the configured lam=%g is used by faithful mode only.", cfg.lam)
+    return fit_auto(train, labels, content_free, cfg, len(cfg.classes), eval_features, eval_labels)
+
+
+def train_one(train: Features, labels, q, lam: float, cfg, num_classes: int, epochs: int) -> decoder.DecoderWeights:
+    """One decoder trained on all of `train` with fusion weight `lam` for `epochs`."""
+    weights, _ = decoder.train(
+        train.hidden,
+        labels,
+        q,
+        torch.tensor([lam]),
+        num_classes=num_classes,
+        decoder_dim=cfg.decoder_dim,
+        epochs=epochs,
+        lr=cfg.learning_rate,
+        seed=cfg.seed,
+    )
+    return weights
 
 
 def fit_faithful(
@@ -63,26 +101,16 @@ def fit_faithful(
     lam = cfg.lam if cfg.lam is not None else 1.0 / shots_of(labels, num_classes)
     calibrate = cfg.calibrate and content_free is not None
     q = probs(train.label_logits, content_free, calibrate)
-    weights, _ = decoder.train(
-        train.hidden,
-        labels,
-        q,
-        torch.tensor([lam]),
-        num_classes=num_classes,
-        decoder_dim=cfg.decoder_dim,
-        epochs=cfg.epochs,
-        lr=cfg.learning_rate,
-        seed=cfg.seed,
-    )
+    weights = train_one(train, labels, q, lam, cfg, num_classes, cfg.epochs)
     report = {"mode": "faithful", "lam": lam, "calibrate": calibrate, "epochs": cfg.epochs}
     return FitResult(weights, lam, calibrate, cfg.epochs, report)
 
 
-def _fusion_grid(shots: int) -> list[float]:
+def fusion_grid(shots: int) -> list[float]:
     return sorted({(1.0 / shots) if v is None else v for v in AUTO_FUSION})
 
 
-def _evaluate(weights, hidden, q, labels, fusion: list[float], held: torch.Tensor | None = None) -> torch.Tensor:
+def held_out_correct(weights, hidden, q, labels, fusion: list[float], held: torch.Tensor | None = None):
     """Correct counts (G, L) of G members under L fusion weights.
 
     `held` (G, N) restricts each member to its held-out rows (cross-validation).
@@ -97,8 +125,8 @@ def _evaluate(weights, hidden, q, labels, fusion: list[float], held: torch.Tenso
     return correct.sum(-1)
 
 
-def _folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
-    """Stratified fold id per example."""
+def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """Boolean masks of k stratified folds."""
     gen = torch.Generator().manual_seed(seed)
     fold = torch.empty_like(labels)
     for c in labels.unique():
@@ -106,6 +134,109 @@ def _folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
         idx = idx[torch.randperm(idx.numel(), generator=gen)]
         fold[idx] = torch.arange(idx.numel()) % k
     return [fold == f for f in range(k)]
+
+
+@dataclass
+class AutoTable:
+    """Held-out correct counts of every candidate, and what produced them."""
+
+    correct: dict[Candidate, float]
+    held_out: int  # held-out examples behind each count
+    sources: list[str]  # "4-fold cross-validation", "eval_dataset"
+    members: list[tuple[bool, torch.Tensor, torch.Tensor | None]]  # (calibrate, training rows, held-out rows)
+    snapshots: dict[int, decoder.DecoderWeights]  # epoch -> weights of every member
+
+
+def auto_table(train, labels, q_train, cfg, num_classes, folds, eval_features, eval_labels, content_free):
+    """Train every member (calibration option x CV fold, plus one on all data when an eval set is given) in one
+    batched loop and count each (calibration, epochs, fusion) candidate's held-out correct predictions."""
+    shots = shots_of(labels, num_classes)
+    fusion = fusion_grid(shots)
+    everything = torch.ones_like(labels, dtype=torch.bool)
+    splits = [(~held, held) for held in folds] + ([(everything, None)] if eval_features is not None else [])
+    members = [(c, rows, held) for c in q_train for rows, held in splits]
+    q = torch.stack([q_train[c] for c, _, _ in members])
+    _, snaps = decoder.train(
+        train.hidden,
+        labels,
+        q,
+        torch.full((len(members),), 1.0 / shots),
+        num_classes=num_classes,
+        decoder_dim=cfg.decoder_dim,
+        epochs=max(AUTO_EPOCHS),
+        lr=cfg.learning_rate,
+        seed=cfg.seed,
+        weight=torch.stack([rows.float() for _, rows, _ in members]),
+        checkpoints=AUTO_EPOCHS,
+    )
+    held_mask = torch.stack([h.float() if h is not None else torch.zeros(len(labels)) for _, _, h in members])
+    evaluated = [g for g, (_, _, h) in enumerate(members) if h is None]
+    if evaluated:
+        q_eval = torch.stack([probs(eval_features.label_logits, content_free, members[g][0]) for g in evaluated])
+    correct: dict[Candidate, float] = {}
+    for epochs, weights in snaps.items():
+        counts = held_out_correct(weights, train.hidden, q, labels, fusion, held_mask)
+        if evaluated:
+            sub = decoder.DecoderWeights(weights.W[evaluated], weights.radii[evaluated], weights.prototypes)
+            counts[evaluated] += held_out_correct(sub, eval_features.hidden, q_eval, eval_labels, fusion)
+        for g, (c, _, _) in enumerate(members):
+            for j, lam in enumerate(fusion):
+                correct[(c, epochs, lam)] = correct.get((c, epochs, lam), 0.0) + float(counts[g, j])
+    held_out = (labels.numel() if folds else 0) + (eval_labels.numel() if evaluated else 0)
+    sources = ([f"{len(folds)}-fold cross-validation"] if folds else []) + (["eval_dataset"] if evaluated else [])
+    return AutoTable(correct, held_out, sources, members, snaps)
+
+
+def preference(key: Candidate, correct: float) -> tuple:
+    """Order of candidates: held-out accuracy first; among equals, the one that leans most on the calibrated prior
+    (largest fusion weight), then calibration on, then fewer epochs: the simplest explanation of the held-out data.
+
+    On the dev splits of 11 LM-BFF tasks (SmolLM2, 5 seeds) this tie-break beat breaking ties by cross-entropy.
+    """
+    calibrate, epochs, lam = key
+    return (correct, lam, calibrate, -epochs)
+
+
+def choose(table: AutoTable, shots: int, has_prior: bool) -> tuple[Candidate, str | None]:
+    """The best candidate, and the low-shot rule's text when it kept the calibrated prior instead."""
+    best = max(table.correct, key=lambda key: preference(key, table.correct[key]))
+    if shots < AUTO_MIN_SHOTS and has_prior:
+        prior = (True, min(AUTO_EPOCHS), max(fusion_grid(shots)))  # the calibrated prior alone (lam = 1000)
+        if table.correct[best] < table.correct[prior] + AUTO_LOW_SHOT_MARGIN:
+            return prior, low_shot_rule()
+    return best, None
+
+
+def low_shot_rule() -> str:
+    return (
+        f"fewer than {AUTO_MIN_SHOTS} examples per class: the calibrated prior is kept unless the decoder beats it by "
+        f"{AUTO_LOW_SHOT_MARGIN} held-out examples"
+    )
+
+
+def auto_report(table: AutoTable, best: Candidate, rule: str | None) -> dict:
+    calibrate, epochs, lam = best
+    n = table.held_out
+    report = {
+        "mode": "auto",
+        "selected_on": " and ".join(table.sources),
+        "calibrate": calibrate,
+        "epochs": epochs,
+        "lam": lam,
+        "heldout_accuracy": table.correct[best] / n,
+        "grid": {f"calibrate={c},epochs={e},lam={lm:g}": v / n for (c, e, lm), v in sorted(table.correct.items())},
+    }
+    if rule:
+        report["rule"] = rule
+    logger.info(
+        "DecT auto mode chose calibrate=%s epochs=%d lam=%g (held-out accuracy %.3f on %s).",
+        calibrate,
+        epochs,
+        lam,
+        report["heldout_accuracy"],
+        report["selected_on"],
+    )
+    return report
 
 
 def fit_auto(
@@ -123,112 +254,23 @@ def fit_auto(
     every candidate is scored on all of them, which halves the noise of choosing on a 32-example dev split alone.
     """
     shots = shots_of(labels, num_classes)
-    fusion = _fusion_grid(shots)
     calib_options = [True, False] if content_free is not None else [False]
     q_train = {c: probs(train.label_logits, content_free, c) for c in calib_options}
-    train_lam = 1.0 / shots
     k = min(AUTO_FOLDS, int(torch.bincount(labels, minlength=num_classes).min()))
-    folds = _folds(labels, k, cfg.seed) if k >= 2 else []
+    folds = stratified_folds(labels, k, cfg.seed) if k >= 2 else []
     if not folds and eval_features is None:
         logger.warning("Auto mode needs an eval set or 2 examples per class; fitting with the paper's recipe.")
         result = fit_faithful(train, labels, content_free, cfg, num_classes)
         if shots < AUTO_MIN_SHOTS and content_free is not None:  # nothing held out to beat the prior with
-            result.lam, result.calibrate = max(fusion), True
-            result.report.update(lam=result.lam, calibrate=True, rule=_low_shot_rule())
+            result.lam, result.calibrate = max(fusion_grid(shots)), True
+            result.report.update(lam=result.lam, calibrate=True, rule=low_shot_rule())
         return result
-
-    # members: calibration option x (one member per CV fold, trained without it; one on all data if evaluated)
-    everything = torch.ones_like(labels, dtype=torch.bool)
-    splits = [(~held, held) for held in folds] + ([(everything, None)] if eval_features is not None else [])
-    members = [(c, fit_rows, held) for c in calib_options for fit_rows, held in splits]
-    q = torch.stack([q_train[c] for c, _, _ in members])
-    weight = torch.stack([rows.float() for _, rows, _ in members])
-    _, snaps = decoder.train(
-        train.hidden,
-        labels,
-        q,
-        torch.full((len(members),), train_lam),
-        num_classes=num_classes,
-        decoder_dim=cfg.decoder_dim,
-        epochs=max(AUTO_EPOCHS),
-        lr=cfg.learning_rate,
-        seed=cfg.seed,
-        weight=weight,
-        checkpoints=AUTO_EPOCHS,
-    )
-
-    # held-out correct count of every (calibration, epochs, fusion) cell
-    held_mask = torch.stack([h.float() if h is not None else torch.zeros(len(labels)) for _, _, h in members])
-    evaluated = [g for g, (_, _, h) in enumerate(members) if h is None]
-    n_held = (labels.numel() if folds else 0) + (eval_labels.numel() if eval_features is not None else 0)
-    if evaluated:
-        q_eval = torch.stack([probs(eval_features.label_logits, content_free, members[g][0]) for g in evaluated])
-    table: dict[tuple[bool, int, float], float] = {}
-    for epochs, weights in snaps.items():
-        correct = _evaluate(weights, train.hidden, q, labels, fusion, held_mask)
-        if evaluated:
-            sub = decoder.DecoderWeights(weights.W[evaluated], weights.radii[evaluated], weights.prototypes)
-            correct[evaluated] += _evaluate(sub, eval_features.hidden, q_eval, eval_labels, fusion)
-        for g, (c, _, _) in enumerate(members):
-            for j, lam in enumerate(fusion):
-                table[(c, epochs, lam)] = table.get((c, epochs, lam), 0.0) + float(correct[g, j])
-    best = max(table, key=lambda key: _preference(key, table[key]))
-    rule = None
-    if shots < AUTO_MIN_SHOTS and content_free is not None:
-        prior = (True, min(AUTO_EPOCHS), max(fusion))  # the calibrated prior alone (lam = 1000)
-        if table[best] < table[prior] + AUTO_LOW_SHOT_MARGIN:
-            best, rule = prior, _low_shot_rule()
+    table = auto_table(train, labels, q_train, cfg, num_classes, folds, eval_features, eval_labels, content_free)
+    best, rule = choose(table, shots, content_free is not None)
     calibrate, epochs, lam = best
-    sources = ([f"{k}-fold cross-validation"] if folds else []) + (["eval_dataset"] if evaluated else [])
-    held_out = " and ".join(sources)
-    report = {
-        "mode": "auto",
-        "selected_on": held_out,
-        "calibrate": calibrate,
-        "epochs": epochs,
-        "lam": lam,
-        "heldout_accuracy": table[best] / n_held,
-        "grid": {f"calibrate={c},epochs={e},lam={lm:g}": v / n_held for (c, e, lm), v in sorted(table.items())},
-    }
-    if rule:
-        report["rule"] = rule
-    logger.info(
-        "DecT auto mode chose calibrate=%s epochs=%d lam=%g (held-out accuracy %.3f on %s).",
-        calibrate,
-        epochs,
-        lam,
-        report["heldout_accuracy"],
-        held_out,
-    )
-    if evaluated:
-        g = next(g for g in evaluated if members[g][0] == calibrate)
-        return FitResult(snaps[epochs].member(g), lam, calibrate, epochs, report)
-    weights, _ = decoder.train(
-        train.hidden,
-        labels,
-        q_train[calibrate],
-        torch.tensor([train_lam]),
-        num_classes=num_classes,
-        decoder_dim=cfg.decoder_dim,
-        epochs=epochs,
-        lr=cfg.learning_rate,
-        seed=cfg.seed,
-    )
+    report = auto_report(table, best, rule)
+    on_all = [g for g, (c, _, held) in enumerate(table.members) if held is None and c == calibrate]
+    if on_all:  # the member trained on all the training data was kept at this epoch count
+        return FitResult(table.snapshots[epochs].member(on_all[0]), lam, calibrate, epochs, report)
+    weights = train_one(train, labels, q_train[calibrate], 1.0 / shots, cfg, num_classes, epochs)
     return FitResult(weights, lam, calibrate, epochs, report)
-
-
-def _low_shot_rule() -> str:
-    return (
-        f"fewer than {AUTO_MIN_SHOTS} examples per class: the calibrated prior is kept unless the decoder beats it by "
-        f"{AUTO_LOW_SHOT_MARGIN} held-out examples"
-    )
-
-
-def _preference(key: tuple[bool, int, float], correct: float) -> tuple:
-    """Order of candidates: held-out accuracy first; among equals, the one that leans most on the calibrated prior
-    (largest fusion weight), then calibration on, then fewer epochs: the simplest explanation of the held-out data.
-
-    On the dev splits of 11 LM-BFF tasks (SmolLM2, 5 seeds) this tie-break beat breaking ties by cross-entropy.
-    """
-    calibrate, epochs, lam = key
-    return (correct, lam, calibrate, -epochs)

@@ -1,104 +1,50 @@
-"""DecT as a PEFT tuner: the frozen LM is queried once per input and a small decoder classifies its features."""
+"""DecT as a PEFT tuner: the PEFT plumbing, the tokenizer / soft-prompt / demonstration state and the Trainer path.
+
+The DecT work itself (features with the content-free input, fitting, fusion) is `peft_dect.dect.core`'s, shared with
+the black-box front-end; predictions and evaluation come from the classifier interface.
+"""
 
 from __future__ import annotations
 
 import functools
-import logging
+import os
 import threading
-import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+import datasets
 import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTuner
-from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..backbone import Backbone, lm_kind
-from ..data import read_labels, read_texts
-from ..features import FeatureCache, Features
-from ..prompting import Template, Verbalizer, calibrated_probs, content_free_texts
-from ..prompting.demonstrations import Demonstrations
-from . import decoder
-from .fit import FitResult, fit_auto, fit_faithful, shots_of
-from .layer import DecTLayer
-
-
-logger = logging.getLogger(__name__)
-
-
-_LOCK = threading.RLock()
+from ..backbone import Backbone
+from ..cards import RunRecord
+from ..classifier import FewShotClassifier
+from ..introspect import CAUSAL, base_model_sizes, lm_kind
+from ..prompt_tuning import SOFT_PROMPT_FOLDER, check_prompt_model, load_prompt_model
+from ..prompting import Template
+from .card import dect_card, dect_record
+from .checks import check_base_model, check_label_token_ids, output_embedding_name
+from .core import DecTCore, class_logits
+from .fit import shots_of
+from .layer import AdapterState, DecTLayer
+from .sources import AdapterSources
 
 
 def serialized(method):
-    """Run `method` under peft-dect's lock: feature caches, tokenizer state and decoder writes are shared, so
+    """Run `method` under the model's lock: its feature cache, tokenizer state and decoder tensors are shared, so
     `fit`/`predict`/`evaluate` called from several threads run one at a time (results equal sequential calls)."""
 
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        with _LOCK:
-            return method(*args, **kwargs)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
 
     return wrapper
 
 
-def output_embedding_name(model: nn.Module) -> str:
-    """Module name of the LM head's output projection (e.g. 'lm_head', 'cls.predictions.decoder')."""
-    lm_kind(model)  # raises a clear TypeError for models without an LM head
-    out = model.get_output_embeddings()
-    for name, module in model.named_modules():
-        if module is out or (isinstance(module, DecTLayer) and module.base_layer is out):
-            return name
-    raise TypeError(f"Could not locate the output embeddings of {type(model).__name__} among its modules.")
-
-
-def base_model_sizes(model: nn.Module) -> tuple[int, int]:
-    """(hidden size, vocabulary size) as the LM head sees them."""
-    head = model.get_output_embeddings()
-    head = getattr(head, "base_layer", head)
-    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    # the decoder reads the body's output, which can be wider than the head's input (ALBERT, ELECTRA)
-    hidden = getattr(text_config, "hidden_size", None) or head.in_features
-    vocab = getattr(head, "out_features", None) or text_config.vocab_size
-    return int(hidden), int(vocab)
-
-
-def check_base_model(model: nn.Module, config) -> None:
-    """Record the base model's sizes in a new config; refuse an adapter made for another base model."""
-    hidden, vocab = base_model_sizes(model)
-    if config.base_hidden_size is None and config.base_vocab_size is None:
-        config.base_hidden_size, config.base_vocab_size = hidden, vocab
-        return
-    if (config.base_hidden_size, config.base_vocab_size) != (hidden, vocab):
-        raise ValueError(
-            f"This DecT adapter was made for a base model with hidden size {config.base_hidden_size} and "
-            f"vocabulary {config.base_vocab_size}, but {type(model).__name__} has hidden size {hidden} and "
-            f"vocabulary {vocab}. Load it onto its base model ({config.base_model_name_or_path or 'see its card'}); "
-            "a DecTConfig records the first base model it is used with, so give another base model a new config."
-        )
-
-
-def check_label_token_ids(config, verbalizer: Verbalizer, *, record: bool) -> None:
-    """Record the label words' token ids (at fit time) or refuse a tokenizer that maps them to other ids.
-
-    The decoder and the calibration were fitted on the scores of particular vocabulary entries: with another
-    tokenizer of the same vocabulary size, the same words would silently score other tokens.
-    """
-    ids = [list(t) for t in verbalizer.token_ids]
-    if record or config.label_token_ids is None:
-        config.label_token_ids = ids
-        return
-    if [list(t) for t in config.label_token_ids] != ids:
-        raise ValueError(
-            f"This DecT adapter was fitted with label-word token ids {config.label_token_ids} for "
-            f"{config.label_words}, but this tokenizer gives {ids}: it is not the tokenizer of the adapter's base "
-            f"model ({config.base_model_name_or_path or 'see its card'}). Pass that model's tokenizer."
-        )
-
-
-class DecTModel(BaseTuner):
+class DecTModel(BaseTuner, FewShotClassifier):
     """Decoder Tuning (Cui et al., ACL 2023) on a frozen masked or causal LM.
 
     Use it through `peft.get_peft_model(model, DecTConfig(...))`. The fast path is `fit()`, which extracts features
@@ -110,33 +56,29 @@ class DecTModel(BaseTuner):
     target_module_mapping: dict = {}
 
     def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, state_dict=None) -> None:
-        self._tokenizer = None
-        self._backbones: dict[str, Backbone] = {}
-        self._cache = FeatureCache()
-        self.last_fit: dict[str, Any] = {}
-        self.fit_reports: dict[str, dict[str, Any]] = {}  # per adapter, for its model card
-        self.evaluations: dict[str, list[dict[str, Any]]] = {}  # per adapter, for its model card
-        self._soft_prompts: dict[str, tuple[nn.Module, str]] = {}  # adapter -> (prompt-tuned PeftModel, its adapter)
-        self.demo_encoder = None  # sentence encoder of demo_filter='similar' (texts -> embeddings); None: MiniLM
+        self.lock = threading.RLock()
+        self.sources = AdapterSources(model)
+        self.records: dict[str, RunRecord] = {}  # per adapter, for its model card
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ---------------------------------------------------------------- PEFT plumbing
-
     def _prepare_adapter_config(self, peft_config, model_config):
         return peft_config
 
     def _check_target_module_exists(self, peft_config, key: str) -> bool:
-        if "_head_name" not in self.__dict__:  # computed once: peft asks for every module of the model
-            self._head_name = output_embedding_name(self.model)
-        return key == self._head_name
+        if "head_name" not in self.__dict__:  # computed once: peft asks for every module of the model
+            self.head_name = output_embedding_name(self.model)
+        return key == self.head_name
 
     def _check_new_adapter_config(self, config) -> None:
         """Run for every adapter added or loaded: the template must suit the LM, and the base model must match."""
-        if lm_kind(self.model) == "causal":
+        if lm_kind(self.model) == CAUSAL:
             Template(config.template).check_causal()
         check_base_model(self.model, config)
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        if peft_config.inline_demo_pool is not None:  # format 1.0 kept the demonstration pool in the config
+            self.sources.demo_pools[adapter_name] = peft_config.inline_demo_pool
         if isinstance(target, DecTLayer):
             target.update_layer(adapter_name, peft_config)
             return
@@ -148,33 +90,27 @@ class DecTModel(BaseTuner):
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
         if merge:
             raise ValueError("DecT cannot be merged into the model weights; use unload() to remove it.")
-        name = self._head_name
-        parent = self.model.get_submodule(name.rpartition(".")[0]) if "." in name else self.model
-        layer = self.model.get_submodule(name)
+        parent_name, _, child = self.head_name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        layer = self.model.get_submodule(self.head_name)
         if isinstance(layer, DecTLayer):
-            setattr(parent, name.rpartition(".")[2], layer.get_base_layer())
+            setattr(parent, child, layer.get_base_layer())
         if hasattr(self.model, "peft_config"):
             del self.model.peft_config
         return self.model
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        self._forget(adapter_name)
-
-    def _forget(self, adapter_name: str) -> None:
-        """Drop what this tuner remembers about an adapter's fit (feature extractor, fit report, evaluations)."""
-        self._backbones.pop(adapter_name, None)
-        self._soft_prompts.pop(adapter_name, None)
-        self.fit_reports.pop(adapter_name, None)
-        self.evaluations.pop(adapter_name, None)
+        self.sources.forget(adapter_name)
+        self.records.pop(adapter_name, None)
 
     @property
     def dect_layer(self) -> DecTLayer:
         """The wrapped LM head that holds every adapter's decoder tensors."""
-        return self.model.get_submodule(self._head_name)
+        return self.model.get_submodule(self.head_name)
 
     @property
-    def _adapter(self) -> str:
+    def active_name(self) -> str:
         active = self.active_adapters
         if len(active) != 1:
             raise ValueError(f"DecT predicts with one active adapter at a time, got {active}; call set_adapter().")
@@ -182,19 +118,35 @@ class DecTModel(BaseTuner):
 
     @property
     def config_of_active(self):
-        return self.peft_config[self._adapter]
+        return self.peft_config[self.active_name]
 
-    # ---------------------------------------------------------------- tokenizer and features
+    def state(self, adapter_name: str | None = None) -> AdapterState:
+        return self.dect_layer.state(adapter_name or self.active_name)
+
+    @property
+    def run_record(self) -> RunRecord:
+        """The active adapter's run record (fit report, evaluations), for its model card."""
+        name = self.active_name
+        if name not in self.records:
+            self.records[name] = dect_record(self.peft_config[name])
+        return self.records[name]
+
+    # ---------------------------------------------------------------- tokenizer, demonstrations, soft prompts
+    @property
+    def demo_encoder(self):
+        """Sentence encoder of demo_filter='similar' (texts -> embeddings); None: all-MiniLM-L6-v2."""
+        return self.sources.demo_encoder
+
+    @demo_encoder.setter
+    def demo_encoder(self, encoder) -> None:
+        self.sources.demo_encoder = encoder
+
     @serialized
     def set_tokenizer(self, tokenizer) -> None:
         """Remember the tokenizer of the base model (fit, predict and prepare_dataset also accept one)."""
-        if tokenizer is not None and tokenizer is not self._tokenizer:
-            if self._tokenizer is not None:  # content-free scores came from the old tokenizer's prompt
-                with torch.no_grad():
-                    for settings in self.dect_layer.dect_settings.values():
-                        settings[DecTLayer.CF_READY] = 0.0
-            self._tokenizer = tokenizer
-            self._backbones.clear()
+        if self.sources.set_tokenizer(tokenizer):  # content-free scores came from the old tokenizer's prompt
+            for name in self.peft_config:
+                self.state(name).content_free = None
 
     def backbone(self, tokenizer=None, *, adapter_name: str | None = None, refit: bool = False) -> Backbone:
         """The feature extractor of an adapter (its template and label words) on the frozen model.
@@ -202,61 +154,9 @@ class DecTModel(BaseTuner):
         The label words' token ids must be those the adapter was fitted with, unless `refit` (fit records them).
         """
         self.set_tokenizer(tokenizer)
-        if self._tokenizer is None:
-            raise ValueError(
-                "DecT needs the base model's tokenizer: pass tokenizer=... to fit/predict/prepare_dataset once "
-                "(or call model.set_tokenizer(tokenizer))."
-            )
-        name = adapter_name or self._adapter
-        model = self.model
-        if name in self._soft_prompts:
-            model, prompt_adapter = self._soft_prompts[name]
-            if model.active_adapter != prompt_adapter:
-                model.set_adapter(prompt_adapter)
-        if name not in self._backbones:
-            cfg = self.peft_config[name]
-            template = Template(cfg.template)
-            verbalizer = Verbalizer.from_words(
-                cfg.label_words,
-                self._tokenizer,
-                space_before=template.space_before_mask,
-                aggregation=cfg.label_word_aggregation,
-                multi_token=cfg.multi_token,
-            )
-            fitted = self._settings(name)[DecTLayer.FITTED] > 0.5
-            check_label_token_ids(cfg, verbalizer, record=refit or not fitted)
-            self._backbones[name] = Backbone(
-                model,
-                self._tokenizer,
-                template,
-                verbalizer,
-                max_length=cfg.max_length,
-                cache=self._cache,
-                demonstrations=self._demonstrations(cfg, template, verbalizer),
-            )
-        return self._backbones[name]
-
-    def _demonstrations(self, cfg, template: Template, verbalizer: Verbalizer) -> Demonstrations | None:
-        if cfg.demonstrations == 0:
-            return None
-        if cfg.demo_pool is None:
-            raise ValueError(
-                "This adapter uses demonstrations but has no demonstration pool yet: call fit() (or "
-                "set_demonstrations(train_dataset) for in-context learning without training) first."
-            )
-        pool = cfg.demo_pool
-        return Demonstrations(
-            pool["text_a"],
-            pool.get("text_b"),
-            pool["label"],
-            template,
-            verbalizer,
-            per_class=cfg.demo_per_class,
-            filter=cfg.demo_filter,
-            num_sets=cfg.demonstrations,
-            seed=cfg.seed,
-            encoder=self.demo_encoder,
-        )
+        name = adapter_name or self.active_name
+        record = refit or not self.state(name).fitted
+        return self.sources.backbone(name, self.peft_config[name], record_ids=record)
 
     @serialized
     def set_demonstrations(self, train_dataset, tokenizer=None) -> None:
@@ -266,26 +166,11 @@ class DecTModel(BaseTuner):
         learning: label-word scoring of prompts that carry demonstrations, averaged over the sampled sets.
         """
         self.set_tokenizer(tokenizer)
-        name = self._adapter
-        cfg = self.peft_config[name]
-        if cfg.demonstrations == 0:
+        cfg = self.config_of_active
+        if cfg.demonstrations is None:
             raise ValueError("Set demonstrations=N (sets per input) in the config to use demonstrations.")
-        template = Template(cfg.template)
-        texts_a, texts_b = read_texts(
-            train_dataset,
-            needs_pair=template.is_pair,
-            text_column=cfg.text_column,
-            text_pair_column=cfg.text_pair_column,
-        )
-        labels = read_labels(train_dataset, cfg.classes, cfg.label_column)
-        pool = {"text_a": texts_a, "text_b": texts_b, "label": labels.tolist()}
-        if pool == cfg.demo_pool:
-            return
-        Demonstrations(texts_a, texts_b, pool["label"], template, cfg.label_words)  # checks every class is present
-        cfg.demo_pool = pool
-        self._backbones.pop(name, None)
-        with torch.no_grad():  # the content-free prompt carries demonstrations too: recompute it
-            self._settings(name)[DecTLayer.CF_READY] = 0.0
+        if self.sources.set_pool(self.active_name, cfg, train_dataset):
+            self.state().content_free = None  # the content-free prompt carries demonstrations too: recompute it
 
     @serialized
     def use_soft_prompt(self, prompt_model, adapter_name: str | None = None, *, keep_fit: bool = False) -> None:
@@ -294,25 +179,20 @@ class DecTModel(BaseTuner):
         `prompt_model` is a PEFT prompt-tuning model wrapping this same base model; its active adapter is the soft
         prompt used. A decoder fitted on other features no longer applies, so the adapter is reset (fit it again).
         """
-        from ..prompt_tuning import SOFT_PROMPT_FOLDER, check_prompt_model
-
-        name = adapter_name or self._adapter
-        cfg = self.peft_config[name]
-        if prompt_model is None:
-            self._soft_prompts.pop(name, None)
-            cfg.soft_prompt = None
-        else:
+        name = adapter_name or self.active_name
+        prompt_adapter = None
+        if prompt_model is not None:
             check_prompt_model(prompt_model, self.model)
             prompt_adapter = prompt_model.active_adapter
-            self._soft_prompts[name] = (prompt_model, prompt_adapter)
-            cfg.soft_prompt = SOFT_PROMPT_FOLDER + ("" if prompt_adapter == "default" else f"/{prompt_adapter}")
-        self._backbones.pop(name, None)
+        self.sources.set_soft_prompt(name, prompt_model, prompt_adapter)
+        suffix = "" if prompt_adapter in (None, "default") else f"/{prompt_adapter}"
+        self.peft_config[name].soft_prompt = None if prompt_model is None else SOFT_PROMPT_FOLDER + suffix
         if not keep_fit:
             self.reset_adapter(name)
 
     def soft_prompt_of(self, adapter_name: str | None = None):
         """(prompt-tuned PeftModel, its adapter name) whose soft prompt this adapter reads with, or None."""
-        return self._soft_prompts.get(adapter_name or self._adapter)
+        return self.sources.soft_prompts.get(adapter_name or self.active_name)
 
     @serialized
     def use_cache_dir(self, cache_dir) -> None:
@@ -320,117 +200,43 @@ class DecTModel(BaseTuner):
 
         `None` switches to a fresh in-memory cache. Features already in memory stay available.
         """
-        if cache_dir is not None and self._cache.directory is not None and self._cache.directory == Path(cache_dir):
-            return
-        previous = self._cache
-        self._cache = FeatureCache(cache_dir)
-        if cache_dir is not None:
-            self._cache.absorb(previous)
-        for bb in self._backbones.values():
-            bb.cache = self._cache
+        self.sources.use_cache_dir(cache_dir)
 
     @serialized
     def reset_adapter(self, adapter_name: str | None = None) -> None:
         """Forget an adapter's fit and calibration: back to its seeded initial state (zero-shot predictions)."""
-        name = adapter_name or self._adapter
+        name = adapter_name or self.active_name
         self.dect_layer.update_layer(name, self.peft_config[name])
         self.set_adapter(self.active_adapters)
-        self.fit_reports.pop(name, None)
-        self.evaluations.pop(name, None)
+        self.records.pop(name, None)
 
-    def _settings(self, name: str) -> torch.Tensor:
-        return self.dect_layer.dect_settings[name]
+    # ---------------------------------------------------------------- files beside the adapter config
+    def write_adapter_files(self, folder: str, adapter_name: str) -> None:
+        """Files an adapter keeps beside its config: its demonstration pool, the soft prompt it reads through."""
+        if self.peft_config[adapter_name].demonstrations is not None:
+            self.sources.write_pool(folder, adapter_name)
+        entry = self.soft_prompt_of(adapter_name)
+        if entry is not None:
+            prompt_model, prompt_adapter = entry
+            prompt_model.save_pretrained(os.path.join(folder, SOFT_PROMPT_FOLDER), selected_adapters=[prompt_adapter])
 
-    def ensure_content_free(self, backbone: Backbone, name: str) -> torch.Tensor:
-        """Label-word log-probabilities of the content-free input, computed once per adapter (one model pass)."""
-        if not self._content_free_ready(name):
-            self._extract_together(backbone, [], name, desc="calibration")
-        return self.dect_layer.dect_content_free[name]
+    def read_adapter_files(self, folder: str, adapter_name: str, fetch: Callable[[str], str]) -> None:
+        """Read what `write_adapter_files` wrote; `fetch` gives the local folder of a subfolder of the adapter."""
+        self.sources.read_pool(folder, adapter_name)
+        relative = self.peft_config[adapter_name].soft_prompt
+        if relative:
+            self.use_soft_prompt(load_prompt_model(self.model, fetch(relative)), adapter_name, keep_fit=True)
 
-    def _content_free_ready(self, name: str) -> bool:
-        return bool(self._settings(name)[DecTLayer.CF_READY] > 0.5)
+    def model_card(self, adapter_name: str, repo: str | None = None) -> str:
+        """The README.md of an adapter, from its run record."""
+        return dect_card(self.records.get(adapter_name), self.peft_config[adapter_name], repo)
 
-    def _texts(self, data, backbone: Backbone) -> tuple[list[str], list[str] | None]:
-        cfg = self.peft_config[self._adapter]
-        texts_a, texts_b = read_texts(
-            data,
-            needs_pair=backbone.template.is_pair,
-            text_column=cfg.text_column,
-            text_pair_column=cfg.text_pair_column,
-        )
-        if not texts_a:
-            raise ValueError("The data is empty: DecT needs at least one input.")
-        return texts_a, texts_b
+    # ---------------------------------------------------------------- fitting and prediction
+    def core(self, tokenizer=None, *, refit: bool = False) -> DecTCore:
+        """The DecT core of the active adapter: its config, its feature extractor and its state."""
+        bb = self.backbone(tokenizer, refit=refit)
+        return DecTCore(self.config_of_active, bb, self.state())
 
-    def _labels(self, data, backbone: Backbone) -> torch.Tensor:
-        """Class indices of `data`, checked to match its texts one for one."""
-        cfg = self.peft_config[self._adapter]
-        labels = read_labels(data, cfg.classes, cfg.label_column)
-        texts, _ = self._texts(data, backbone)
-        if len(texts) != labels.numel():
-            raise ValueError(f"The data has {len(texts)} texts but {labels.numel()} labels; give one label per text.")
-        return labels
-
-    def _extract_together(self, backbone: Backbone, datasets: list, name: str, desc: str) -> list[Features]:
-        """Features of several datasets (and of the content-free input, if still missing) in one extraction.
-
-        One call sorts all new inputs by length together, so batches waste less padding than one call per split.
-        """
-        sets = [self._texts(data, backbone) for data in datasets]
-        with_cf = not self._content_free_ready(name)
-        if with_cf:
-            a, b = content_free_texts(backbone.template)
-            sets.append(([a], None if b is None else [b]))
-        texts_a = [t for a, _ in sets for t in a]
-        texts_b = [t for _, b in sets for t in b] if backbone.template.is_pair else None
-        feats = backbone.extract(texts_a, texts_b, desc=desc)
-        parts, start = [], 0
-        for a, _ in sets:
-            parts.append(feats[start : start + len(a)])
-            start += len(a)
-        if with_cf:
-            cf = self.dect_layer.dect_content_free[name]
-            with torch.no_grad():
-                cf.copy_(parts.pop().label_logits[0].to(cf))
-                self._settings(name)[DecTLayer.CF_READY] = 1.0
-        return parts
-
-    # ---------------------------------------------------------------- scoring
-    def class_logits(self, features: Features, adapter_name: str | None = None) -> torch.Tensor:
-        """Class logits (N, C) of the adapter: the decoder's fused scores, or zero-shot log-probabilities.
-
-        The zero-shot classifier (calibrated when the content-free scores are known) is used while adapters are
-        disabled and before any training.
-        """
-        name = adapter_name or self._adapter
-        layer = self.dect_layer
-        settings = layer.dect_settings[name]
-        cf_ready = bool(settings[DecTLayer.CF_READY] > 0.5)
-        cf = layer.dect_content_free[name] if cf_ready else None
-        hidden = features.hidden.to(settings.device)
-        label_logits = features.label_logits.to(settings.device)
-        if layer.disable_adapters or settings[DecTLayer.FITTED] < 0.5:
-            calibrate = layer.disable_adapters or bool(settings[DecTLayer.CALIBRATE] > 0.5)
-            return torch.log(calibrated_probs(label_logits, cf if calibrate else None).clamp_min(1e-30))
-        calibrate = bool(settings[DecTLayer.CALIBRATE] > 0.5)
-        q = calibrated_probs(label_logits, cf if calibrate else None)
-        weights = decoder.DecoderWeights(
-            layer.dect_W[name].unsqueeze(0), layer.dect_radii[name].unsqueeze(0), layer.dect_prototypes[name]
-        )
-        return decoder.scores(weights, hidden, q, settings[DecTLayer.LAM])[0]
-
-    def _write(self, name: str, result: FitResult) -> None:
-        layer = self.dect_layer
-        with torch.no_grad():
-            layer.dect_W[name].copy_(result.weights.W[0])
-            layer.dect_radii[name].copy_(result.weights.radii[0])
-            layer.dect_prototypes[name].copy_(result.weights.prototypes)
-            settings = layer.dect_settings[name]
-            settings[DecTLayer.LAM] = result.lam
-            settings[DecTLayer.CALIBRATE] = float(result.calibrate)
-            settings[DecTLayer.FITTED] = 1.0
-
-    # ---------------------------------------------------------------- the fast path
     @serialized
     def fit(
         self,
@@ -448,130 +254,66 @@ class DecTModel(BaseTuner):
         and labels. In auto mode cross-validation (plus the eval split, if given) chooses lam, epochs, calibration.
         Returns a report with the choice, timings and the number of model passes.
         """
-        name = self._adapter
-        cfg = self.peft_config[name]
+        cfg = self.config_of_active
         if cache_dir is not None:
             self.use_cache_dir(cache_dir)
-        if cfg.demonstrations:
+        if cfg.demonstrations is not None:
             self.set_demonstrations(train_dataset, tokenizer)
-        bb = self.backbone(tokenizer, refit=True)
-        check_label_token_ids(cfg, bb.verbalizer, record=True)
-        bb.show_progress = show_progress
+        core = self.core(tokenizer, refit=True)
+        check_label_token_ids(cfg, core.source.verbalizer, record=True)
+        core.source.show_progress = show_progress
         if batch_size is not None:
-            bb.batch_size = batch_size
-        passes_before = bb.passes
-        t0 = time.perf_counter()
-        labels = self._labels(train_dataset, bb)
-        use_eval = eval_dataset is not None and cfg.mode == "auto"
-        eval_labels = self._labels(eval_dataset, bb) if use_eval else None
-        if eval_dataset is not None and not use_eval:
-            logger.warning("Faithful mode chooses nothing on held-out data: eval_dataset is not used by fit().")
-        if cfg.mode == "auto" and cfg.lam is not None:
-            logger.warning(
-                "Auto mode chooses lam itself; the configured lam=%g is used by faithful mode only.", cfg.lam
-            )
-        train, *rest = self._extract_together(
-            bb, [train_dataset] + ([eval_dataset] if use_eval else []), name, desc="features"
-        )
-        eval_feats = rest[0] if use_eval else None
-        cf = self.dect_layer.dect_content_free[name].detach().clone().cpu()
-        if not (cfg.calibrate or cfg.mode == "auto"):
-            cf = None
-        t1 = time.perf_counter()
-        num_classes = len(cfg.classes)
-        if cfg.mode == "faithful":
-            result = fit_faithful(train, labels, cf, cfg, num_classes)
-        else:
-            result = fit_auto(train, labels, cf, cfg, num_classes, eval_feats, eval_labels)
-        self._write(name, result)
-        t2 = time.perf_counter()
-        self.last_fit = {
-            **result.report,
-            "shots": shots_of(labels, num_classes),
-            "train_examples": int(labels.numel()),
-            "model_passes": bb.passes - passes_before,
-            "feature_seconds": t1 - t0,
-            "decoder_seconds": t2 - t1,
-        }
-        self.fit_reports[name] = self.last_fit
-        self.evaluations.pop(name, None)  # metrics of the previous decoder no longer apply
-        return self.last_fit
+            core.source.batch_size = batch_size
+        passes = core.source.passes
+        report = core.fit(train_dataset, eval_dataset)
+        report["model_passes"] = core.source.passes - passes
+        self.run_record.start_fit(report)
+        return report
 
-    # ---------------------------------------------------------------- prediction
+    @property
+    def classes(self) -> list[str]:
+        return self.config_of_active.classes
+
+    def read_targets(self, data) -> torch.Tensor:
+        return self.config_of_active.read_labels(data)
+
     @serialized
     def predict_logits(self, inputs, tokenizer=None, *, show_progress: bool = False) -> torch.Tensor:
         """Class logits (N, C) for texts, (text_a, text_b) pairs, a dict of columns or a Dataset."""
-        bb = self.backbone(tokenizer)
-        bb.show_progress = show_progress
-        name = self._adapter
-        (feats,) = self._extract_together(bb, [inputs], name, desc="predict")
-        with torch.no_grad():
-            return self.class_logits(feats).cpu()
+        core = self.core(tokenizer)
+        core.source.show_progress = show_progress
+        return core.logits(inputs, zero_shot=self.dect_layer.disable_adapters)
 
     @serialized
     def zero_shot_logits(self, inputs, tokenizer=None, *, calibrate: bool = True, show_progress: bool = False):
         """Zero-shot class log-probabilities (N, C) from the label words alone, calibrated or not."""
-        bb = self.backbone(tokenizer)
-        bb.show_progress = show_progress
-        (feats,) = self._extract_together(bb, [inputs], self._adapter, desc="predict")
-        cf = self.dect_layer.dect_content_free[self._adapter] if calibrate else None
-        return torch.log(calibrated_probs(feats.label_logits, cf).clamp_min(1e-30)).cpu()
+        core = self.core(tokenizer)
+        core.source.show_progress = show_progress
+        return core.zero_shot_logits(inputs, calibrate=calibrate)
 
-    def predict_proba(self, inputs, tokenizer=None, *, show_progress: bool = False) -> np.ndarray:
-        """Class probabilities (N, C), columns in the order of `label_words`."""
-        return torch.softmax(self.predict_logits(inputs, tokenizer, show_progress=show_progress), -1).numpy()
-
-    def predict(self, inputs, tokenizer=None, *, show_progress: bool = False) -> list[str]:
-        """Predicted class names."""
-        classes = self.config_of_active.classes
-        logits = self.predict_logits(inputs, tokenizer, show_progress=show_progress)
-        return [classes[i] for i in logits.argmax(-1).tolist()]
-
-    @serialized
-    def evaluate(
-        self, dataset, tokenizer=None, *, name: str | None = None, split: str = "test", show_progress: bool = False
-    ) -> dict[str, float]:
-        """Accuracy of the active adapter on a labelled dataset; recorded (with `name`, `split`) for its model card."""
-        labels = self._labels(dataset, self.backbone(tokenizer))
-        pred = self.predict_logits(dataset, tokenizer, show_progress=show_progress).argmax(-1)
-        metrics = {"accuracy": float((pred == labels).float().mean())}
-        record = {
-            "dataset": name or "evaluation data",
-            "split": split,
-            "examples": int(labels.numel()),
-            "metrics": metrics,
-        }
-        history = [
-            e
-            for e in self.evaluations.get(self._adapter, [])
-            if (e["dataset"], e["split"]) != (record["dataset"], split)
-        ]
-        self.evaluations[self._adapter] = history + [record]
-        return metrics
+    def class_logits(self, features, adapter_name: str | None = None) -> torch.Tensor:
+        """Class logits (N, C) of an adapter for extracted features (zero-shot while adapters are disabled)."""
+        return class_logits(self.state(adapter_name), features, zero_shot=self.dect_layer.disable_adapters)
 
     # ---------------------------------------------------------------- the Trainer path
     @serialized
-    def prepare_dataset(self, dataset, tokenizer=None):
+    def prepare_dataset(self, dataset, tokenizer=None) -> datasets.Dataset:
         """Prompted, tokenised copy of `dataset` for `transformers.Trainer`: input_ids, attention_mask, labels.
 
         Also computes the content-free calibration and, unless `lam` is configured, sets lam = 1/shots from the
         labels of the first dataset prepared: prepare the training data first.
         """
-        import datasets
-
-        name = self._adapter
-        cfg = self.peft_config[name]
-        bb = self.backbone(tokenizer, refit=True)
-        check_label_token_ids(cfg, bb.verbalizer, record=True)
-        texts_a, texts_b = self._texts(dataset, bb)
-        labels = self._labels(dataset, bb)
-        ids = bb.tokenize(texts_a, texts_b)
-        settings = self._settings(name)
-        if cfg.calibrate:
-            self.ensure_content_free(bb, name)
-        if cfg.lam is None and settings[DecTLayer.FITTED] < 0.5 and torch.isnan(settings[DecTLayer.LAM]):
-            with torch.no_grad():
-                settings[DecTLayer.LAM] = 1.0 / shots_of(labels, len(cfg.classes))
+        cfg = self.config_of_active
+        core = self.core(tokenizer, refit=True)
+        check_label_token_ids(cfg, core.source.verbalizer, record=True)
+        texts_a, texts_b = cfg.read_texts(dataset)
+        labels = cfg.read_labels(dataset)
+        ids = core.source.tokenize(texts_a, texts_b)
+        state = core.state
+        if cfg.calibrate and state.content_free is None:
+            core.features([], desc="calibration")
+        if cfg.lam is None and not state.fitted and state.lam != state.lam:  # lam is NaN: not set yet
+            state.lam = 1.0 / shots_of(labels, len(cfg.classes))
         columns = {"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids], "labels": labels.tolist()}
         return datasets.Dataset.from_dict(columns)
 
@@ -590,7 +332,6 @@ class DecTModel(BaseTuner):
         """
         if input_ids is None:
             raise ValueError("DecT's forward needs input_ids made by model.prepare_dataset(...).")
-        name = self._adapter
         bb = self.backbone()
         was_training = self.model.training
         self.model.eval()  # the frozen backbone gives deterministic features: no dropout, as in fit()
@@ -600,18 +341,9 @@ class DecTModel(BaseTuner):
         finally:
             self.model.train(was_training)
         feats.check_finite()  # a NaN here would silently poison the decoder's gradients
-        settings = self._settings(name)
-        layer = self.dect_layer
-        if self.training and labels is not None and settings[DecTLayer.FITTED] < 0.5 and not layer.disable_adapters:
-            with torch.no_grad():
-                W = layer.dect_W[name].detach().unsqueeze(0)
-                num_classes = layer.dect_radii[name].numel()
-                weight = torch.ones(1, labels.shape[0], device=W.device)
-                radii = decoder.init_radii(W, feats.hidden.to(W), labels.to(W.device), weight, num_classes)
-                layer.dect_radii[name].copy_(radii[0])
-                if torch.isnan(settings[DecTLayer.LAM]):
-                    settings[DecTLayer.LAM] = 1.0 / shots_of(labels, num_classes)
-                settings[DecTLayer.FITTED] = 1.0
-        logits = self.class_logits(feats, name)
+        state = self.state()
+        if self.training and labels is not None and not state.fitted and not self.dect_layer.disable_adapters:
+            state.start_training(feats.hidden, labels)
+        logits = self.class_logits(feats)
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -19,8 +19,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..prompting import Template, normalize_label_words
-from ..prompting.verbalizer import AGGREGATIONS, MULTI_TOKEN_RULES
+from peft import PeftConfig
+
+from ..saving import read_json_object
+from ..settings import DemonstrationConfig, PromptSettings
+from ..tasks import get_task
 
 
 CONFIG_NAME = "lmbff_config.json"
@@ -29,7 +32,7 @@ REGRESSION_BOUNDS = {"STS-B": (0.0, 5.0)}  # LM-BFF's bound_mapping
 
 
 @dataclass
-class LMBFFConfig:
+class LMBFFConfig(PromptSettings):
     """Prompt-based fine-tuning: classify through label-word logits, train LoRA (or any PEFT method) or all weights.
 
     Classification: cross-entropy over the label-word log-probabilities at the prediction position (the mask token
@@ -37,15 +40,21 @@ class LMBFFConfig:
     (0, 5)): exactly two classes, the first the *low* word and the second the *high* word; a target `y` becomes the
     distribution ``[1 - t, t]`` with ``t = (y - lb) / (ub - lb)``, the loss is KL(target || p) over the two words and
     the prediction is ``lb + (ub - lb) * p_high``, as in LM-BFF.
+
+    Args:
+        template, label_words, label_word_aggregation, multi_token, max_length, text_column, text_pair_column,
+            label_column: the prompt and the data columns (see `PromptSettings`); the label column holds the
+            targets of a regression.
+        peft_config: a peft config (e.g. `LoraConfig`) whose parameters train; None fine-tunes every parameter of
+            the model, as the paper does.
+        regression_bounds: (lb, ub) of a regression target (STS-B: (0, 5)); None for classification.
+        demonstrations: LM-BFF demonstrations drawn from the training set (a `DemonstrationConfig` or a dict of its
+            settings, e.g. ``{"num_sets": 4, "seed": 0}``); None: no demonstrations.
     """
 
     template: str = field(
         default="{text_a} It was {mask}.",
         metadata={"help": "Prompt with {text_a}, optional {text_b} and one {mask} where the label word goes."},
-    )
-    label_words: dict = field(
-        default_factory=dict,
-        metadata={"help": "Class name -> label words, e.g. {'negative': ['terrible'], 'positive': ['great']}."},
     )
     peft_config: Any = field(
         default=None,
@@ -58,48 +67,21 @@ class LMBFFConfig:
         default=None,
         metadata={"help": "(lb, ub) of a regression target (STS-B: (0, 5)); None for classification."},
     )
-    demonstrations: dict | None = field(
+    demonstrations: DemonstrationConfig | dict | None = field(
         default=None,
         metadata={
-            "help": "Keyword arguments of peft_dect.prompting.Demonstrations (e.g. {'num_sets': 4, 'seed': 0}); "
-            "the training examples become the demonstration pool. None: no demonstrations."
+            "help": "LM-BFF demonstrations: a DemonstrationConfig or a dict of its settings (e.g. {'num_sets': 4, "
+            "'seed': 0}); the training examples become the demonstration pool. None: no demonstrations."
         },
     )
-    label_word_aggregation: str = field(
-        default="mean", metadata={"help": "How several words of a class combine: 'mean' of log-probs or 'max'."}
-    )
-    multi_token: str = field(
-        default="first",
-        metadata={"help": "Label words of several tokens: 'first' scores the first token (with a warning), 'error'."},
-    )
-    max_length: int | None = field(
-        default=None, metadata={"help": "Token budget of a prompt; text fields (demonstrations first) are cut to fit."}
-    )
-    text_column: str | None = field(
-        default=None, metadata={"help": "Dataset column of the first text; None guesses text/sentence/text_a/..."}
-    )
-    text_pair_column: str | None = field(
-        default=None, metadata={"help": "Dataset column of the second text, for templates with {text_b}."}
-    )
-    label_column: str = field(default="label", metadata={"help": "Dataset column of the labels (or targets)."})
 
     def __post_init__(self) -> None:
-        Template(self.template)  # validates the placeholders and the single {mask}
-        self.label_words = normalize_label_words(self.label_words)
-        if self.label_word_aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"label_word_aggregation must be one of {AGGREGATIONS}, got {self.label_word_aggregation!r}."
+        self.check_prompt_settings()
+        if self.peft_config is not None and not isinstance(self.peft_config, PeftConfig):
+            raise TypeError(
+                f"peft_config must be a peft config such as LoraConfig(...) or None (full fine-tuning), got "
+                f"{type(self.peft_config).__name__}."
             )
-        if self.multi_token not in MULTI_TOKEN_RULES:
-            raise ValueError(f"multi_token must be one of {MULTI_TOKEN_RULES}, got {self.multi_token!r}.")
-        if self.peft_config is not None:
-            from peft import PeftConfig
-
-            if not isinstance(self.peft_config, PeftConfig):
-                raise TypeError(
-                    f"peft_config must be a peft config such as LoraConfig(...) or None (full fine-tuning), got "
-                    f"{type(self.peft_config).__name__}."
-                )
         if self.regression_bounds is not None:
             bounds = tuple(self.regression_bounds)
             if len(bounds) != 2 or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds):
@@ -114,12 +96,7 @@ class LMBFFConfig:
                     f"e.g. {{'low': ['No'], 'high': ['Yes']}}; got {list(self.label_words)}."
                 )
             self.regression_bounds = (float(bounds[0]), float(bounds[1]))
-        if self.demonstrations is not None and not isinstance(self.demonstrations, dict):
-            raise TypeError(
-                "demonstrations must be None or a dict of Demonstrations settings, e.g. {'num_sets': 4, 'seed': 0}."
-            )
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(f"max_length must be a positive number of tokens, got {self.max_length}.")
+        self.demonstrations = DemonstrationConfig.coerce(self.demonstrations)
 
     @classmethod
     def for_task(cls, task: str, *, kind: str = "causal", **kwargs: Any) -> LMBFFConfig:
@@ -129,8 +106,6 @@ class LMBFFConfig:
         `kind` is "causal" or "masked" (the causal form of a template ends at the mask); `kwargs` set or override
         any other field, e.g. ``peft_config=LoraConfig(...)``.
         """
-        from ..tasks import get_task
-
         if kind not in ("causal", "masked"):
             raise ValueError(f"kind must be 'causal' or 'masked', got {kind!r}.")
         spec = get_task(task)
@@ -146,10 +121,6 @@ class LMBFFConfig:
         return cls(**settings)
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.label_words)
-
-    @property
     def is_regression(self) -> bool:
         return self.regression_bounds is not None
 
@@ -161,6 +132,7 @@ class LMBFFConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings; the peft config is saved by peft itself (adapter_config.json), so only its kind."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "peft_config"}
+        out["demonstrations"] = dataclasses.asdict(self.demonstrations) if self.demonstrations else None
         out["regression_bounds"] = list(self.regression_bounds) if self.regression_bounds else None
         out["tuning"] = self.tuning
         return out
@@ -179,16 +151,13 @@ class LMBFFConfig:
                 f"{directory} has no {CONFIG_NAME}: it was not saved by LMBFFModel.save_pretrained (a bare LoRA "
                 "adapter has no template or label words; load it with PeftModel.from_pretrained instead)."
             )
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = read_json_object(path, "LM-BFF config")
         tuning = data.pop("tuning", FULL)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path} has unknown settings {unknown}; it was written by a newer peft-dect?")
         if tuning == PEFT and peft_config is None:
-            from peft import PeftConfig
-
             peft_config = PeftConfig.from_pretrained(str(directory))
         if data.get("regression_bounds") is not None:
             data["regression_bounds"] = tuple(data["regression_bounds"])

@@ -8,6 +8,7 @@ interpolates between a low and a high word, as in LM-BFF's `models.py`.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -16,13 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel, get_peft_model
 from torch import nn
-from transformers import TrainerCallback
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, TrainerCallback
 
-from ..backbone import Backbone, unwrap_peft
-from ..classifier import LabelWordClassifier
-from ..data import _columns
-from ..tasks import metric_value as compute_metric
+from ..backbone import Backbone
+from ..cards import render_card, write_card
+from ..classifier import LabelWordClassifier, compute_metrics, load_saved_model
+from ..data import column_names
+from ..metrics import metric_value
+from ..prompting.demonstrations import Demonstrations
+from ..saving import POOL_FILE, read_json_object
 from .config import LMBFFConfig
 
 
@@ -74,8 +79,6 @@ class LMBFFModel(LabelWordClassifier):
         batch_size: int = 16,
         show_progress: bool = True,
     ) -> None:
-        from peft import PeftModel, get_peft_model
-
         if not isinstance(config, LMBFFConfig):
             raise TypeError(f"config must be an LMBFFConfig, got {type(config).__name__}.")
         if config.peft_config is None:
@@ -87,24 +90,18 @@ class LMBFFModel(LabelWordClassifier):
             model.requires_grad_(True)
         elif not isinstance(model, PeftModel):
             model = get_peft_model(model, copy.deepcopy(config.peft_config))
+        settings = config.prompt_settings()
+        template, words = settings.pop("template"), settings.pop("label_words")
         super().__init__(
-            model,
-            tokenizer,
-            config.template,
-            config.label_words,
-            max_length=config.max_length,
-            label_word_aggregation=config.label_word_aggregation,
-            multi_token=config.multi_token,
-            text_column=config.text_column,
-            text_pair_column=config.text_pair_column,
-            label_column=config.label_column,
-            batch_size=batch_size,
-            show_progress=show_progress,
+            model, tokenizer, template, words, batch_size=batch_size, show_progress=show_progress, **settings
         )
         self.config = config
         self.demonstrations = None
         self.train_report: dict[str, Any] | None = None
-        self.evaluations: list[dict[str, Any]] = []
+        self.run_record.card = "lmbff"
+        self.run_record.library_name = "peft" if config.tuning == "peft" else "transformers"
+        kind = [self.peft_kind.lower()] if self.peft_kind else []
+        self.run_record.tags = ["lm-bff", "prompt-based-fine-tuning", *kind]
         if config.demonstrations is not None:
             if train_dataset is None:
                 raise ValueError(
@@ -114,11 +111,15 @@ class LMBFFModel(LabelWordClassifier):
             self.use_demonstrations(train_dataset)
 
     # ---------------------------------------------------------------- demonstrations
+    @property
+    def peft_kind(self) -> str:
+        """The peft type of the trained adapter ('LORA', ...), empty for full fine-tuning."""
+        peft_config = self.config.peft_config
+        return str(getattr(peft_config.peft_type, "value", peft_config.peft_type)) if peft_config else ""
+
     def use_demonstrations(self, train_dataset) -> None:
         """Draw demonstrations from `train_dataset` (settings from `config.demonstrations`) for every input."""
-        from ..prompting.demonstrations import Demonstrations
-
-        texts_a, texts_b = self._texts(train_dataset)
+        texts_a, texts_b = self.prompt.read_texts(train_dataset)
         labels = self.encode_labels(train_dataset)
         cfg = self.config
         self.pool = {cfg.text_column or "text_a": texts_a, cfg.label_column: list(labels)}
@@ -129,7 +130,7 @@ class LMBFFModel(LabelWordClassifier):
             labels = [int(y > (lb + ub) / 2) for y in labels]
         words = {c: list(w) for c, w in zip(self.classes, self.backbone.verbalizer.words)}
         self.demonstrations = Demonstrations(
-            texts_a, texts_b, labels, self.template, words, **(self.config.demonstrations or {})
+            texts_a, texts_b, labels, self.template, words, **cfg.demonstrations.sampler_options(0)
         )
         previous = self.backbone
         self.backbone = Backbone(
@@ -148,10 +149,10 @@ class LMBFFModel(LabelWordClassifier):
         sets = self.demonstrations.num_sets if self.demonstrations is not None else 1
         if sets == 1:
             return super().predict_logits(inputs, show_progress=show_progress)
-        texts_a, texts_b = self._texts(inputs)
+        texts_a, texts_b = self.prompt.read_texts(inputs)
         show = self.show_progress if show_progress is None else show_progress
         runs = [
-            self.backbone._run(self.backbone.tokenize(texts_a, texts_b, s), f"predict (set {s + 1}/{sets})", show=show)
+            self.backbone.run(self.backbone.tokenize(texts_a, texts_b, s), f"predict (set {s + 1}/{sets})", show=show)
             for s in range(sets)
         ]
         return torch.stack([r.label_logits for r in runs]).mean(0)
@@ -168,11 +169,11 @@ class LMBFFModel(LabelWordClassifier):
             self.train_report = report
         return super().forward(input_ids, attention_mask, labels, **kwargs)
 
-    def encode_labels(self, data) -> list:
+    def read_targets(self, data):
         """Class indices (classification) or float targets within `regression_bounds` (regression)."""
         column = self.config.label_column
         if not self.config.is_regression:
-            if column in _columns(data) and any(
+            if column in column_names(data) and any(
                 isinstance(v, float) and not float(v).is_integer() for v in data[column]
             ):
                 raise ValueError(
@@ -180,9 +181,9 @@ class LMBFFModel(LabelWordClassifier):
                     "LMBFFConfig is a classifier. For regression set regression_bounds=(lb, ub) and two label words "
                     "(low first, high second); for classification give class names or integer labels."
                 )
-            return super().encode_labels(data)
-        if column not in _columns(data):
-            raise ValueError(f"The label column {column!r} is not in the data (columns: {_columns(data)}).")
+            return super().read_targets(data)
+        if column not in column_names(data):
+            raise ValueError(f"The label column {column!r} is not in the data (columns: {column_names(data)}).")
         lb, ub = self.config.regression_bounds
         out = []
         for row, value in enumerate(data[column]):
@@ -191,10 +192,10 @@ class LMBFFModel(LabelWordClassifier):
             if not lb <= float(value) <= ub:
                 raise ValueError(f"Row {row} has target {value}, outside regression_bounds ({lb:g}, {ub:g}).")
             out.append(float(value))
-        texts, _ = self._texts(data)
+        texts, _ = self.prompt.read_texts(data)
         if len(texts) != len(out):
             raise ValueError(f"The data has {len(texts)} texts but {len(out)} targets; give one target per text.")
-        return out
+        return torch.tensor(out)
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over the label words, or LM-BFF's KL loss against ``[1 - t, t]`` for regression."""
@@ -205,39 +206,22 @@ class LMBFFModel(LabelWordClassifier):
         return super().compute_loss(logits, labels)
 
     # ---------------------------------------------------------------- prediction
-    def predict(self, inputs, *, show_progress: bool | None = None) -> list:
+    @property
+    def default_metrics(self) -> tuple[str, ...]:
+        return ("pearson", "spearman") if self.config.is_regression else ("accuracy",)
+
+    def decide(self, logits: torch.Tensor) -> list:
         """Class names, or floats in `regression_bounds` for regression."""
         if not self.config.is_regression:
-            return super().predict(inputs, show_progress=show_progress)
-        logits = self.predict_logits(inputs, show_progress=show_progress)
+            return super().decide(logits)
         return regression_prediction(logits, self.config.regression_bounds).tolist()
 
-    def evaluate(
-        self,
-        dataset,
-        *,
-        metric: str | None = None,
-        name: str | None = None,
-        split: str = "test",
-        show_progress: bool | None = None,
-    ) -> dict[str, float]:
-        """The task metric(s) on a labelled dataset (accuracy by default; Pearson and Spearman for regression).
-
-        Recorded, with `name` and `split`, for the model card.
-        """
-        targets = self.encode_labels(dataset)
-        logits = self.predict_logits(dataset, show_progress=show_progress)
-        if self.config.is_regression:
-            pred = regression_prediction(logits, self.config.regression_bounds).numpy()
-            names = [metric] if metric else ["pearson", "spearman"]
-        else:
-            pred = logits.argmax(-1).numpy()
-            names = [metric or "accuracy"]
-        metrics = {m: compute_metric(m, pred, targets) for m in names}
-        record = {"dataset": name or "evaluation data", "split": split, "examples": len(targets), "metrics": metrics}
-        self.evaluations = [e for e in self.evaluations if (e["dataset"], e["split"]) != (record["dataset"], split)]
-        self.evaluations.append(record)
-        return metrics
+    def score(self, logits: torch.Tensor, targets, metric=None) -> dict[str, float]:
+        """The task metric(s): accuracy by default, Pearson and Spearman correlation for regression."""
+        if not self.config.is_regression:
+            return super().score(logits, targets, metric)
+        pred = regression_prediction(logits, self.config.regression_bounds).numpy()
+        return compute_metrics(metric, self.default_metrics, pred, np.asarray(targets))
 
     def trainer_metrics(self, metric: str | None = None):
         """A `compute_metrics` function for `transformers.Trainer` evaluations (the task metric of the logits)."""
@@ -248,50 +232,52 @@ class LMBFFModel(LabelWordClassifier):
             refs = np.asarray(eval_pred.label_ids)
             if bounds is not None:
                 pred = regression_prediction(logits, bounds).numpy()
-                return {m: compute_metric(m, pred, refs) for m in ([metric] if metric else ["pearson", "spearman"])}
-            return {metric or "accuracy": compute_metric(metric or "accuracy", logits.argmax(-1).numpy(), refs)}
+                return {m: metric_value(m, pred, refs) for m in ([metric] if metric else ["pearson", "spearman"])}
+            return {metric or "accuracy": metric_value(metric or "accuracy", logits.argmax(-1).numpy(), refs)}
 
         return compute
 
     # ---------------------------------------------------------------- saving and loading
-    @property
-    def base_model_name(self) -> str | None:
-        name = getattr(unwrap_peft(self.model).config, "_name_or_path", None)
-        return name or None
+    def model_card(self) -> str:
+        """The README.md of the classifier, from its run record."""
+        config, record = self.config, self.run_record
+        if config.tuning == "peft":
+            tuning = (
+                f"only a {self.peft_kind} adapter was trained (this repository holds the adapter, the base model is "
+                "frozen)."
+            )
+            load = 'model = LMBFFModel.from_pretrained("path/to/model", base_model=base_model, tokenizer=tokenizer)'
+        else:
+            tuning = "every parameter of the model was fine-tuned, as in the paper (this repository holds the model)."
+            load = 'model = LMBFFModel.from_pretrained("path/to/model")'
+        if config.is_regression:
+            lb, ub = config.regression_bounds
+            task = (
+                f"Regression: the prediction is `{lb:g} + {ub - lb:g} * p({config.classes[1]})`, interpolating "
+                "between the two label words."
+            )
+        else:
+            task = "Classification: the class is the one whose label words are most likely at the prediction position."
+        if config.demonstrations is not None:
+            task += f" Every input carries demonstrations from the training set ({config.demonstrations})."
+        if self.train_report:
+            items = ", ".join(f"{k} {v}" for k, v in self.train_report.items())
+            record.training = f"Trained with the transformers Trainer: {items}."
+        return render_card(record, tuning_sentence=tuning, task_sentence=task, load_line=load)
 
-    def _save_files(self, save_directory: str, **kwargs: Any) -> None:
+    def save_files(self, save_directory: str, **kwargs: Any) -> None:
         """Write the adapter (LoRA) or the whole model (full fine-tuning) with safetensors, the config and a card.
 
         With demonstrations the pool they are drawn from is saved too (`demonstration_pool.json`), so that a
         loaded model renders the same prompts. `save_pretrained` (inherited) stages these files and moves them in.
         """
-        import json
-
-        from ..cards import MARKER, render_lmbff_card
-
-        super()._save_files(save_directory, **kwargs)
+        super().save_files(save_directory, **kwargs)
         self.tokenizer.save_pretrained(save_directory)
         self.config.save_pretrained(save_directory)
         if self.demonstrations is not None:
-            with open(os.path.join(save_directory, POOL_NAME), "w", encoding="utf-8") as fh:
+            with open(os.path.join(save_directory, POOL_FILE), "w", encoding="utf-8") as fh:
                 json.dump(self.pool, fh)
-        card = os.path.join(save_directory, "README.md")
-        keep = False
-        if os.path.exists(card):
-            with open(card, encoding="utf-8") as fh:
-                text = fh.read()
-            # peft writes its own generic card during save_pretrained; a card the user wrote has neither marker
-            keep = MARKER not in text and "library_name: peft" not in text and "base_model:" not in text
-        if not keep:
-            with open(card, "w", encoding="utf-8") as fh:
-                fh.write(
-                    render_lmbff_card(
-                        self.config,
-                        base_model=self.base_model_name,
-                        training=self.train_report,
-                        evaluations=self.evaluations,
-                    )
-                )
+        write_card(os.path.join(save_directory, "README.md"), self.model_card())
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -309,13 +295,6 @@ class LMBFFModel(LabelWordClassifier):
         transformers model and is loaded from `directory` (safetensors). `tokenizer` defaults to the one saved in
         `directory`, if any.
         """
-        import json
-
-        from peft import PeftModel
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-
-        from ..peft_model import check_adapter_folder
-
         directory = str(directory)
         config = LMBFFConfig.from_pretrained(directory)
         if tokenizer is None:
@@ -329,37 +308,33 @@ class LMBFFModel(LabelWordClassifier):
                     f"{directory} holds a {config.peft_config.peft_type} adapter: pass base_model=... (the model it "
                     f"was trained on, {config.peft_config.base_model_name_or_path or 'see its card'})."
                 )
-            if isinstance(base_model, PeftModel):
-                raise TypeError("Pass the base model (not a PeftModel): the saved adapter is loaded onto it.")
-            check_adapter_folder(directory)
-            model = PeftModel.from_pretrained(base_model, directory, is_trainable=True)
+            model = load_saved_model(base_model, directory, is_trainable=True)
         else:
-            if base_model is not None:
-                raise ValueError(
-                    f"{directory} holds a fully fine-tuned model, which is loaded from the folder itself; "
-                    "do not pass base_model."
-                )
-            if not os.path.isfile(os.path.join(directory, "model.safetensors")) and not any(
-                f.startswith("model-") and f.endswith(".safetensors") for f in os.listdir(directory)
-            ):
-                raise ValueError(
-                    f"{directory} has no model.safetensors; peft-dect loads weights from safetensors only."
-                )
-            auto_config = AutoConfig.from_pretrained(directory)
-            is_causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in auto_config.architectures or [])
-            auto = AutoModelForCausalLM if is_causal else AutoModelForMaskedLM
-            model = auto.from_pretrained(directory, use_safetensors=True)
+            model = load_full_model(directory, base_model)
         pool = None
         if config.demonstrations is not None:
-            path = os.path.join(directory, POOL_NAME)
+            path = os.path.join(directory, POOL_FILE)
             if not os.path.isfile(path):
-                raise ValueError(f"{directory} uses demonstrations but has no {POOL_NAME}; save the model again.")
-            with open(path, encoding="utf-8") as fh:
-                pool = json.load(fh)
+                raise ValueError(f"{directory} uses demonstrations but has no {POOL_FILE}; save the model again.")
+            pool = read_json_object(path, "demonstration pool")
         return cls(model, tokenizer, config, train_dataset=pool, batch_size=batch_size, show_progress=show_progress)
 
 
-POOL_NAME = "demonstration_pool.json"
+def load_full_model(directory: str, base_model: nn.Module | None) -> nn.Module:
+    """A fully fine-tuned masked or causal LM saved in `directory` (safetensors only)."""
+    if base_model is not None:
+        raise ValueError(
+            f"{directory} holds a fully fine-tuned model, which is loaded from the folder itself; do not pass "
+            "base_model."
+        )
+    if not os.path.isfile(os.path.join(directory, "model.safetensors")) and not any(
+        f.startswith("model-") and f.endswith(".safetensors") for f in os.listdir(directory)
+    ):
+        raise ValueError(f"{directory} has no model.safetensors; peft-dect loads weights from safetensors only.")
+    auto_config = AutoConfig.from_pretrained(directory)
+    is_causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in auto_config.architectures or [])
+    auto = AutoModelForCausalLM if is_causal else AutoModelForMaskedLM
+    return auto.from_pretrained(directory, use_safetensors=True)
 
 
 class BestOnDevCallback(TrainerCallback):

@@ -20,10 +20,11 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from ..backbone import Backbone, split_head
+from ..backbone import Backbone
 from ..data import read_labels, read_texts
 from ..prompting import Template, Verbalizer, label_log_probs
 from ..prompting.verbalizer import word_token_ids
@@ -58,7 +59,7 @@ def vocab_log_probs(backbone: Backbone, texts_a: Sequence[str], texts_b: Sequenc
     and only the head runs; otherwise the model runs once more on the prompts. With demonstrations the head sees the
     hidden state averaged over the demonstration sets.
     """
-    split = split_head(backbone.model)
+    split = backbone.head_split
     device = backbone.device
     if split is not None:
         hidden = backbone.extract(texts_a, texts_b, desc="label search").hidden
@@ -385,20 +386,17 @@ def search_templates(
     dev_dataset,
     label_words: dict[str, list[str]],
     *,
-    pair: bool = False,
-    beam: int = 20,
-    max_new_tokens: int = 20,
     top: int | None = None,
     metric: Metric = accuracy,
     cache=None,
+    **generation: Any,
 ) -> TemplateSearch:
     """LM-BFF's automatic templates: T5 proposes (`generate_templates`), the actual model ranks by dev score.
 
-    `top` limits how many generated templates (best T5 likelihood first) are scored on the dev set.
+    `top` limits how many generated templates (best T5 likelihood first) are scored on the dev set; `generation`
+    options (`pair`, `beam`, `max_new_tokens`, ...) go to `generate_templates`.
     """
-    candidates = generate_templates(
-        t5_model, t5_tokenizer, train_dataset, label_words, pair=pair, beam=beam, max_new_tokens=max_new_tokens
-    )
+    candidates = generate_templates(t5_model, t5_tokenizer, train_dataset, label_words, **generation)
     if not candidates:
         raise ValueError("T5 generated no usable template; raise beam or max_new_tokens.")
     return rank_templates(model, tokenizer, candidates[:top], label_words, dev_dataset, metric=metric, cache=cache)

@@ -15,8 +15,9 @@ from .adapters import (
     SOFT_PROMPT_FOLDER,
     check_prompt_adapter,
     check_prompt_model,
+    load_prompt_model,
     read_prompt_init,
-    write_prompt_cards,
+    write_prompt_files,
 )
 from .ensemble import PromptEnsemble, soft_prompt, stacked_prompt_log_probs
 from .init import (
@@ -43,6 +44,7 @@ __all__ = [
     "check_prompt_model",
     "get_prompt_tuning_model",
     "init_soft_prompt",
+    "load_prompt_model",
     "label_word_embeddings",
     "prompt_init_tensor",
     "prompt_task_type",
@@ -51,5 +53,5 @@ __all__ = [
     "soft_prompt",
     "stacked_prompt_log_probs",
     "vocab_pool",
-    "write_prompt_cards",
+    "write_prompt_files",
 ]

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from peft import PeftModel
 from torch import nn
 
-from ..prompting import label_log_probs
-from .adapters import INIT_FILE, check_prompt_adapter, read_prompt_init
-from .init import _prompt_config
+from ..backbone import Backbone
+from ..classifier import FewShotClassifier, LabelWordClassifier, write_settings
+from ..saving import adapter_folder, check_adapter_folder, read_json_object, staged_folder
+from .adapters import check_prompt_adapter, read_prompt_init, write_prompt_files
+from .init import prompt_config
 
 
 def soft_prompt(peft_model: PeftModel, adapter_name: str) -> torch.Tensor:
     """The (num_virtual_tokens, H) soft prompt of a prompt-tuning adapter, as PEFT's forward prepends it."""
-    _prompt_config(peft_model, adapter_name)
+    prompt_config(peft_model, adapter_name)
     encoder = peft_model.prompt_encoder[adapter_name]
     return encoder(peft_model.prompt_tokens[adapter_name].to(encoder.embedding.weight.device))
 
@@ -26,7 +30,7 @@ def soft_prompt(peft_model: PeftModel, adapter_name: str) -> torch.Tensor:
 def stacked_prompt_log_probs(
     peft_model: PeftModel,
     adapter_names: Sequence[str],
-    backbone,
+    backbone: Backbone,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
 ) -> torch.Tensor:
@@ -35,17 +39,15 @@ def stacked_prompt_log_probs(
     PEFT prepends only the active adapter's prompt (its mixed-adapter batches cover LoRA-style tuners, not prompt
     learning), so the batch is replicated once per adapter with that adapter's prompt in front, exactly as PEFT's
     forward builds its input, and the frozen model runs once on the A*N rows. Adapters whose prompts differ in
-    length run as one pass per length. `backbone` (a `Backbone` on the base model) gives the prediction positions,
-    the LM head split and the label-word ids.
+    length run as one pass per length. `backbone` (the classifier's) gives the prediction positions and scores the
+    label words at them.
     """
-    base = peft_model.get_base_model()
     embeds = peft_model.word_embeddings(input_ids)
     n, width = input_ids.shape
     positions = backbone.positions(input_ids, attention_mask)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    ids, mask = backbone._word_ids.to(embeds.device), backbone._word_mask.to(embeds.device)
-    out = torch.empty(len(adapter_names), n, ids.shape[0], device=embeds.device)
+    out = torch.empty(len(adapter_names), n, backbone.verbalizer.num_classes, device=embeds.device)
     by_length: dict[int, list[int]] = {}
     prompts = [soft_prompt(peft_model, name).to(embeds.dtype) for name in adapter_names]
     for a, prompt in enumerate(prompts):
@@ -56,15 +58,7 @@ def stacked_prompt_log_probs(
             (stack[:, None].expand(-1, n, -1, -1), embeds[None].expand(len(members), -1, -1, -1)), dim=2
         ).reshape(len(members) * n, length + width, -1)
         full_mask = torch.cat((attention_mask.new_ones(n, length), attention_mask), dim=1).repeat(len(members), 1)
-        at = (positions + length).repeat(len(members))
-        index = torch.arange(len(members) * n, device=rows.device)
-        if backbone._split is not None:
-            body, head = backbone._split
-            hidden = body(inputs_embeds=rows, attention_mask=full_mask)[0][index, at]
-            vocab_logits = head(hidden)
-        else:
-            vocab_logits = base(inputs_embeds=rows, attention_mask=full_mask).logits[index, at]
-        scores = label_log_probs(vocab_logits, ids, mask, backbone.verbalizer.aggregation)
+        scores = backbone.from_embeddings(rows, full_mask, (positions + length).repeat(len(members))).label_logits
         out[members] = scores.reshape(len(members), n, -1).to(out.dtype)
     return out
 
@@ -73,13 +67,17 @@ COMBINE = ("mean", "vote")
 ENSEMBLE_FILE = "prompt_ensemble.json"
 
 
-class PromptEnsemble:
+class PromptEnsemble(FewShotClassifier):
     """Several soft prompts for one task on one frozen model (Lester et al., section 6): one prediction from all.
 
     The members are prompt-tuning adapters of the classifier's PeftModel, sharing its template and label words.
     Each batch runs once, replicated per member with that member's prompt in front (`stacked_prompt_log_probs`).
-    `combine="mean"` averages the members' class probabilities; ``"vote"`` is the paper's majority vote (ties go to
-    the higher mean probability).
+
+    Args:
+        classifier: a `LabelWordClassifier` around a PEFT prompt-tuning model.
+        adapter_names: the members (default: every adapter of the model).
+        combine: ``"mean"`` averages the members' class probabilities; ``"vote"`` is the paper's majority vote
+            (ties go to the higher mean probability).
     """
 
     def __init__(self, classifier, adapter_names: Sequence[str] | None = None, *, combine: str = "mean") -> None:
@@ -92,38 +90,32 @@ class PromptEnsemble:
         if not names:
             raise ValueError("A prompt ensemble needs at least one prompt-tuning adapter.")
         for name in names:
-            _prompt_config(model, name)
+            prompt_config(model, name)
         self.classifier = classifier
         self.adapter_names = names
         self.combine = combine
+        self.run_record = dataclasses.replace(classifier.run_record, evaluations=[])
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.classifier.classes
 
+    def read_targets(self, data) -> torch.Tensor:
+        return self.classifier.read_targets(data)
+
     def member_log_probs(self, inputs, *, batch_size: int | None = None) -> torch.Tensor:
         """Label-word log-probabilities (members, N, C) of every member, batches in one pass each."""
         clf = self.classifier
-        texts_a, texts_b = clf._texts(inputs)
-        ids = clf.backbone.tokenize(texts_a, texts_b)
-        size = batch_size or clf.backbone.batch_size
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        bb = clf.backbone
+        ids = bb.tokenize(*clf.prompt.read_texts(inputs))
         out = torch.empty(len(self.adapter_names), len(ids), len(self.classes))
-        modes = [(module, module.training) for module in clf.model.modules()]
-        clf.model.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), size):
-                    chunk = order[start : start + size]
-                    device = clf.backbone.device
-                    batch = {k: v.to(device) for k, v in clf.backbone.collate([ids[i] for i in chunk]).items()}
-                    scores = stacked_prompt_log_probs(
-                        clf.model, self.adapter_names, clf.backbone, batch["input_ids"], batch["attention_mask"]
-                    )
-                    out[:, chunk] = scores.float().cpu()
-        finally:
-            for module, mode in modes:
-                module.training = mode
+        with bb.evaluating():
+            for chunk in bb.batches(ids, batch_size):
+                batch = {k: v.to(bb.device) for k, v in bb.collate([ids[i] for i in chunk]).items()}
+                scores = stacked_prompt_log_probs(
+                    clf.model, self.adapter_names, bb, batch["input_ids"], batch["attention_mask"]
+                )
+                out[:, chunk] = scores.float().cpu()
         return out
 
     def _combined(self, member_scores: torch.Tensor) -> torch.Tensor:
@@ -137,44 +129,39 @@ class PromptEnsemble:
         """Ensemble class log-scores (N, C): log of the mean probability, or of the vote (see `combine`)."""
         return self._combined(self.member_log_probs(inputs))
 
-    def predict_proba(self, inputs):
+    def predict_proba(self, inputs) -> np.ndarray:
         """Mean class probabilities of the members (N, C), columns in the order of the label words."""
         return torch.softmax(self.member_log_probs(inputs), -1).mean(0).numpy()
 
-    def predict(self, inputs) -> list[str]:
-        """Predicted class names."""
-        return [self.classes[i] for i in self.predict_logits(inputs).argmax(-1).tolist()]
-
-    def evaluate(self, dataset) -> dict[str, Any]:
-        """Accuracy of the ensemble and of each member, from the same forward passes."""
-        labels = torch.tensor(self.classifier.encode_labels(dataset))
+    def evaluate(self, dataset, *, metric=None, name: str | None = None, split: str = "test") -> dict[str, Any]:
+        """Metrics of the ensemble (recorded for the card) and each member's accuracy, from the same passes."""
+        labels = self.read_targets(dataset)
         scores = self.member_log_probs(dataset)
-        members = {name: float((s.argmax(-1) == labels).float().mean()) for name, s in zip(self.adapter_names, scores)}
-        accuracy = float((self._combined(scores).argmax(-1) == labels).float().mean())
-        return {"accuracy": accuracy, "member_accuracy": members}
+        metrics = self.score(self._combined(scores), labels, metric)
+        self.run_record.add_evaluation(name, split, len(labels), metrics)
+        members = {n: float((s.argmax(-1) == labels).float().mean()) for n, s in zip(self.adapter_names, scores)}
+        return {**metrics, "member_accuracy": members}
 
     def save_pretrained(self, save_directory: str) -> None:
-        """Each member as a saved classifier in `<save_directory>/<adapter>/`, and the list of members."""
-        from ..classifier import LabelWordClassifier
+        """Each member as a saved classifier in `<save_directory>/<adapter>/`, and the list of members.
 
+        The whole ensemble is written into a hidden folder beside the target and moved in at the end, so an
+        interrupted save leaves a previous ensemble loadable.
+        """
         model = self.classifier.model
-        for name in self.adapter_names:
-            folder = os.path.join(save_directory, name)
-            model.save_pretrained(folder, selected_adapters=[name], safe_serialization=True)
-            # peft writes an adapter not named "default" into a subfolder of its name: bring it up one level
-            inner = os.path.join(folder, name)
-            if name != "default" and os.path.isdir(inner):
-                for entry in os.listdir(inner):
-                    os.replace(os.path.join(inner, entry), os.path.join(folder, entry))
-                os.rmdir(inner)
-            settings = {"format_version": 1, **self.classifier.settings}
-            with open(os.path.join(folder, "label_word_classifier.json"), "w", encoding="utf-8") as fh:
-                json.dump(settings, fh, indent=2)
-            LabelWordClassifier.read_settings(folder)  # the folder is a loadable classifier
-            single = {name: getattr(model, "prompt_init", {}).get(name)}
-            _write_member_card(model, name, folder, self.classifier.settings, single[name])
-        with open(os.path.join(save_directory, ENSEMBLE_FILE), "w", encoding="utf-8") as fh:
-            json.dump({"members": self.adapter_names, "combine": self.combine}, fh, indent=2)
+        with staged_folder(save_directory) as staging:
+            for name in self.adapter_names:
+                folder = os.path.join(staging, name)
+                model.save_pretrained(folder, selected_adapters=[name], safe_serialization=True)
+                inner = adapter_folder(folder, name)  # peft writes a non-default adapter into a subfolder
+                if inner != folder:
+                    for entry in os.listdir(inner):
+                        os.replace(os.path.join(inner, entry), os.path.join(folder, entry))
+                    os.rmdir(inner)
+                write_settings(folder, self.classifier.settings)
+                write_prompt_files(model, name, folder, self.run_record)
+            with open(os.path.join(staging, ENSEMBLE_FILE), "w", encoding="utf-8") as fh:
+                json.dump({"members": self.adapter_names, "combine": self.combine}, fh, indent=2)
 
     @classmethod
     def from_pretrained(
@@ -184,17 +171,16 @@ class PromptEnsemble:
 
         Every member must share the template, label words and label-word settings: their scores are averaged.
         """
-        from ..classifier import LabelWordClassifier
-        from ..peft_model import check_adapter_folder
-
         if isinstance(directories, (str, os.PathLike)):
             path = os.path.join(str(directories), ENSEMBLE_FILE)
             if not os.path.isfile(path):
                 raise ValueError(f"{directories} has no {ENSEMBLE_FILE}; pass the member folders as a list.")
-            with open(path, encoding="utf-8") as fh:
-                saved = json.load(fh)
+            saved = read_json_object(path, "ensemble file")
+            members = saved.get("members")
+            if not isinstance(members, list) or not all(isinstance(m, str) and is_plain_name(m) for m in members):
+                raise ValueError(f"{path}: 'members' must be a list of member folder names inside the ensemble.")
             combine = combine or saved.get("combine", "mean")
-            directories = [os.path.join(str(directories), name) for name in saved["members"]]
+            directories = [os.path.join(str(directories), name) for name in members]
         if not directories:
             raise ValueError("A prompt ensemble needs at least one member folder.")
         settings = [LabelWordClassifier.read_settings(str(d)) for d in directories]
@@ -229,14 +215,6 @@ class PromptEnsemble:
         return cls(classifier, names, combine=combine or "mean")
 
 
-def _write_member_card(peft_model, name: str, folder: str, settings: Mapping, init: dict | None) -> None:
-    from ..cards import render_prompt_tuning_card
-
-    card = render_prompt_tuning_card(
-        peft_model.peft_config[name], template=settings["template"], label_words=settings["label_words"], init=init
-    )
-    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fh:
-        fh.write(card)
-    if init is not None:
-        with open(os.path.join(folder, INIT_FILE), "w", encoding="utf-8") as fh:
-            json.dump(init, fh, indent=2)
+def is_plain_name(name: str) -> bool:
+    """A folder name inside another folder: not absolute, no separator, not '.' or '..'."""
+    return bool(name) and name not in (".", "..") and not os.path.isabs(name) and not {os.sep, "/"} & set(name)

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 from torch import nn
 
-from ..backbone import CAUSAL, lm_kind
+from ..introspect import CAUSAL, lm_kind
 from ..prompting import Template, normalize_label_words
 from ..prompting.verbalizer import word_token_ids
 
@@ -147,7 +147,7 @@ def init_soft_prompt(
 ) -> None:
     """Overwrite a prompt-tuning adapter's soft prompt with the paper's initialisation (see `prompt_init_tensor`)."""
     name = adapter_name or peft_model.active_adapter
-    config = _prompt_config(peft_model, name)
+    config = prompt_config(peft_model, name)
     embedding = peft_model.prompt_encoder[name].embedding
     prompt = prompt_init_tensor(
         peft_model.word_embeddings,
@@ -164,7 +164,7 @@ def init_soft_prompt(
     peft_model.prompt_init = {**getattr(peft_model, "prompt_init", {}), name: {"init": init, "seed": seed}}
 
 
-def _prompt_config(peft_model, name: str) -> PromptTuningConfig:
+def prompt_config(peft_model, name: str) -> PromptTuningConfig:
     if not isinstance(peft_model, PeftModel):
         raise TypeError(
             f"Expected a PEFT prompt-tuning model, got {type(peft_model).__name__}; use get_prompt_tuning_model()."
@@ -196,9 +196,8 @@ def get_prompt_tuning_model(
     """
     _check_init(init)
     if isinstance(model, PeftModel):
-        base = (
-            model.base_model if model._is_prompt_learning else model.get_base_model()
-        )  # prompt learning wraps the LM
+        # prompt learning wraps the LM itself; other PEFT methods wrap it in a tuner
+        base = model.base_model if model.active_peft_config.is_prompt_learning else model.get_base_model()
         config = prompt_tuning_config(base, num_virtual_tokens=num_virtual_tokens, init=init)
         model.add_adapter(adapter_name, config)
         peft_model = model

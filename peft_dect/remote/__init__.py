@@ -1,6 +1,7 @@
 """Black-box DecT: models that peft-dect reaches only over an OpenAI-compatible HTTP API (llama.cpp, vLLM, ...)."""
 
-from .client import EndpointError, OpenAIEndpoint, RequestStats, ResponseCache
+from .cache import ResponseCache
+from .client import EndpointError, OpenAIEndpoint, RequestStats
 from .dect import BlackBoxDecT
 from .features import RemoteBackbone
 

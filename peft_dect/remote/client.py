@@ -21,9 +21,10 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from .cache import ResponseCache
 
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,17 @@ class RequestStats:
     def requests(self) -> int:
         return self.completion_requests + self.embedding_requests + self.tokenize_requests
 
-    def as_dict(self) -> dict:
-        return asdict(self) | {"requests": self.requests}
+    def report(self) -> dict[str, int]:
+        """The counts a fit report gives: requests by kind, retries, cached prompts, prompt tokens."""
+        return {
+            "requests": self.requests,
+            "completion_requests": self.completion_requests,
+            "embedding_requests": self.embedding_requests,
+            "label_word_requests": self.forced_requests,
+            "retries": self.retries,
+            "cached_prompts": self.cached_prompts,
+            "prompt_tokens": self.prompt_tokens,
+        }
 
     def since(self, before: RequestStats) -> RequestStats:
         """The cost between `before` (a copy taken earlier) and now."""
@@ -79,77 +89,6 @@ def _last_vector(embedding) -> list[float]:
     if not embedding or not all(isinstance(x, (int, float)) for x in embedding):
         raise ValueError("The server returned an empty or malformed embedding.")
     return [float(x) for x in embedding]
-
-
-class ResponseCache:
-    """Answers by (kind, prompt) for one endpoint and model, in memory and appended to a JSON-lines file.
-
-    The file's first line names the endpoint, model and request settings it was written for; a file written for
-    another one is ignored with a warning (and not appended to). A torn last line (interrupted write) is skipped.
-    """
-
-    def __init__(self, path: str | os.PathLike | None, identity: dict) -> None:
-        self.identity = identity
-        self.path = Path(path) if path is not None else None
-        self._store: dict[tuple[str, str], object] = {}
-        self._lock = threading.Lock()
-        self._writable = self.path is not None
-        if self.path is not None and self.path.exists() and self.path.stat().st_size:
-            self._load()
-
-    def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().split("\n")  # not splitlines(): U+2028 and friends may occur inside a record
-        try:
-            header = json.loads(lines[0])
-        except (json.JSONDecodeError, IndexError):
-            header = None
-        if header != {"peft_dect_cache": 1, **self.identity}:
-            self._writable = False
-            logger.warning(
-                "Ignoring the request cache %s: it was written for %s, not for %s. Give each endpoint and model "
-                "its own cache file.",
-                self.path,
-                {k: v for k, v in (header or {}).items() if k != "peft_dect_cache"} or "something else",
-                self.identity,
-            )
-            return
-        for line in lines[1:]:
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-                self._store[(record["k"], record["p"])] = record["v"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                logger.warning("Skipping an unreadable line of the request cache %s.", self.path)
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    def _last_byte(self) -> bytes:
-        with open(self.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1)
-
-    def get(self, kind: str, prompt: str):
-        return self._store.get((kind, prompt))
-
-    def put(self, kind: str, prompts: Sequence[str], values: Sequence) -> None:
-        with self._lock:
-            for p, v in zip(prompts, values):
-                self._store[(kind, p)] = v
-            if not self._writable:
-                return
-            new_file = not self.path.exists() or not self.path.stat().st_size
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = not new_file and self._last_byte() != b"\n"
-            with open(self.path, "a", encoding="utf-8") as f:
-                if new_file:
-                    f.write(json.dumps({"peft_dect_cache": 1, **self.identity}) + "\n")
-                if torn:  # an interrupted write left half a line: end it, so the next record stays whole
-                    f.write("\n")
-                for p, v in zip(prompts, values):
-                    f.write(json.dumps({"k": kind, "p": p, "v": v}, ensure_ascii=False) + "\n")
 
 
 class OpenAIEndpoint:
@@ -327,17 +266,11 @@ class OpenAIEndpoint:
             "logprobs": self.top_logprobs,
             "echo": False,
         }
-        response = self._post(self.url + "/completions", body, kind=LOGPROBS, prompts=len(chunk))
-        choices = response.get("choices")
-        if not isinstance(choices, list) or len(choices) != len(chunk):
-            raise ValueError(
-                f"{self.url}/completions answered {len(choices) if isinstance(choices, list) else 'no'} choices for "
-                f"{len(chunk)} prompts; this server may take one prompt per request: use batch_size=1."
-            )
-        out: list[dict[str, float] | None] = [None] * len(chunk)
-        for position, choice in enumerate(sorted(choices, key=lambda c: c.get("index", 0))):
-            out[position] = _top_logprobs(choice, self.url, self.model)
-        return out
+        url = self.url + "/completions"
+        response = self._post(url, body, kind=LOGPROBS, prompts=len(chunk))
+        hint = "; this server may take one prompt per request: use batch_size=1"
+        choices = _entries(response, "choices", len(chunk), url, hint)
+        return [_top_logprobs(choice, self.url, self.model) for choice in choices]
 
     def _forced(self, chunk: list[str]) -> list[float]:
         token_id, prompt = chunk[0].split("\x00", 1)
@@ -359,14 +292,8 @@ class OpenAIEndpoint:
 
     def _embed(self, chunk: list[str]) -> list[list[float]]:
         body = {"model": self.embedding_model, "input": chunk}
-        response = self._post(self.embedding_url + "/embeddings", body, kind=EMBEDDING, prompts=len(chunk))
-        data = response.get("data")
-        if not isinstance(data, list) or len(data) != len(chunk):
-            raise ValueError(
-                f"{self.embedding_url}/embeddings answered {len(data) if isinstance(data, list) else 'no'} "
-                f"embeddings for {len(chunk)} inputs."
-            )
-        data = sorted(data, key=lambda d: d.get("index", 0))
+        url = self.embedding_url + "/embeddings"
+        data = _entries(self._post(url, body, kind=EMBEDDING, prompts=len(chunk)), "data", len(chunk), url)
         try:
             return [_last_vector(d.get("embedding")) for d in data]
         except (ValueError, TypeError, AttributeError) as err:
@@ -435,6 +362,15 @@ class OpenAIEndpoint:
                 self.stats.forced_requests += 1
             self.stats.prompts_sent += prompts if kind == LOGPROBS else 0
             self.stats.prompt_tokens += tokens
+
+
+def _entries(response, key: str, count: int, url: str, hint: str = "") -> list[dict]:
+    """The `count` objects of list `key` in a JSON answer, in `index` order, or a ValueError naming the server."""
+    entries = response.get(key) if isinstance(response, dict) else None
+    if not isinstance(entries, list) or len(entries) != count or not all(isinstance(e, dict) for e in entries):
+        got = f"{len(entries)} {key}" if isinstance(entries, list) else f"no {key!r} list"
+        raise ValueError(f"{url} answered {got} for {count} inputs{hint}.")
+    return sorted(entries, key=lambda e: e.get("index", 0) if isinstance(e.get("index", 0), int) else 0)
 
 
 def _api_base(url: str) -> str:

@@ -69,6 +69,18 @@ class RemoteBackbone:
         self.multi_token = multi_token
         self._checked_words = multi_token == "first"
 
+    @classmethod
+    def for_config(cls, endpoint: OpenAIEndpoint, config, **options) -> RemoteBackbone:
+        """The backbone of a method's prompt settings (template, label words, aggregation, multi-token rule)."""
+        return cls(
+            endpoint,
+            config.template,
+            config.label_words,
+            aggregation=config.label_word_aggregation,
+            multi_token=config.multi_token,
+            **options,
+        )
+
     def render(self, text_a: str, text_b: str | None = None) -> str:
         return self.template.render(text_a, text_b)
 

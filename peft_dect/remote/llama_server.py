@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..embedded import smollm2_gguf
+
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,6 @@ def llama_cpp_server(
     if importlib.util.find_spec("llama_cpp") is None:
         raise ImportError("The llama.cpp server is not installed: run `pip install 'llama-cpp-python[server]'`.")
     if model_path is None:
-        from ..embedded import smollm2_gguf
-
         folder, name = smollm2_gguf()
         model_path = folder / name
     port = port or free_port()

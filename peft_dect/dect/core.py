@@ -1,0 +1,194 @@
+"""The DecT core that the in-process (`DecTModel`) and the black-box (`BlackBoxDecT`) front-ends share.
+
+A front-end supplies a feature source (anything with a `template` and the `extract` contract of `Backbone` and
+`RemoteBackbone`), a config and a state (named decoder tensors and settings, `DecTState`); the core reads the data,
+extracts features with the content-free input, fits the decoder (faithful or auto), fuses its scores with the
+calibrated prior and gives class logits:
+
+    q = softmax(label_logits - content_free),   logits_k = -|| W h / ||W h|| - p_k || + r_k + lam * q_k
+
+Before fitting, and while adapters are disabled, the logits are the zero-shot log q.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..features import Features
+from ..prompting import Template, calibrated_probs, content_free_texts
+from . import decoder
+from .fit import FitResult, fit_decoder, shots_of
+
+
+logger = logging.getLogger(__name__)
+
+
+class FeatureSource(Protocol):
+    """What the core needs of a model: the prompt's template and features for texts (see `Backbone.extract`)."""
+
+    template: Template
+
+    def extract(
+        self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, *, desc: str = "features"
+    ) -> Features: ...
+
+
+class StateLike(Protocol):
+    """A DecT adapter's fitted state: `DecTState`, or the view on a tuner layer's tensors (`AdapterState`)."""
+
+    content_free: torch.Tensor | None
+    lam: float
+
+    @property
+    def weights(self) -> decoder.DecoderWeights | None: ...
+
+    @property
+    def calibrate(self) -> bool: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def write(self, result: FitResult) -> None: ...
+
+
+@dataclass
+class DecTState:
+    """A DecT adapter's fitted state held in plain tensors (the black-box front-end's)."""
+
+    weights: decoder.DecoderWeights | None = None
+    content_free: torch.Tensor | None = None
+    lam: float = 0.0
+    calibrate: bool = True
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def write(self, result: FitResult) -> None:
+        self.weights, self.lam, self.calibrate = result.weights, float(result.lam), bool(result.calibrate)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of a saved adapter, named as a DecT tuner layer names them (`dect_W`, ...)."""
+        if self.content_free is None:
+            raise ValueError("Nothing to save yet: call fit() first.")
+        out = {"dect_content_free": self.content_free.contiguous()}
+        if self.weights is not None:
+            out |= {
+                "dect_W": self.weights.W[0].contiguous(),
+                "dect_radii": self.weights.radii[0].contiguous(),
+                "dect_prototypes": self.weights.prototypes.contiguous(),
+            }
+        return out
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], num_classes: int, where: str) -> None:
+        """Take the decoder and content-free scores from saved `tensors` (of `where`), checked first."""
+        cf = tensors.get("dect_content_free")
+        if cf is None or cf.shape != (num_classes,):
+            raise ValueError(f"{where} has no content-free scores for {num_classes} classes.")
+        self.content_free = cf
+        if "dect_W" in tensors:
+            W, radii, protos = (tensors.get(k) for k in ("dect_W", "dect_radii", "dect_prototypes"))
+            if radii is None or protos is None or radii.shape != (num_classes,) or protos.shape[0] != num_classes:
+                raise ValueError(f"{where} holds an incomplete decoder; save the adapter again.")
+            self.weights = decoder.DecoderWeights(W.unsqueeze(0), radii.unsqueeze(0), protos)
+
+
+def zero_shot_logits(label_logits: torch.Tensor, content_free: torch.Tensor | None) -> torch.Tensor:
+    """The zero-shot classifier's class logits: log q, calibrated when `content_free` is given."""
+    return torch.log(calibrated_probs(label_logits, content_free).clamp_min(1e-30))
+
+
+def class_logits(state: StateLike, features: Features, *, zero_shot: bool = False) -> torch.Tensor:
+    """Class logits (N, C): the decoder's fused scores, or the zero-shot log q before fitting or when `zero_shot`
+    (disabled adapters: calibrated whenever the content-free scores are known)."""
+    weights = None if zero_shot else state.weights
+    calibrate = zero_shot or state.calibrate
+    content_free = state.content_free if calibrate else None
+    label_logits = features.label_logits.to(state.device)
+    if weights is None:
+        return zero_shot_logits(label_logits, content_free)
+    if features.hidden.shape[1] != weights.W.shape[-1]:
+        raise ValueError(
+            f"The features have width {features.hidden.shape[1]}, but this decoder was fitted on width "
+            f"{weights.W.shape[-1]}: they come from another model than the one the adapter was fitted on."
+        )
+    q = calibrated_probs(label_logits, content_free)
+    return decoder.scores(weights, features.hidden.to(state.device), q, state.lam)[0]
+
+
+class DecTCore:
+    """One DecT adapter at work: its config (prompt, columns, decoder settings), a feature source and its state."""
+
+    def __init__(self, config, source: FeatureSource, state: StateLike) -> None:
+        self.config = config
+        self.source = source
+        self.state = state
+
+    def features(self, datasets: list, desc: str) -> list[Features]:
+        """Features of several datasets (and of the content-free input, while the state lacks it) in one extraction.
+
+        One call sorts all new inputs by length together, so batches waste less padding than one call per split.
+        """
+        sets = [self.config.read_texts(data) for data in datasets]
+        with_cf = self.state.content_free is None
+        if with_cf:
+            a, b = content_free_texts(self.source.template)
+            sets.append(([a], None if b is None else [b]))
+        texts_a = [t for a, _ in sets for t in a]
+        texts_b = [t for _, b in sets for t in b] if self.source.template.is_pair else None
+        feats = self.source.extract(texts_a, texts_b, desc=desc)
+        parts, start = [], 0
+        for a, _ in sets:
+            parts.append(feats[start : start + len(a)])
+            start += len(a)
+        if with_cf:
+            self.state.content_free = parts.pop().label_logits[0].clone()
+        return parts
+
+    def fit(self, train_dataset, eval_dataset=None, *, with_decoder: bool = True) -> dict:
+        """Extract the training (and, in auto mode, eval) features, fit the decoder and store it in the state.
+
+        Without a decoder (a server without embeddings) the state keeps the calibrated prior alone. Returns the
+        fit's report: the choice, shots, timings.
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        labels = cfg.read_labels(train_dataset)
+        use_eval = eval_dataset is not None and cfg.mode == "auto"
+        eval_labels = cfg.read_labels(eval_dataset) if use_eval else None
+        if eval_dataset is not None and not use_eval:
+            logger.warning("Faithful mode chooses nothing on held-out data: eval_dataset is not used by fit().")
+        train, *rest = self.features([train_dataset] + ([eval_dataset] if use_eval else []), desc="features")
+        t1 = time.perf_counter()
+        content_free = self.state.content_free
+        content_free = content_free.detach().clone().cpu() if (cfg.calibrate or cfg.mode == "auto") else None
+        if with_decoder:
+            result = fit_decoder(train, labels, content_free, cfg, rest[0] if use_eval else None, eval_labels)
+        else:
+            result = FitResult(None, 0.0, cfg.calibrate, 0, {"mode": "logits", "lam": 0.0, "calibrate": cfg.calibrate})
+        self.state.write(result)
+        t2 = time.perf_counter()
+        return {
+            **result.report,
+            "shots": shots_of(labels, len(cfg.classes)),
+            "train_examples": int(labels.numel()),
+            "feature_seconds": t1 - t0,
+            "decoder_seconds": t2 - t1,
+        }
+
+    def logits(self, inputs, *, zero_shot: bool = False) -> torch.Tensor:
+        """Class logits (N, C) of texts, (text_a, text_b) pairs, a dict of columns or a Dataset, on the CPU."""
+        (feats,) = self.features([inputs], desc="predict")
+        with torch.no_grad():
+            return class_logits(self.state, feats, zero_shot=zero_shot).cpu()
+
+    def zero_shot_logits(self, inputs, *, calibrate: bool = True) -> torch.Tensor:
+        """Zero-shot class log-probabilities (N, C) from the label words alone, calibrated or not."""
+        (feats,) = self.features([inputs], desc="predict")
+        return zero_shot_logits(feats.label_logits, self.state.content_free if calibrate else None).cpu()

@@ -1,0 +1,144 @@
+"""Where a DecT model's adapters get their features: the tokenizer, the feature cache, soft prompts, demonstrations.
+
+`AdapterSources` builds (and keeps) one `Backbone` per adapter from the adapter's template and label words, the
+base model's tokenizer, the prompt-tuned model whose soft prompt it reads through (if any) and the demonstration
+pool (if any); all backbones share one feature cache, so a second adapter on the same texts and template reruns
+no model pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+from ..backbone import Backbone
+from ..features import FeatureCache
+from ..prompting import Template, Verbalizer
+from ..prompting.demonstrations import Demonstrations
+from ..saving import POOL_FILE, read_json_object
+from .checks import check_label_token_ids
+
+
+class AdapterSources:
+    """The per-adapter feature extractors of one frozen base model, their shared cache and their inputs.
+
+    Args:
+        model: the base model (with the DecT layer injected).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.tokenizer = None
+        self.cache = FeatureCache()
+        self.backbones: dict[str, Backbone] = {}
+        self.soft_prompts: dict[str, tuple[nn.Module, str]] = {}  # adapter -> (prompt-tuned PeftModel, its adapter)
+        self.demo_pools: dict[str, dict] = {}  # adapter -> its demonstrations' training examples
+        self.demo_encoder = None  # sentence encoder of demo_filter='similar' (texts -> embeddings); None: MiniLM
+
+    def forget(self, adapter_name: str) -> None:
+        for per_adapter in (self.backbones, self.soft_prompts, self.demo_pools):
+            per_adapter.pop(adapter_name, None)
+
+    def set_tokenizer(self, tokenizer) -> bool:
+        """Use `tokenizer` from now on; True when it replaced another one (features of the old one no longer apply)."""
+        if tokenizer is None or tokenizer is self.tokenizer:
+            return False
+        replaced = self.tokenizer is not None
+        self.tokenizer = tokenizer
+        self.backbones.clear()
+        return replaced
+
+    def backbone(self, name: str, config, *, record_ids: bool) -> Backbone:
+        """The feature extractor of adapter `name`; its label words' token ids are recorded in the config
+        (`record_ids`) or checked against the recorded ones."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "DecT needs the base model's tokenizer: pass tokenizer=... to fit/predict/prepare_dataset once "
+                "(or call model.set_tokenizer(tokenizer))."
+            )
+        model = self.model
+        if name in self.soft_prompts:
+            model, prompt_adapter = self.soft_prompts[name]
+            if model.active_adapter != prompt_adapter:
+                model.set_adapter(prompt_adapter)
+        if name not in self.backbones:
+            template = Template(config.template)
+            verbalizer = Verbalizer.from_words(
+                config.label_words,
+                self.tokenizer,
+                space_before=template.space_before_mask,
+                aggregation=config.label_word_aggregation,
+                multi_token=config.multi_token,
+            )
+            check_label_token_ids(config, verbalizer, record=record_ids)
+            demos = self.demonstrations(name, config, template, verbalizer)
+            self.backbones[name] = Backbone(
+                model, self.tokenizer, template, verbalizer, max_length=config.max_length, cache=self.cache,
+                demonstrations=demos,
+            )  # fmt: skip
+        return self.backbones[name]
+
+    def demonstrations(self, name: str, config, template: Template, verbalizer: Verbalizer) -> Demonstrations | None:
+        """The demonstration sampler of an adapter that uses demonstrations (its pool must be known)."""
+        if config.demonstrations is None:
+            return None
+        pool = self.demo_pools.get(name)
+        if pool is None:
+            raise ValueError(
+                "This adapter uses demonstrations but has no demonstration pool yet: call fit() (or "
+                "set_demonstrations(train_dataset) for in-context learning without training) first."
+            )
+        options = config.demonstrations.sampler_options(config.seed)
+        return Demonstrations(
+            pool["text_a"], pool.get("text_b"), pool["label"], template, verbalizer, encoder=self.demo_encoder,
+            **options,
+        )  # fmt: skip
+
+    def set_pool(self, name: str, config, data) -> bool:
+        """Make `data` the demonstration pool of adapter `name`; True if that changed it."""
+        texts_a, texts_b = config.read_texts(data)
+        pool = {"text_a": texts_a, "text_b": texts_b, "label": config.read_labels(data).tolist()}
+        if pool == self.demo_pools.get(name):
+            return False
+        Demonstrations(texts_a, texts_b, pool["label"], config.template, config.label_words)  # every class present
+        self.demo_pools[name] = pool
+        self.backbones.pop(name, None)
+        return True
+
+    def set_soft_prompt(self, name: str, prompt_model, prompt_adapter: str | None) -> None:
+        """Read adapter `name`'s features through `prompt_model`'s adapter `prompt_adapter` (None: the bare model)."""
+        if prompt_model is None:
+            self.soft_prompts.pop(name, None)
+        else:
+            self.soft_prompts[name] = (prompt_model, prompt_adapter)
+        self.backbones.pop(name, None)
+
+    def use_cache_dir(self, cache_dir) -> None:
+        """Persist features in `cache_dir` (features in memory stay available); `None`: a fresh in-memory cache."""
+        if cache_dir is not None and self.cache.directory == Path(cache_dir):
+            return
+        previous = self.cache
+        self.cache = FeatureCache(cache_dir)
+        if cache_dir is not None:
+            self.cache.absorb(previous)
+        for bb in self.backbones.values():
+            bb.cache = self.cache
+
+    def write_pool(self, folder: str, name: str) -> None:
+        """Save adapter `name`'s demonstration pool beside its config."""
+        if name in self.demo_pools:
+            with open(os.path.join(folder, POOL_FILE), "w", encoding="utf-8") as fh:
+                json.dump(self.demo_pools[name], fh)
+
+    def read_pool(self, folder: str, name: str) -> None:
+        """Load the pool `write_pool` saved, when there is one (format 1.0 kept it in the config)."""
+        path = os.path.join(folder, POOL_FILE)
+        if os.path.isfile(path):
+            pool = read_json_object(path, "demonstration pool")
+            if not {"text_a", "label"} <= set(pool):
+                raise ValueError(f"{path} lacks the 'text_a' or 'label' column; save the adapter again.")
+            self.demo_pools[name] = pool
+            self.backbones.pop(name, None)

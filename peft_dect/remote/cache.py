@@ -1,0 +1,85 @@
+"""The request cache of a served model: answers by (kind, prompt), in memory and in a JSON-lines file, so that no
+prompt is sent twice, also across runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+
+logger = logging.getLogger(__name__)
+
+
+class ResponseCache:
+    """Answers by (kind, prompt) for one endpoint and model, in memory and appended to a JSON-lines file.
+
+    The file's first line names the endpoint, model and request settings it was written for; a file written for
+    another one is ignored with a warning (and not appended to). A torn last line (interrupted write) is skipped.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, identity: dict) -> None:
+        self.identity = identity
+        self.path = Path(path) if path is not None else None
+        self._store: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+        self._writable = self.path is not None
+        if self.path is not None and self.path.exists() and self.path.stat().st_size:
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().split("\n")  # not splitlines(): U+2028 and friends may occur inside a record
+        try:
+            header = json.loads(lines[0])
+        except (json.JSONDecodeError, IndexError):
+            header = None
+        if header != {"peft_dect_cache": 1, **self.identity}:
+            self._writable = False
+            logger.warning(
+                "Ignoring the request cache %s: it was written for %s, not for %s. Give each endpoint and model "
+                "its own cache file.",
+                self.path,
+                {k: v for k, v in (header or {}).items() if k != "peft_dect_cache"} or "something else",
+                self.identity,
+            )
+            return
+        for line in lines[1:]:
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                self._store[(record["k"], record["p"])] = record["v"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                logger.warning("Skipping an unreadable line of the request cache %s.", self.path)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def _last_byte(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1)
+
+    def get(self, kind: str, prompt: str):
+        return self._store.get((kind, prompt))
+
+    def put(self, kind: str, prompts: Sequence[str], values: Sequence) -> None:
+        with self._lock:
+            for p, v in zip(prompts, values):
+                self._store[(kind, p)] = v
+            if not self._writable:
+                return
+            new_file = not self.path.exists() or not self.path.stat().st_size
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = not new_file and self._last_byte() != b"\n"
+            with open(self.path, "a", encoding="utf-8") as f:
+                if new_file:
+                    f.write(json.dumps({"peft_dect_cache": 1, **self.identity}) + "\n")
+                if torn:  # an interrupted write left half a line: end it, so the next record stays whole
+                    f.write("\n")
+                for p, v in zip(prompts, values):
+                    f.write(json.dumps({"k": kind, "p": p, "v": v}, ensure_ascii=False) + "\n")
