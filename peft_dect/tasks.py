@@ -10,6 +10,8 @@ score for the regression task STS-B). `task_metric` scores predictions with the 
 from __future__ import annotations
 
 import csv
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,9 @@ import numpy as np
 from .data import read_labels
 from .io import read_columns, require_columns
 from .metrics import metric_value
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -296,5 +301,68 @@ def load_files(
                 "label": labels.tolist(),
             },
             features=features,
+        )
+    return datasets.DatasetDict(splits)
+
+
+def sample_k_shot(
+    dataset, k: int, seed: int, *, label_column: str = "label", strict: bool = False
+) -> datasets.DatasetDict:
+    """A k-shot split of any labelled dataset: `k` rows per class for training and `k` more for a dev split.
+
+    As LM-BFF's `generate_k_shot_data`: the rows are shuffled with `seed`, then each class's first `k` rows go to
+    `train` and its next `k` to `validation`, so the two splits are disjoint and a larger `k` with the same seed
+    contains a smaller one. A class with fewer than `2 k` rows is filled as far as it goes, with a warning that
+    counts the missing rows (an error with `strict=True`); a class with no row at all is an error.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (rows per class), got {k!r}.")
+    if label_column not in dataset.column_names:
+        raise ValueError(f"The label column {label_column!r} is not in the data (columns: {dataset.column_names}).")
+    labels = list(dataset[label_column])
+    order = np.random.RandomState(seed).permutation(len(labels))
+    per_class: dict = {}
+    for i in order:
+        per_class.setdefault(labels[i], []).append(int(i))
+    names = getattr(dataset.features.get(label_column), "names", None)
+    classes = list(range(len(names))) if names is not None else sorted(per_class, key=str)
+    empty = [names[c] if names is not None else c for c in classes if c not in per_class]
+    if empty:
+        raise ValueError(f"Classes {empty} have no row in the data: a k-shot split needs examples of every class.")
+    short = {c: 2 * k - len(per_class[c]) for c in classes if len(per_class[c]) < 2 * k}
+    if short:
+        shown = {names[c] if names is not None else c: n for c, n in short.items()}
+        message = f"{len(short)} class(es) have fewer than 2 x {k} rows for train and dev; missing rows: {shown}."
+        if strict:
+            raise ValueError(message + " Lower k, or pass strict=False to use what there is.")
+        logger.warning("%s The splits use what there is.", message)
+    train = sorted(i for c in classes for i in per_class[c][:k])
+    dev = sorted(i for c in classes for i in per_class[c][k : 2 * k])
+    return datasets.DatasetDict({"train": dataset.select(train), "validation": dataset.select(dev)})
+
+
+def label_name_words(name: str) -> str:
+    """A class name as a label word: `card_arrival` -> `card arrival` (snake case and dashes become spaces)."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split())
+
+
+def load_banking77(data_dir: str | Path) -> datasets.DatasetDict:
+    """BANKING77 (PolyAI, CC BY 4.0): `train` and `test` with columns `text` and `label` (a ClassLabel of the 77
+    intent names in `categories.json` order). `data_dir` holds `train.csv`, `test.csv` and `categories.json`."""
+    folder = Path(data_dir)
+    missing = [f for f in ("train.csv", "test.csv", "categories.json") if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a BANKING77 folder: {missing} missing (PolyAI's banking_data files).")
+    names = json.loads((folder / "categories.json").read_text(encoding="utf-8"))
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    splits = {}
+    for split in ("train", "test"):
+        columns = read_columns(str(folder / f"{split}.csv"))
+        require_columns(columns, str(folder / f"{split}.csv"), ["text", "category"])
+        unknown = sorted(set(columns["category"]) - set(names))
+        if unknown:
+            raise ValueError(f"{folder / f'{split}.csv'}: intents {unknown[:5]} are not in categories.json.")
+        splits[split] = datasets.Dataset.from_dict(
+            {"text": columns["text"], "label": [names.index(c) for c in columns["category"]]}, features=features
         )
     return datasets.DatasetDict(splits)

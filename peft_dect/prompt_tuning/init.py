@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -13,8 +12,6 @@ from ..introspect import CAUSAL, lm_kind
 from ..prompting import Template, normalize_label_words
 from ..prompting.verbalizer import word_token_ids
 
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT_LENGTH = 20
 INITS = ("random", "sample_vocab", "class_label")
