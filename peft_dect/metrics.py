@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman")
+METRICS = ("accuracy", "f1", "macro_f1", "matthews_correlation", "pearson", "spearman")
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -29,8 +29,19 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / denom) if denom > 0 else 0.0
 
 
+def macro_f1(predictions, references) -> float:
+    """F1 averaged over the classes that occur in the references or the predictions (scikit-learn's macro F1)."""
+    pred, ref = np.asarray(predictions), np.asarray(references)
+    scores = []
+    for c in np.union1d(pred, ref):
+        tp = float(((pred == c) & (ref == c)).sum())
+        fp, fn = float(((pred == c) & (ref != c)).sum()), float(((pred != c) & (ref == c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(scores)) if scores else 0.0
+
+
 def metric_value(name: str, predictions, references) -> float:
-    """One metric by name: accuracy, F1 of class 1, Matthews correlation (binary), Pearson or Spearman correlation."""
+    """One metric by name: accuracy, F1 of class 1, macro F1, Matthews correlation (binary), Pearson or Spearman."""
     pred, ref = np.asarray(predictions, dtype=float), np.asarray(references, dtype=float)
     if name == "accuracy":
         return float((pred == ref).mean())
@@ -38,6 +49,8 @@ def metric_value(name: str, predictions, references) -> float:
         tp = float(((pred == 1) & (ref == 1)).sum())
         fp, fn = float(((pred == 1) & (ref != 1)).sum()), float(((pred != 1) & (ref == 1)).sum())
         return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    if name == "macro_f1":
+        return macro_f1(pred, ref)
     if name == "matthews_correlation":
         tp, tn = float(((pred == 1) & (ref == 1)).sum()), float(((pred == 0) & (ref == 0)).sum())
         fp, fn = float(((pred == 1) & (ref == 0)).sum()), float(((pred == 0) & (ref == 1)).sum())

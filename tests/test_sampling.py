@@ -61,3 +61,12 @@ def test_banking77_loader_reads_polyai_csvs(tmp_path):
         load_banking77(tmp_path)
     with pytest.raises(ValueError, match="not a BANKING77 folder"):
         load_banking77(tmp_path / "nope")
+
+
+def test_macro_f1_matches_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    from peft_dect.metrics import metric_value
+
+    pred, ref = [0, 2, 1, 1, 3, 0, 2], [0, 1, 1, 2, 2, 0, 2]  # class 3 is only predicted
+    assert metric_value("macro_f1", pred, ref) == pytest.approx(f1_score(ref, pred, average="macro"))
