@@ -18,7 +18,8 @@ class ResponseCache:
     """Answers by (kind, prompt) for one endpoint and model, in memory and appended to a JSON-lines file.
 
     The file's first line names the endpoint, model and request settings it was written for; a file written for
-    another one is ignored with a warning (and not appended to). A torn last line (interrupted write) is skipped.
+    another one is ignored with a warning (and not appended to). A torn line (an interrupted write, even one cut inside
+    a multi-byte character) is skipped with a warning; the other lines are kept.
     """
 
     def __init__(self, path: str | os.PathLike | None, identity: dict) -> None:
@@ -31,11 +32,12 @@ class ResponseCache:
             self._load()
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().split("\n")  # not splitlines(): U+2028 and friends may occur inside a record
+        # Bytes split on b"\n" and decoded line by line: a write torn inside a multi-byte character spoils its own
+        # line only (and not splitlines(): U+2028 and friends may occur inside a record).
+        lines = self.path.read_bytes().split(b"\n")
         try:
-            header = json.loads(lines[0])
-        except (json.JSONDecodeError, IndexError):
+            header = json.loads(lines[0].decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, IndexError):
             header = None
         if header != {"peft_dect_cache": 1, **self.identity}:
             self._writable = False
@@ -43,18 +45,27 @@ class ResponseCache:
                 "Ignoring the request cache %s: it was written for %s, not for %s. Give each endpoint and model "
                 "its own cache file.",
                 self.path,
-                {k: v for k, v in (header or {}).items() if k != "peft_dect_cache"} or "something else",
+                {k: v for k, v in (header if isinstance(header, dict) else {}).items() if k != "peft_dect_cache"}
+                or "something else",
                 self.identity,
             )
             return
+        skipped = 0
         for line in lines[1:]:
             if not line:
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))
                 self._store[(record["k"], record["p"])] = record["v"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                logger.warning("Skipping an unreadable line of the request cache %s.", self.path)
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                skipped += 1
+        if skipped:
+            logger.warning(
+                "Skipping %d unreadable line(s) of the request cache %s (an interrupted write): those prompts are "
+                "asked again.",
+                skipped,
+                self.path,
+            )
 
     def __len__(self) -> int:
         return len(self._store)
