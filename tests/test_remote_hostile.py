@@ -9,7 +9,7 @@ import logging
 import pytest
 from openai_stub import OpenAIStub, logprobs_of
 
-from peft_dect.remote import OpenAIEndpoint
+from peft_dect.remote import EndpointError, OpenAIEndpoint
 
 
 @pytest.fixture
@@ -34,3 +34,157 @@ def test_cache_torn_inside_a_multibyte_character_keeps_the_other_lines(stub, tmp
         fresh = endpoint(stub, cache_file=cache)
         fresh.next_token_logprobs(["a second prompt"])
     assert fresh.stats.requests == 0 and "unreadable line" in caplog.text
+
+
+def once(answer):
+    """A hostile behaviour for the first request only: `answer(handler, body)`, then the stub's own answers."""
+    calls = []
+
+    def hostile(handler, body):
+        calls.append(handler.path)
+        if len(calls) > 1:
+            return False
+        answer(handler, body)
+        return True
+
+    return hostile
+
+
+def raw_json(text: str, status: int = 200):
+    return lambda handler, body: handler.send_raw(status, text.encode())
+
+
+def choice(top: dict) -> dict:
+    return {"index": 0, "text": "x", "logprobs": {"tokens": ["x"], "token_logprobs": [-1.0], "top_logprobs": [top]}}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json.dumps({"choices": [choice({" great": float("nan"), " the": -2.0})]}),
+        json.dumps({"choices": [choice({" great": float("-inf"), " the": -2.0})]}),
+        json.dumps({"choices": [choice({" great": 1e999})]}),
+        json.dumps({"choices": [choice({" great": 3.0})]}),  # a probability above 1
+    ],
+)
+def test_non_finite_log_probabilities_are_refused_before_caching(stub, tmp_path, answer):
+    cache = tmp_path / "requests.jsonl"
+    stub.state.hostile = once(raw_json(answer))
+    with pytest.raises(ValueError, match=rf"{stub.url}/v1/completions answered .*log-probability .* for token"):
+        endpoint(stub, cache_file=cache).next_token_logprobs(["a good film"])
+    again = endpoint(stub, cache_file=cache)  # the server has recovered: nothing bad was kept
+    assert again.next_token_logprobs(["a good film"])[0] == pytest.approx(logprobs_of("a good film"))
+    assert again.stats.completion_requests == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e300])
+def test_non_finite_embeddings_are_refused_before_caching(stub, tmp_path, bad):
+    cache = tmp_path / "requests.jsonl"
+    text = json.dumps({"data": [{"index": 0, "embedding": [0.5, bad, 1.0]}]})
+    stub.state.hostile = once(raw_json(text))
+    with pytest.raises(ValueError, match=rf"{stub.url}/v1/embeddings answered a non-finite"):
+        endpoint(stub, cache_file=cache).embed(["a good film"])
+    assert len(endpoint(stub, cache_file=cache).embed(["a good film"])[0]) == 32
+
+
+def test_non_finite_forced_log_probability_is_refused(stub):
+    stub.state.hostile = lambda handler, body: (
+        bool(body.get("logit_bias"))
+        and raw_json('{"choices": [{"index": 0, "logprobs": {"token_logprobs": [-Infinity]}}]}')(handler, body) is None
+    )
+    with pytest.raises(ValueError, match="gave no finite log-probability"):
+        endpoint(stub).forced_logprobs([("a good film", 1)])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["[1, 2]", '"text"', "null", '{"choices": ["x"]}', '{"choices": [{"logprobs": ["x"]}]}', '{"choices": {"0": 1}}'],
+)
+def test_completions_of_the_wrong_shape_are_named(stub, answer):
+    stub.state.hostile = raw_json(answer)
+    with pytest.raises(ValueError, match=rf"{stub.url}/v1/completions"):
+        endpoint(stub).next_token_logprobs(["a good film"])
+    with pytest.raises(ValueError, match=rf"{stub.url}/v1/completions"):
+        endpoint(stub).forced_logprobs([("a good film", 1)])
+
+
+@pytest.mark.parametrize("answer", ["[1, 2]", '{"data": ["x"]}', '{"data": [{"embedding": "x"}]}', '{"data": 3}'])
+def test_embeddings_of_the_wrong_shape_are_named(stub, answer):
+    stub.state.hostile = raw_json(answer)
+    with pytest.raises(ValueError, match=rf"{stub.url}/v1/embeddings"):
+        endpoint(stub).embed(["a good film"])
+
+
+def test_tokenize_answer_that_is_not_an_object(stub):
+    stub.state.hostile = raw_json("[1, 2]")
+    with pytest.raises(ValueError, match="Could not tokenize"):
+        endpoint(stub).tokenize(" great")
+
+
+def test_error_object_in_a_200_is_quoted_and_retried_when_transient(stub):
+    stub.state.hostile = once(raw_json('{"error": {"message": "model is loading", "code": 503}}'))
+    ep = endpoint(stub, max_retries=2)
+    assert len(ep.next_token_logprobs(["a good film"])) == 1 and ep.stats.retries == 1
+    stub.state.hostile = raw_json('{"error": {"message": "prompt is longer than the context", "type": "invalid"}}')
+    with pytest.raises(ValueError, match="answered an error: prompt is longer than the context") as err:
+        endpoint(stub, max_retries=2).next_token_logprobs(["a good film"])
+    assert "batch_size" not in str(err.value)
+    stub.state.hostile = raw_json('{"error": "overloaded", "code": "429"}')
+    with pytest.raises(EndpointError, match="failed 2 times.*overloaded"):
+        endpoint(stub, max_retries=1).next_token_logprobs(["a good film"])
+
+
+def test_redirect_to_another_origin_is_refused_and_keeps_the_key(stub):
+    with OpenAIStub() as other:  # another port: another origin
+        stub.state.hostile = lambda handler, body: handler.redirect(other.url + handler.path) is None
+        ep = endpoint(stub, api_key="secret-key")
+        with pytest.raises(ValueError, match=rf"{stub.url}/v1/completions redirected .* to {other.url}/v1/compl"):
+            ep.next_token_logprobs(["a good film"])
+        assert other.state.authorizations == [] and stub.state.authorizations == ["Bearer secret-key"]
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+def test_redirect_within_the_origin_resends_the_request(stub, status):
+    stub.state.hostile = lambda handler, body: (
+        handler.path.startswith("/old") and (handler.redirect(handler.path[len("/old") :], status) is None)
+    )
+    ep = OpenAIEndpoint(stub.url + "/old", "stub-model", api_key="k", show_progress=False)
+    assert ep.next_token_logprobs(["a good film"])[0] == pytest.approx(logprobs_of("a good film"))
+    assert stub.state.authorizations == ["Bearer k", "Bearer k"] and stub.state.requests["completions"] == 1
+
+
+def test_timeout_bounds_the_whole_request_of_a_dripping_server(stub):
+    import time
+
+    stub.state.hostile = lambda handler, body: handler.drip({"choices": []}, pause=0.2) is None
+    ep = endpoint(stub, timeout=1.0, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(EndpointError, match="no complete answer within timeout=1 s"):
+        ep.next_token_logprobs(["a good film"])
+    assert time.monotonic() - start < 2.0
+
+
+def test_answers_larger_than_the_cap_are_refused(stub):
+    big = json.dumps({"data": [{"index": 0, "embedding": [0.25] * 5000}]})
+    stub.state.hostile = raw_json(big)
+    with pytest.raises(ValueError, match="more than max_response_bytes=10000 bytes"):
+        endpoint(stub, max_response_bytes=10_000).embed(["a good film"])
+    assert len(endpoint(stub).embed(["a good film"])[0]) == 5000  # the default cap is far larger
+
+    def chunked(handler, body):  # no Content-Length: the cap is checked while reading
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        data = big.encode()
+        for i in range(0, len(data), 4096):
+            part = data[i : i + 4096]
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+        handler.wfile.write(b"0\r\n\r\n")
+        return True
+
+    stub.state.hostile = chunked
+    with pytest.raises(ValueError, match="more than max_response_bytes=10000 bytes"):
+        endpoint(stub, max_response_bytes=10_000).embed(["a good film"])
+    assert len(endpoint(stub).embed(["a good film"])[0]) == 5000
+    with pytest.raises(ValueError, match="max_response_bytes must be an integer >= 1"):
+        endpoint(stub, max_response_bytes=0)
