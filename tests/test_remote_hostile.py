@@ -188,3 +188,53 @@ def test_answers_larger_than_the_cap_are_refused(stub):
     assert len(endpoint(stub).embed(["a good film"])[0]) == 5000
     with pytest.raises(ValueError, match="max_response_bytes must be an integer >= 1"):
         endpoint(stub, max_response_bytes=0)
+
+
+@pytest.fixture
+def adapter(stub, tmp_path):
+    from test_remote import config, sentiment_data
+
+    from peft_dect.remote import BlackBoxDecT
+
+    clf = BlackBoxDecT(config(), endpoint(stub, embeddings=False, api_key="", cache_file=tmp_path / "mine.jsonl"))
+    clf.fit(sentiment_data(4, seed=0))
+    clf.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def test_environment_key_is_not_sent_to_the_url_saved_in_an_adapter(stub, adapter, monkeypatch, caplog):
+    from peft_dect.remote import BlackBoxDecT
+
+    saved = json.loads((adapter / "remote_endpoint.json").read_text())["endpoint"]
+    assert "cache_file" not in saved and "api_key" not in saved
+    monkeypatch.setenv("OPENAI_API_KEY", "env-key")
+    stub.state.authorizations.clear()
+    with caplog.at_level(logging.WARNING):
+        BlackBoxDecT.from_pretrained(adapter, show_progress=False).predict(["a new text"])
+    assert stub.state.authorizations == [None] and "OPENAI_API_KEY is not sent" in caplog.text
+    BlackBoxDecT.from_pretrained(adapter, url=stub.url, show_progress=False).predict(["another text"])
+    BlackBoxDecT.from_pretrained(adapter, api_key="given", show_progress=False).predict(["a third text"])
+    assert stub.state.authorizations == [None, "Bearer env-key", "Bearer given"]
+
+
+def test_cache_file_and_key_in_a_saved_adapter_are_ignored(stub, adapter, tmp_path, monkeypatch, caplog):
+    from peft_dect.remote import BlackBoxDecT
+
+    path = adapter / "remote_endpoint.json"
+    saved = json.loads(path.read_text())
+    planted = tmp_path / "elsewhere" / "planted.jsonl"
+    saved["endpoint"] |= {"cache_file": str(planted), "api_key": "planted-key"}
+    path.write_text(json.dumps(saved))
+    stub.state.authorizations.clear()
+    with caplog.at_level(logging.WARNING):
+        loaded = BlackBoxDecT.from_pretrained(adapter, show_progress=False)
+        loaded.predict(["a new text"])
+    assert not planted.exists() and loaded.endpoint.cache.path is None and stub.state.authorizations == [None]
+    assert "Ignoring api_key, cache_file" in caplog.text
+    mine = tmp_path / "chosen.jsonl"
+    BlackBoxDecT.from_pretrained(adapter, cache_file=mine, show_progress=False).predict(["a new text"])
+    assert mine.exists()
+    saved["endpoint"] = ["not", "settings"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="not a saved black-box"):
+        BlackBoxDecT.from_pretrained(adapter)
