@@ -238,3 +238,104 @@ def test_cache_file_and_key_in_a_saved_adapter_are_ignored(stub, adapter, tmp_pa
     path.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="not a saved black-box"):
         BlackBoxDecT.from_pretrained(adapter)
+
+
+# ---------------------------------------------------------------- hostile servers, more cases
+def test_html_with_the_wrong_content_type_and_non_utf8_bodies_are_named(stub):
+    stub.state.hostile = lambda handler, body: handler.send_raw(200, b"<html>proxy login</html>", "text/html") is None
+    with pytest.raises(ValueError, match="did not answer JSON: b'<html>proxy login"):
+        endpoint(stub).next_token_logprobs(["a good film"])
+    stub.state.hostile = raw_json('{"choices": [1, 2')  # truncated JSON, whole as announced
+    with pytest.raises(ValueError, match="did not answer JSON"):
+        endpoint(stub).next_token_logprobs(["a good film"])
+    stub.state.hostile = lambda handler, body: handler.send_raw(200, b'{"choices": "\xff\xfe"}') is None
+    with pytest.raises(ValueError, match="did not answer JSON"):
+        endpoint(stub).next_token_logprobs(["a good film"])
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash(stub):
+    stub.state.hostile = raw_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="did not answer JSON"):
+        endpoint(stub).next_token_logprobs(["a good film"])
+
+
+def test_log_probabilities_beyond_float32_are_refused(stub):
+    stub.state.hostile = raw_json(json.dumps({"choices": [choice({" great": -1e300, " the": -2.0})]}))
+    with pytest.raises(ValueError, match="out-of-range log-probability -1e"):
+        endpoint(stub).next_token_logprobs(["a good film"])
+
+
+@pytest.mark.parametrize("indexes", [[0, 0], [-1, 0], [1, 2], [0, None], [0, True], [0.0, 1.0]])
+def test_indexes_that_do_not_name_each_input_once_are_refused(stub, indexes):
+    data = [{"index": i, "embedding": [1.0, 2.0]} for i in indexes]
+    stub.state.hostile = raw_json(json.dumps({"data": data}))
+    with pytest.raises(ValueError, match=r"with indexes .* each of 0\.\.1 must occur once"):
+        endpoint(stub, embedding_batch_size=2).embed(["first", "second"])
+
+
+def test_indexes_put_answers_in_input_order(stub):
+    data = [{"index": 1, "embedding": [2.0]}, {"index": 0, "embedding": [1.0]}]
+    stub.state.hostile = raw_json(json.dumps({"data": data}))
+    assert endpoint(stub, embedding_batch_size=2).embed(["first", "second"]) == [[1.0], [2.0]]
+
+
+def test_embedding_width_that_changes_between_requests_is_refused_before_caching(stub, tmp_path):
+    cache = tmp_path / "requests.jsonl"
+    ep = endpoint(stub, cache_file=cache)
+    ep.embed(["first text"])
+    stub.state.hostile = raw_json(json.dumps({"data": [{"index": 0, "embedding": [1.0, 2.0]}]}))
+    with pytest.raises(ValueError, match="embeddings of width 2, after width 32"):
+        ep.embed(["second text"])
+    stub.state.hostile = None
+    assert len(endpoint(stub, cache_file=cache).embed(["second text"])[0]) == 32
+
+
+def test_empty_200_and_a_connection_cut_mid_body_are_retried(stub):
+    stub.state.hostile = once(lambda handler, body: handler.send_raw(200, b""))
+    ep = endpoint(stub, max_retries=1)
+    assert len(ep.next_token_logprobs(["a good film"])) == 1 and ep.stats.retries == 1
+    stub.state.hostile = once(lambda handler, body: handler.send_raw(200, b'{"choices": [', length=5000))
+    ep = endpoint(stub, max_retries=1)
+    assert len(ep.next_token_logprobs(["a good film"])) == 1 and ep.stats.retries == 1
+
+    def hang_up(handler, body):
+        handler.close_connection = True
+        handler.connection.shutdown(2)
+
+    stub.state.hostile = once(hang_up)
+    ep = endpoint(stub, max_retries=1)
+    assert len(ep.next_token_logprobs(["a good film"])) == 1 and ep.stats.retries == 1
+    stub.state.hostile = lambda handler, body: handler.send_raw(200, b"  \n")
+    with pytest.raises(EndpointError, match="failed 2 times, last with an empty answer"):
+        endpoint(stub, max_retries=1).next_token_logprobs(["a good film"])
+
+
+def test_timeout_bounds_slow_headers_too(stub):
+    import time
+
+    def slow_headers(handler, body):
+        handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
+        for _ in range(30):
+            handler.wfile.write(b"X: y\r\n")
+            handler.wfile.flush()
+            time.sleep(0.1)
+        return True
+
+    stub.state.hostile = slow_headers
+    start = time.monotonic()
+    with pytest.raises(EndpointError, match="no complete answer within timeout=0.5 s"):
+        endpoint(stub, timeout=0.5, max_retries=0).next_token_logprobs(["a good film"])
+    assert time.monotonic() - start < 1.5
+
+
+def test_redirect_loop_ends(stub):
+    stub.state.hostile = lambda handler, body: handler.redirect(handler.path, 307) is None
+    with pytest.raises(ValueError, match="redirect"):
+        endpoint(stub).next_token_logprobs(["a good film"])
+
+
+def test_tokenize_answers_that_are_not_token_ids(stub):
+    for tokens in ([True], [-3], [1.5]):
+        stub.state.hostile = raw_json(json.dumps({"tokens": tokens}))
+        with pytest.raises(ValueError, match="Could not tokenize"):
+            endpoint(stub).tokenize(" great")

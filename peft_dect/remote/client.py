@@ -181,6 +181,7 @@ class OpenAIEndpoint:
         self.max_response_bytes = max_response_bytes
         self.stats = RequestStats()
         self._tokenized: dict[str, list[int]] = {}
+        self._embedding_width: int | None = None
         self._stats_lock = threading.Lock()
         self.cache = ResponseCache(cache_file, self.identity())
 
@@ -243,7 +244,7 @@ class OpenAIEndpoint:
             except (ValueError, EndpointError) as err:
                 errors.append(str(err)[:120])
                 continue
-            if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
+            if isinstance(tokens, list) and all(type(t) is int and t >= 0 for t in tokens):
                 return tokens
             errors.append(f"{url} answered no token list")
         raise ValueError(
@@ -337,6 +338,13 @@ class OpenAIEndpoint:
         widths = sorted({len(v) for v in vectors})
         if len(widths) > 1:
             raise ValueError(f"{url} answered embeddings of different widths {widths} in one batch.")
+        with self._stats_lock:  # one width per endpoint, checked before caching: a stray answer is not kept
+            known = self._embedding_width = self._embedding_width or widths[0]
+        if widths[0] != known:
+            raise ValueError(
+                f"{url} answered embeddings of width {widths[0]}, after width {known} earlier: the server may have "
+                "changed models; restart with the model the adapter was fitted with."
+            )
         return vectors
 
     # ---------------------------------------------------------------- HTTP with retries
@@ -382,6 +390,11 @@ class OpenAIEndpoint:
             with opener.open(urllib.request.Request(url, data=data, headers=headers), timeout=self.timeout) as reply:
                 payload = self._read(reply, url, deadline)
         except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:  # what urllib gives up on: a redirect loop, or too many redirects
+                err.close()
+                raise ValueError(
+                    f"{url} redirected in a loop or too many times (HTTP {err.code}: {err.msg}); check the URL."
+                ) from None
             try:
                 detail = _detail(err.read(300))
             except (OSError, http.client.HTTPException):
@@ -400,11 +413,13 @@ class OpenAIEndpoint:
             raise _Transient(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
         finally:
             deadline.cancel()
+        if deadline.expired:  # the watchdog may end slow headers in what looks like an empty answer
+            raise _Transient(f"TimeoutError: no complete answer within timeout={self.timeout:g} s")
         if not payload.strip():
             raise _Transient("an empty answer (HTTP 200 without a body)")
         try:
             answer = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise ValueError(f"{url} did not answer JSON: {payload[:200]!r}") from None
         if not isinstance(answer, dict):
             raise ValueError(
@@ -511,6 +526,8 @@ def _top_logprobs(choice: dict, url: str, model: str) -> dict[str, float]:
             raise ValueError(f"{url}/completions answered log-probability {value!r} (no number) for token {token!r}.")
         if not math.isfinite(value):
             raise ValueError(f"{url}/completions answered a non-finite log-probability {value!r} for token {token!r}.")
+        if value < -FLOAT32_MAX:
+            raise ValueError(f"{url}/completions answered an out-of-range log-probability {value!r} for {token!r}.")
         if value > LOGPROB_SLACK:
             raise ValueError(
                 f"{url}/completions answered an impossible log-probability {value!r} (a probability above 1) for "
