@@ -339,3 +339,25 @@ def test_tokenize_answers_that_are_not_token_ids(stub):
         stub.state.hostile = raw_json(json.dumps({"tokens": tokens}))
         with pytest.raises(ValueError, match="Could not tokenize"):
             endpoint(stub).tokenize(" great")
+
+
+def test_bad_values_in_a_cache_file_are_asked_again(stub, tmp_path, caplog):
+    cache = tmp_path / "requests.jsonl"
+    endpoint(stub, cache_file=cache).next_token_logprobs(["kept prompt"])
+    with open(cache, "a", encoding="utf-8") as f:  # as an older version cached a broken server's answers
+        f.write(json.dumps({"k": "logprobs", "p": "nan prompt", "v": {" great": float("nan")}}) + "\n")
+        f.write(json.dumps({"k": "embedding", "p": "nan prompt", "v": [1.0, float("inf")]}) + "\n")
+        f.write(json.dumps({"k": "logprobs", "p": "odd prompt", "v": ["not", "a", "dict"]}) + "\n")
+        f.write(json.dumps({"k": ["x"], "p": "odd prompt", "v": 1}) + "\n")
+    with caplog.at_level(logging.WARNING):
+        fresh = endpoint(stub, cache_file=cache)
+    assert "Skipping 4 unreadable line(s)" in caplog.text
+    out = fresh.next_token_logprobs(["kept prompt", "nan prompt", "odd prompt"])
+    assert fresh.stats.completion_requests == 2 and out[1] == pytest.approx(logprobs_of("nan prompt"))
+    assert len(fresh.embed(["nan prompt"])[0]) == 32
+
+
+def test_redirect_to_another_scheme_is_named(stub):
+    stub.state.hostile = lambda handler, body: handler.redirect("file:///etc/passwd") is None
+    with pytest.raises(ValueError, match="redirected"):
+        endpoint(stub).next_token_logprobs(["a good film"])

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -19,11 +19,16 @@ class ResponseCache:
 
     The file's first line names the endpoint, model and request settings it was written for; a file written for
     another one is ignored with a warning (and not appended to). A torn line (an interrupted write, even one cut inside
-    a multi-byte character) is skipped with a warning; the other lines are kept.
+    a multi-byte character) is skipped with a warning; the other lines are kept. `valid(kind, value)` checks each
+    record read from the file as the client checks a server's answer, so that a bad value written by an older
+    version (a NaN, say) is asked again instead of failing every run.
     """
 
-    def __init__(self, path: str | os.PathLike | None, identity: dict) -> None:
+    def __init__(
+        self, path: str | os.PathLike | None, identity: dict, valid: Callable[[str, object], bool] | None = None
+    ) -> None:
         self.identity = identity
+        self.valid = valid
         self.path = Path(path) if path is not None else None
         self._store: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
@@ -56,13 +61,20 @@ class ResponseCache:
                 continue
             try:
                 record = json.loads(line.decode("utf-8"))
-                self._store[(record["k"], record["p"])] = record["v"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                kind, prompt, value = record["k"], record["p"], record["v"]
+                if not isinstance(kind, str) or not isinstance(prompt, str):
+                    raise TypeError("kind and prompt must be strings")
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
                 skipped += 1
+                continue
+            if self.valid is not None and not self.valid(kind, value):
+                skipped += 1
+                continue
+            self._store[(kind, prompt)] = value
         if skipped:
             logger.warning(
-                "Skipping %d unreadable line(s) of the request cache %s (an interrupted write): those prompts are "
-                "asked again.",
+                "Skipping %d unreadable line(s) of the request cache %s (an interrupted write, or a value the server "
+                "should not have sent): those prompts are asked again.",
                 skipped,
                 self.path,
             )

@@ -108,6 +108,24 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_logprob(value) -> bool:
+    return _is_number(value) and math.isfinite(value) and -FLOAT32_MAX <= value <= LOGPROB_SLACK
+
+
+def _valid_cached(kind: str, value) -> bool:
+    """Whether a value read from a cache file is one the client would have accepted from the server."""
+    if kind == LOGPROBS:
+        return isinstance(value, dict) and bool(value) and all(_is_logprob(v) for v in value.values())
+    if kind == FORCED:
+        return _is_logprob(value) and value <= 0
+    if kind == EMBEDDING:
+        try:
+            return _last_vector(value) == value
+        except ValueError:
+            return False
+    return False
+
+
 class OpenAIEndpoint:
     """A model served behind an OpenAI-compatible HTTP API, queried for next-token log-probabilities and embeddings.
 
@@ -183,7 +201,7 @@ class OpenAIEndpoint:
         self._tokenized: dict[str, list[int]] = {}
         self._embedding_width: int | None = None
         self._stats_lock = threading.Lock()
-        self.cache = ResponseCache(cache_file, self.identity())
+        self.cache = ResponseCache(cache_file, self.identity(), _valid_cached)
 
     def identity(self) -> dict:
         """What the answers depend on: the cache key beyond the prompt."""
@@ -318,7 +336,7 @@ class OpenAIEndpoint:
         logprobs = choice.get("logprobs")
         values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
         value = values[0] if isinstance(values, list) and values else None
-        if not _is_number(value) or not math.isfinite(value) or value > 0:
+        if not _is_logprob(value) or value > 0:
             raise ValueError(
                 f"{url} gave no finite log-probability (got {value!r}) for a token forced by logit_bias; use "
                 "missing_label_words='floor' or raise top_logprobs if the server cannot score forced tokens."
@@ -393,7 +411,8 @@ class OpenAIEndpoint:
             if 300 <= err.code < 400:  # what urllib gives up on: a redirect loop, or too many redirects
                 err.close()
                 raise ValueError(
-                    f"{url} redirected in a loop or too many times (HTTP {err.code}: {err.msg}); check the URL."
+                    f"{url} redirected in a loop, too many times or to a scheme other than http(s) (HTTP {err.code}: "
+                    f"{err.msg}); check the URL."
                 ) from None
             try:
                 detail = _detail(err.read(300))
