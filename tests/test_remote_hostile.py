@@ -361,3 +361,21 @@ def test_redirect_to_another_scheme_is_named(stub):
     stub.state.hostile = lambda handler, body: handler.redirect("file:///etc/passwd") is None
     with pytest.raises(ValueError, match="redirected"):
         endpoint(stub).next_token_logprobs(["a good film"])
+
+
+def test_api_key_with_control_characters_is_refused_without_quoting_it(stub, monkeypatch):
+    with pytest.raises(ValueError, match="control character") as err:
+        endpoint(stub, api_key="sk-secret\r\nX-Injected: 1")
+    assert "sk-secret" not in str(err.value)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-a-file\n")  # surrounding whitespace is dropped
+    ep = endpoint(stub)
+    ep.next_token_logprobs(["a good film"])
+    assert stub.state.authorizations == ["Bearer sk-from-a-file"]
+    with pytest.raises(TypeError, match="api_key must be a string"):
+        endpoint(stub, api_key=123)
+
+
+def test_unauthorized_names_where_the_key_comes_from(stub):
+    stub.state.fail_next, stub.state.fail_status = 1, 401
+    with pytest.raises(ValueError, match="HTTP 401: injected failure Pass api_key=... or set OPENAI_API_KEY"):
+        endpoint(stub).next_token_logprobs(["a good film"])

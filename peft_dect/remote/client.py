@@ -104,6 +104,22 @@ def _last_vector(embedding) -> list[float]:
     return [float(x) for x in embedding]
 
 
+def _checked_key(key: str | None) -> str | None:
+    """The API key without surrounding whitespace; one with control characters (a header injection, or a file read
+    with its line breaks) is refused without quoting it."""
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise TypeError(f"api_key must be a string, got {type(key).__name__}.")
+    key = key.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ValueError(
+            "The API key (api_key or OPENAI_API_KEY) holds a line break or another control character; give the key "
+            "alone."
+        )
+    return key
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -194,7 +210,7 @@ class OpenAIEndpoint:
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.api_key = _checked_key(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
         self.show_progress = show_progress
         self.max_response_bytes = max_response_bytes
         self.stats = RequestStats()
@@ -424,6 +440,11 @@ class OpenAIEndpoint:
                 hint = ""
                 if kind == EMBEDDING and err.code in (404, 405, 501):
                     hint = " This server has no embeddings: pass embeddings=False (DecT's logit term alone)."
+                if err.code in (401, 403):
+                    hint = (
+                        " Pass api_key=... or set OPENAI_API_KEY (a loaded adapter sends that only to a URL you "
+                        "give: url=..., --endpoint)."
+                    )
                 raise ValueError(f"{url} refused the request with HTTP {err.code}: {detail}{hint}") from None
             raise _Transient(f"HTTP {err.code}: {detail}") from None
         except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
