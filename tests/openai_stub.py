@@ -209,13 +209,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"object": "list", "data": data, "usage": {"prompt_tokens": len(inputs)}})
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Keeps test output clean when a client hangs up on purpose (a timeout, a refused redirect)."""
+
+    def handle_error(self, request, client_address) -> None:
+        return None
+
+
 class OpenAIStub:
     """Start with `with OpenAIStub() as stub:`; `stub.url` is the base URL, `stub.state` the knobs and counters."""
 
     def __init__(self) -> None:
         self.state = StubState()
         handler = type("Handler", (_Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _QuietServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -379,3 +379,13 @@ def test_unauthorized_names_where_the_key_comes_from(stub):
     stub.state.fail_next, stub.state.fail_status = 1, 401
     with pytest.raises(ValueError, match="HTTP 401: injected failure Pass api_key=... or set OPENAI_API_KEY"):
         endpoint(stub).next_token_logprobs(["a good film"])
+
+
+def test_lone_surrogates_in_prompts_and_answers_are_cached(stub, tmp_path):
+    cache = tmp_path / "requests.jsonl"
+    top = {" great": -1.0, "\udc80": -2.0}  # a token that is half a UTF-8 character, as some servers send it
+    stub.state.hostile = once(raw_json(json.dumps({"choices": [choice(top)]})))
+    prompt = "a lone \ud800 surrogate"
+    assert endpoint(stub, cache_file=cache).next_token_logprobs([prompt]) == [top]
+    fresh = endpoint(stub, cache_file=cache)
+    assert fresh.next_token_logprobs([prompt]) == [top] and fresh.stats.requests == 0

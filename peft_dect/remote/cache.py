@@ -105,4 +105,15 @@ class ResponseCache:
                 if torn:  # an interrupted write left half a line: end it, so the next record stays whole
                     f.write("\n")
                 for p, v in zip(prompts, values):
-                    f.write(json.dumps({"k": kind, "p": p, "v": v}, ensure_ascii=False) + "\n")
+                    f.write(_record(kind, p, v))
+
+
+def _record(kind: str, prompt: str, value) -> str:
+    """One line of the file: readable UTF-8, or escaped where the text is not valid Unicode (a lone surrogate in a
+    prompt, or in a token a server sent as half a UTF-8 character), which UTF-8 cannot hold."""
+    line = json.dumps({"k": kind, "p": prompt, "v": value}, ensure_ascii=False) + "\n"
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps({"k": kind, "p": prompt, "v": value}) + "\n"
+    return line

@@ -2,9 +2,10 @@
 
 What DecT needs from a served model, per prompt: the top log-probabilities of the next token (`/v1/completions`
 with `max_tokens=1`, `logprobs=k`) and an embedding of the prompt (`/v1/embeddings`). Requests are batched,
-run concurrently within `max_concurrency`, retried with exponential backoff on timeouts, connection errors, 429 and
-5xx, and counted. Answers are cached by (endpoint, model, prompt), in memory and optionally in a JSON-lines file,
-so that no prompt is ever sent twice.
+run concurrently within `max_concurrency`, retried with exponential backoff on timeouts, connection errors, empty
+answers, 429 and 5xx (also as the code of an error object in an HTTP 200), and counted. Answers are checked before
+they are cached (JSON shape, each index once, finite values). Answers are cached by (endpoint, model, prompt), in
+memory and optionally in a JSON-lines file, so that no prompt is ever sent twice.
 """
 
 from __future__ import annotations
