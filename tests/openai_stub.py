@@ -11,6 +11,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -68,6 +69,11 @@ class StubState:
         self.forced: list[tuple[str, str]] = []  # (prompt, token) pairs scored through logit_bias
         self.in_flight = 0
         self.max_in_flight = 0
+        # hostile behaviours: `hostile(handler, body)` may answer a request itself (return True) with
+        # `handler.send_raw`, `handler.drip`, a redirect, a reset...; `authorizations` records the Authorization
+        # header of every request (GET too: urllib turns a redirected POST into a GET)
+        self.hostile: Callable[[_Handler, dict | None], bool] | None = None
+        self.authorizations: list[str | None] = []
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -84,13 +90,55 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def send_raw(self, status: int, body: bytes, content_type: str = "application/json", length: int | None = None):
+        """Answer `body` as it is, announcing `length` bytes (default: its length)."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def drip(self, payload: dict, pause: float, max_seconds: float = 4.0) -> None:
+        """Answer `payload` one byte every `pause` seconds (a slow-drip server), for at most `max_seconds`."""
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        end = time.monotonic() + max_seconds
+        try:
+            for i in range(len(body)):
+                if time.monotonic() > end:
+                    break
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(pause)
+        except OSError:  # the client hung up
+            pass
+
+    def redirect(self, location: str, status: int = 302) -> None:
+        self.send_response(status)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.state.authorizations.append(self.headers.get("Authorization"))
+        if self.state.hostile is not None and self.state.hostile(self, None):
+            return
+        self._send(404, {"error": {"message": f"no GET route {self.path}"}})
+
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         st = self.state
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with st.lock:
             st.in_flight += 1
             st.max_in_flight = max(st.max_in_flight, st.in_flight)
+            st.authorizations.append(self.headers.get("Authorization"))
         try:
+            if st.hostile is not None and st.hostile(self, body):
+                return
             if st.delay:
                 time.sleep(st.delay)
             with st.lock:
@@ -161,13 +209,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"object": "list", "data": data, "usage": {"prompt_tokens": len(inputs)}})
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Keeps test output clean when a client hangs up on purpose (a timeout, a refused redirect)."""
+
+    def handle_error(self, request, client_address) -> None:
+        return None
+
+
 class OpenAIStub:
     """Start with `with OpenAIStub() as stub:`; `stub.url` is the base URL, `stub.state` the knobs and counters."""
 
     def __init__(self) -> None:
         self.state = StubState()
         handler = type("Handler", (_Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _QuietServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

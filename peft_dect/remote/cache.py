@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -18,11 +18,17 @@ class ResponseCache:
     """Answers by (kind, prompt) for one endpoint and model, in memory and appended to a JSON-lines file.
 
     The file's first line names the endpoint, model and request settings it was written for; a file written for
-    another one is ignored with a warning (and not appended to). A torn last line (interrupted write) is skipped.
+    another one is ignored with a warning (and not appended to). A torn line (an interrupted write, even one cut inside
+    a multi-byte character) is skipped with a warning; the other lines are kept. `valid(kind, value)` checks each
+    record read from the file as the client checks a server's answer, so that a bad value written by an older
+    version (a NaN, say) is asked again instead of failing every run.
     """
 
-    def __init__(self, path: str | os.PathLike | None, identity: dict) -> None:
+    def __init__(
+        self, path: str | os.PathLike | None, identity: dict, valid: Callable[[str, object], bool] | None = None
+    ) -> None:
         self.identity = identity
+        self.valid = valid
         self.path = Path(path) if path is not None else None
         self._store: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
@@ -31,11 +37,12 @@ class ResponseCache:
             self._load()
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().split("\n")  # not splitlines(): U+2028 and friends may occur inside a record
+        # Bytes split on b"\n" and decoded line by line: a write torn inside a multi-byte character spoils its own
+        # line only (and not splitlines(): U+2028 and friends may occur inside a record).
+        lines = self.path.read_bytes().split(b"\n")
         try:
-            header = json.loads(lines[0])
-        except (json.JSONDecodeError, IndexError):
+            header = json.loads(lines[0].decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, IndexError):
             header = None
         if header != {"peft_dect_cache": 1, **self.identity}:
             self._writable = False
@@ -43,18 +50,34 @@ class ResponseCache:
                 "Ignoring the request cache %s: it was written for %s, not for %s. Give each endpoint and model "
                 "its own cache file.",
                 self.path,
-                {k: v for k, v in (header or {}).items() if k != "peft_dect_cache"} or "something else",
+                {k: v for k, v in (header if isinstance(header, dict) else {}).items() if k != "peft_dect_cache"}
+                or "something else",
                 self.identity,
             )
             return
+        skipped = 0
         for line in lines[1:]:
             if not line:
                 continue
             try:
-                record = json.loads(line)
-                self._store[(record["k"], record["p"])] = record["v"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                logger.warning("Skipping an unreadable line of the request cache %s.", self.path)
+                record = json.loads(line.decode("utf-8"))
+                kind, prompt, value = record["k"], record["p"], record["v"]
+                if not isinstance(kind, str) or not isinstance(prompt, str):
+                    raise TypeError("kind and prompt must be strings")
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
+                skipped += 1
+                continue
+            if self.valid is not None and not self.valid(kind, value):
+                skipped += 1
+                continue
+            self._store[(kind, prompt)] = value
+        if skipped:
+            logger.warning(
+                "Skipping %d unreadable line(s) of the request cache %s (an interrupted write, or a value the server "
+                "should not have sent): those prompts are asked again.",
+                skipped,
+                self.path,
+            )
 
     def __len__(self) -> int:
         return len(self._store)
@@ -82,4 +105,15 @@ class ResponseCache:
                 if torn:  # an interrupted write left half a line: end it, so the next record stays whole
                     f.write("\n")
                 for p, v in zip(prompts, values):
-                    f.write(json.dumps({"k": kind, "p": p, "v": v}, ensure_ascii=False) + "\n")
+                    f.write(_record(kind, p, v))
+
+
+def _record(kind: str, prompt: str, value) -> str:
+    """One line of the file: readable UTF-8, or escaped where the text is not valid Unicode (a lone surrogate in a
+    prompt, or in a token a server sent as half a UTF-8 character), which UTF-8 cannot hold."""
+    line = json.dumps({"k": kind, "p": prompt, "v": value}, ensure_ascii=False) + "\n"
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps({"k": kind, "p": prompt, "v": value}) + "\n"
+    return line

@@ -2,9 +2,10 @@
 
 What DecT needs from a served model, per prompt: the top log-probabilities of the next token (`/v1/completions`
 with `max_tokens=1`, `logprobs=k`) and an embedding of the prompt (`/v1/embeddings`). Requests are batched,
-run concurrently within `max_concurrency`, retried with exponential backoff on timeouts, connection errors, 429 and
-5xx, and counted. Answers are cached by (endpoint, model, prompt), in memory and optionally in a JSON-lines file,
-so that no prompt is ever sent twice.
+run concurrently within `max_concurrency`, retried with exponential backoff on timeouts, connection errors, empty
+answers, 429 and 5xx (also as the code of an error object in an HTTP 200), and counted. Answers are checked before
+they are cached (JSON shape, each index once, finite values). Answers are cached by (endpoint, model, prompt), in
+memory and optionally in a JSON-lines file, so that no prompt is ever sent twice.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -21,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
@@ -32,6 +35,12 @@ logger = logging.getLogger(__name__)
 LOGPROBS, EMBEDDING, FORCED = "logprobs", "embedding", "forced"
 FORCE_BIAS = 100.0
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# The largest answer read: per-token embeddings (llama.cpp without pooling, one row per prompt token) of a 4096-wide
+# model over a 2,048-token prompt are about 130 MB of JSON; twice that leaves room and still bounds memory.
+MAX_RESPONSE_BYTES = 256 * 2**20
+READ_CHUNK = 2**16
+LOGPROB_SLACK = 1e-3  # a top log-probability above this is a probability above 1, not rounding
+FLOAT32_MAX = 3.4028234663852886e38  # features are float32: a larger value would become inf
 
 
 class EndpointError(ConnectionError):
@@ -82,13 +91,56 @@ def _last_vector(embedding) -> list[float]:
     """The prompt's vector: a pooled embedding as it is, or the last token's row of a per-token embedding.
 
     llama.cpp returns one row per token for models without a pooling type (decoder LMs such as SmolLM2); the last
-    token is the prediction position of a causal prompt, which is the hidden state DecT reads in-process.
+    token is the prediction position of a causal prompt, which is the hidden state DecT reads in-process. Values must
+    be finite numbers within float32's range (the features' type), so that a broken answer is refused before it is
+    cached.
     """
-    if embedding and isinstance(embedding[0], list):
+    if isinstance(embedding, list) and embedding and isinstance(embedding[0], list):
         embedding = embedding[-1]
-    if not embedding or not all(isinstance(x, (int, float)) for x in embedding):
-        raise ValueError("The server returned an empty or malformed embedding.")
+    if not isinstance(embedding, list) or not embedding or not all(_is_number(x) for x in embedding):
+        raise ValueError("answered an empty or malformed embedding (not a list of numbers)")
+    bad = next((x for x in embedding if not math.isfinite(x) or abs(x) > FLOAT32_MAX), None)
+    if bad is not None:
+        raise ValueError(f"answered a non-finite or out-of-range embedding value {bad!r}")
     return [float(x) for x in embedding]
+
+
+def _checked_key(key: str | None) -> str | None:
+    """The API key without surrounding whitespace; one with control characters (a header injection, or a file read
+    with its line breaks) is refused without quoting it."""
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise TypeError(f"api_key must be a string, got {type(key).__name__}.")
+    key = key.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ValueError(
+            "The API key (api_key or OPENAI_API_KEY) holds a line break or another control character; give the key "
+            "alone."
+        )
+    return key
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_logprob(value) -> bool:
+    return _is_number(value) and math.isfinite(value) and -FLOAT32_MAX <= value <= LOGPROB_SLACK
+
+
+def _valid_cached(kind: str, value) -> bool:
+    """Whether a value read from a cache file is one the client would have accepted from the server."""
+    if kind == LOGPROBS:
+        return isinstance(value, dict) and bool(value) and all(_is_logprob(v) for v in value.values())
+    if kind == FORCED:
+        return _is_logprob(value) and value <= 0
+    if kind == EMBEDDING:
+        try:
+            return _last_vector(value) == value
+        except ValueError:
+            return False
+    return False
 
 
 class OpenAIEndpoint:
@@ -101,8 +153,17 @@ class OpenAIEndpoint:
     one completion request (llama.cpp's server takes 1, vLLM takes lists); `embedding_batch_size` in one embedding
     request (default 1: llama-cpp-python 0.3 returns wrong per-token embeddings for all but the first input of a
     batch; raise it for servers that batch correctly, such as vLLM). At most `max_concurrency` requests are in
-    flight; a failed request is retried `max_retries` times with backoff `backoff * 2**attempt` seconds.
-    `cache_file` keeps answers across runs.
+    flight; a failed request is retried `max_retries` times with backoff `backoff * 2**attempt` seconds. `timeout`
+    bounds each request as a whole (connecting, waiting, reading the answer), not each socket read, so a server that
+    drips its answer cannot hold a request longer; an answer longer than `max_response_bytes` is refused. Answers are
+    checked (shape, finite values) before they are cached. `cache_file` keeps answers across runs; it is the
+    caller's path, never one from a saved adapter.
+
+    Credentials: `api_key` is sent as a bearer token, to `url` and `embedding_url` only. With `api_key=None`
+    (default) it is read from the environment variable `OPENAI_API_KEY`; `api_key=""` sends none. Redirects are
+    followed within the same origin (scheme, host, port) only, re-sending the request as it was; a redirect to
+    another origin is refused, so that the key never reaches a host the caller did not name. A loaded adapter
+    (`BlackBoxDecT.from_pretrained`) does not send the environment's key to the URL saved in it.
     """
 
     def __init__(
@@ -123,6 +184,7 @@ class OpenAIEndpoint:
         api_key: str | None = None,
         cache_file: str | os.PathLike | None = None,
         show_progress: bool = True,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         for name, value in (("top_logprobs", top_logprobs), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
@@ -131,6 +193,8 @@ class OpenAIEndpoint:
             raise ValueError(
                 "embedding_batch_size and max_concurrency must be >= 1, max_retries >= 0, timeout > 0, backoff >= 0."
             )
+        if not isinstance(max_response_bytes, int) or isinstance(max_response_bytes, bool) or max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be an integer >= 1, got {max_response_bytes!r}.")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must be an http(s) URL such as 'http://127.0.0.1:8080', got {url!r}.")
         if not isinstance(model, str) or not model:
@@ -147,12 +211,14 @@ class OpenAIEndpoint:
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.api_key = _checked_key(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
         self.show_progress = show_progress
+        self.max_response_bytes = max_response_bytes
         self.stats = RequestStats()
         self._tokenized: dict[str, list[int]] = {}
+        self._embedding_width: int | None = None
         self._stats_lock = threading.Lock()
-        self.cache = ResponseCache(cache_file, self.identity())
+        self.cache = ResponseCache(cache_file, self.identity(), _valid_cached)
 
     def identity(self) -> dict:
         """What the answers depend on: the cache key beyond the prompt."""
@@ -213,7 +279,7 @@ class OpenAIEndpoint:
             except (ValueError, EndpointError) as err:
                 errors.append(str(err)[:120])
                 continue
-            if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
+            if isinstance(tokens, list) and all(type(t) is int and t >= 0 for t in tokens):
                 return tokens
             errors.append(f"{url} answered no token list")
         raise ValueError(
@@ -268,7 +334,7 @@ class OpenAIEndpoint:
         }
         url = self.url + "/completions"
         response = self._post(url, body, kind=LOGPROBS, prompts=len(chunk))
-        hint = "; this server may take one prompt per request: use batch_size=1"
+        hint = "; this server may take one prompt per request: use batch_size=1" if len(chunk) > 1 else ""
         choices = _entries(response, "choices", len(chunk), url, hint)
         return [_top_logprobs(choice, self.url, self.model) for choice in choices]
 
@@ -282,25 +348,43 @@ class OpenAIEndpoint:
             "logprobs": 1,
             "logit_bias": {token_id: FORCE_BIAS},
         }
-        choices = self._post(self.url + "/completions", body, kind=FORCED, prompts=1).get("choices") or [{}]
-        logprobs = choices[0].get("logprobs") or {}
-        values = logprobs.get("token_logprobs") or [None]
-        value = values[0]
-        if not isinstance(value, (int, float)) or math.isnan(value) or value > 0:
-            raise ValueError(f"{self.url}/completions gave no log-probability for a token forced by logit_bias.")
+        url = self.url + "/completions"
+        choice = _entries(self._post(url, body, kind=FORCED, prompts=1), "choices", 1, url)[0]
+        logprobs = choice.get("logprobs")
+        values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+        value = values[0] if isinstance(values, list) and values else None
+        if not _is_logprob(value) or value > 0:
+            raise ValueError(
+                f"{url} gave no finite log-probability (got {value!r}) for a token forced by logit_bias; use "
+                "missing_label_words='floor' or raise top_logprobs if the server cannot score forced tokens."
+            )
         return [float(value)]
 
     def _embed(self, chunk: list[str]) -> list[list[float]]:
         body = {"model": self.embedding_model, "input": chunk}
         url = self.embedding_url + "/embeddings"
         data = _entries(self._post(url, body, kind=EMBEDDING, prompts=len(chunk)), "data", len(chunk), url)
-        try:
-            return [_last_vector(d.get("embedding")) for d in data]
-        except (ValueError, TypeError, AttributeError) as err:
-            raise ValueError(f"{self.embedding_url}/embeddings: {err}") from None
+        vectors = []
+        for i, entry in enumerate(data):
+            try:
+                vectors.append(_last_vector(entry.get("embedding")))
+            except ValueError as err:
+                raise ValueError(f"{url} {err} for input {i} of {len(chunk)}.") from None
+        widths = sorted({len(v) for v in vectors})
+        if len(widths) > 1:
+            raise ValueError(f"{url} answered embeddings of different widths {widths} in one batch.")
+        with self._stats_lock:  # one width per endpoint, checked before caching: a stray answer is not kept
+            known = self._embedding_width = self._embedding_width or widths[0]
+        if widths[0] != known:
+            raise ValueError(
+                f"{url} answered embeddings of width {widths[0]}, after width {known} earlier: the server may have "
+                "changed models; restart with the model the adapter was fitted with."
+            )
+        return vectors
 
     # ---------------------------------------------------------------- HTTP with retries
     def _post(self, url: str, body: dict, *, kind: str, prompts: int) -> dict:
+        """POST `body` as JSON and return the answer (a JSON object), retrying transient failures with backoff."""
         data = json.dumps(body).encode("utf-8", "surrogatepass")
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -313,26 +397,12 @@ class OpenAIEndpoint:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             start = time.perf_counter()
             try:
-                with urllib.request.urlopen(
-                    urllib.request.Request(url, data=data, headers=headers), timeout=self.timeout
-                ) as reply:
-                    payload = reply.read()
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:300].decode("utf-8", "replace")
-                if err.code not in RETRY_STATUS:
-                    hint = ""
-                    if kind == EMBEDDING and err.code in (404, 405, 501):
-                        hint = " This server has no embeddings: pass embeddings=False (DecT's logit term alone)."
-                    raise ValueError(f"{url} refused the request with HTTP {err.code}: {detail}{hint}") from None
-                last = f"HTTP {err.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+                answer = self._request(url, data, headers, kind)
+            except _Transient as err:
+                last = str(err)
             else:
-                self._count(kind, prompts, payload)
-                try:
-                    return json.loads(payload)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{url} did not answer JSON: {payload[:200]!r}") from None
+                self._count(kind, prompts, answer)
+                return answer
             finally:
                 with self._stats_lock:
                     self.stats.seconds += time.perf_counter() - start
@@ -345,11 +415,95 @@ class OpenAIEndpoint:
             f"serves the model, or raise timeout / max_retries for a slow server.{hint}"
         )
 
-    def _count(self, kind: str, prompts: int, payload: bytes) -> None:
+    def _request(self, url: str, data: bytes, headers: dict, kind: str) -> dict:
+        """One attempt: the answer as a JSON object, a `_Transient` failure (retried), or a ValueError (not)."""
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(
+            _SameOriginRedirects(), _WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline)
+        )
         try:
-            usage = json.loads(payload).get("usage") or {}
-            tokens = int(usage.get("prompt_tokens") or 0)
-        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            with opener.open(urllib.request.Request(url, data=data, headers=headers), timeout=self.timeout) as reply:
+                payload = self._read(reply, url, deadline)
+        except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:  # what urllib gives up on: a redirect loop, or too many redirects
+                err.close()
+                raise ValueError(
+                    f"{url} redirected in a loop, too many times or to a scheme other than http(s) (HTTP {err.code}: "
+                    f"{err.msg}); check the URL."
+                ) from None
+            try:
+                detail = _detail(err.read(300))
+            except (OSError, http.client.HTTPException):
+                detail = "(no readable body)"
+            finally:
+                err.close()
+            if err.code not in RETRY_STATUS:
+                hint = ""
+                if kind == EMBEDDING and err.code in (404, 405, 501):
+                    hint = " This server has no embeddings: pass embeddings=False (DecT's logit term alone)."
+                if err.code in (401, 403):
+                    hint = (
+                        " Pass api_key=... or set OPENAI_API_KEY (a loaded adapter sends that only to a URL you "
+                        "give: url=..., --endpoint)."
+                    )
+                raise ValueError(f"{url} refused the request with HTTP {err.code}: {detail}{hint}") from None
+            raise _Transient(f"HTTP {err.code}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
+            if deadline.expired:
+                raise _Transient(f"TimeoutError: no complete answer within timeout={self.timeout:g} s") from None
+            raise _Transient(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
+        finally:
+            deadline.cancel()
+        if deadline.expired:  # the watchdog may end slow headers in what looks like an empty answer
+            raise _Transient(f"TimeoutError: no complete answer within timeout={self.timeout:g} s")
+        if not payload.strip():
+            raise _Transient("an empty answer (HTTP 200 without a body)")
+        try:
+            answer = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise ValueError(f"{url} did not answer JSON: {payload[:200]!r}") from None
+        if not isinstance(answer, dict):
+            raise ValueError(
+                f"{url} answered JSON that is not an object ({type(answer).__name__}: {payload[:100]!r}); give the "
+                "base URL of an OpenAI-compatible API."
+            )
+        error = _server_error(answer)
+        if error is not None:
+            message, status = error
+            if status in RETRY_STATUS:
+                raise _Transient(f"an error answer (code {status}): {message}")
+            raise ValueError(f"{url} answered an error: {message}")
+        return answer
+
+    def _read(self, reply, url: str, deadline: _Deadline) -> bytes:
+        """The whole body, in chunks: at most `max_response_bytes`, complete, and within the request's deadline."""
+        cap = self.max_response_bytes
+        announced = reply.headers.get("Content-Length", "")
+        expected = int(announced) if announced.strip().isdigit() else None
+        too_big = (
+            f"{url} answered more than max_response_bytes={cap} bytes. Raise max_response_bytes if the server's "
+            "answers are this large (per-token embeddings of long prompts are), or lower the batch sizes."
+        )
+        if expected is not None and expected > cap:
+            raise ValueError(f"{too_big} (it announced {expected})")
+        chunks, size = [], 0
+        while chunk := reply.read1(READ_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise ValueError(too_big)
+            if deadline.expired:
+                raise TimeoutError("the request's deadline passed")
+            chunks.append(chunk)
+        payload = b"".join(chunks)
+        if expected is not None and size < expected:  # read1 does not raise on a connection closed early
+            raise http.client.IncompleteRead(payload, expected - size)
+        return payload
+
+    def _count(self, kind: str, prompts: int, answer: dict) -> None:
+        usage = answer.get("usage")
+        try:
+            tokens = max(0, int(usage.get("prompt_tokens") or 0)) if isinstance(usage, dict) else 0
+        except (TypeError, ValueError, OverflowError):
             tokens = 0
         with self._stats_lock:
             if kind in (LOGPROBS, FORCED):
@@ -364,13 +518,31 @@ class OpenAIEndpoint:
             self.stats.prompt_tokens += tokens
 
 
-def _entries(response, key: str, count: int, url: str, hint: str = "") -> list[dict]:
-    """The `count` objects of list `key` in a JSON answer, in `index` order, or a ValueError naming the server."""
-    entries = response.get(key) if isinstance(response, dict) else None
-    if not isinstance(entries, list) or len(entries) != count or not all(isinstance(e, dict) for e in entries):
-        got = f"{len(entries)} {key}" if isinstance(entries, list) else f"no {key!r} list"
-        raise ValueError(f"{url} answered {got} for {count} inputs{hint}.")
-    return sorted(entries, key=lambda e: e.get("index", 0) if isinstance(e.get("index", 0), int) else 0)
+def _entries(response: dict, key: str, count: int, url: str, hint: str = "") -> list[dict]:
+    """The `count` objects of list `key` in a JSON answer, in `index` order, or a ValueError naming the server.
+
+    Indexes, where given, must name each input once (0 to count - 1): a duplicate or stray index would pair an
+    answer with the wrong prompt. Without indexes the answers are taken in order.
+    """
+    entries = response.get(key)
+    if not isinstance(entries, list):
+        raise ValueError(f"{url} answered no {key!r} list for {count} inputs: {str(response)[:200]}.")
+    if len(entries) != count:
+        raise ValueError(f"{url} answered {len(entries)} {key} for {count} inputs{hint}.")
+    if not all(isinstance(e, dict) for e in entries):
+        bad = next(e for e in entries if not isinstance(e, dict))
+        raise ValueError(f"{url} answered {key} that are not objects ({str(bad)[:80]!r}).")
+    indexes = [e.get("index") for e in entries]
+    if all(i is None for i in indexes):
+        return entries
+    if sorted(i if _is_number(i) else -1 for i in indexes) != list(range(count)) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in indexes
+    ):
+        raise ValueError(
+            f"{url} answered {key} with indexes {indexes[:10]} for {count} inputs; each of 0..{count - 1} must "
+            "occur once."
+        )
+    return sorted(entries, key=lambda e: e["index"])
 
 
 def _api_base(url: str) -> str:
@@ -380,18 +552,154 @@ def _api_base(url: str) -> str:
 
 
 def _top_logprobs(choice: dict, url: str, model: str) -> dict[str, float]:
-    """The first generated token's {token text: log-probability} from an OpenAI completion choice."""
-    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    """The first generated token's {token text: log-probability} from an OpenAI completion choice; every value must
+    be a finite log-probability (at most 0), checked before the answer is cached."""
+    logprobs = choice.get("logprobs")
     top = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
-    if not top or not isinstance(top[0], dict) or not top[0]:
+    if not isinstance(top, list) or not top or not isinstance(top[0], dict) or not top[0]:
         raise ValueError(
             f"{url}/completions returned no log-probabilities for model {model!r}. DecT needs the server to "
             "support `logprobs` on completions (llama.cpp's Python server: logits_all=True; vLLM: default)."
         )
     out = {}
     for token, value in top[0].items():
-        value = float(value)
-        if math.isnan(value):
-            raise ValueError(f"{url}/completions returned a NaN log-probability for token {token!r}.")
-        out[str(token)] = value
+        if not _is_number(value):
+            raise ValueError(f"{url}/completions answered log-probability {value!r} (no number) for token {token!r}.")
+        if not math.isfinite(value):
+            raise ValueError(f"{url}/completions answered a non-finite log-probability {value!r} for token {token!r}.")
+        if value < -FLOAT32_MAX:
+            raise ValueError(f"{url}/completions answered an out-of-range log-probability {value!r} for {token!r}.")
+        if value > LOGPROB_SLACK:
+            raise ValueError(
+                f"{url}/completions answered an impossible log-probability {value!r} (a probability above 1) for "
+                f"token {token!r}."
+            )
+        out[str(token)] = float(value)
     return out
+
+
+def _server_error(answer: dict) -> tuple[str, int | None] | None:
+    """(message, HTTP-like status or None) of an `error` in a JSON answer (some servers send errors with HTTP 200)."""
+    error = answer.get("error")
+    if not error:
+        return None
+    if isinstance(error, dict):
+        message = error.get("message") or json.dumps(error)[:300]
+        code = error.get("code", error.get("status", answer.get("code")))
+    else:
+        message, code = error, answer.get("code", answer.get("status"))
+    status = int(code) if isinstance(code, (int, str)) and str(code).strip().isdigit() else None
+    return str(message)[:300], status
+
+
+def _detail(raw: bytes) -> str:
+    """The server's message from an error body: the `error` object's message when it is JSON, else the text."""
+    try:
+        answer = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        answer = None
+    error = _server_error(answer) if isinstance(answer, dict) else None
+    return error[0] if error else raw.decode("utf-8", "replace")
+
+
+class _Transient(Exception):
+    """A failed attempt worth retrying (timeout, broken connection, 429/5xx); the message says what happened."""
+
+
+class _Deadline:
+    """A request's total time limit: a timer that shuts the request's socket down when it runs out, so that neither
+    slow headers nor a dripping body hold the request longer than `seconds` (the socket timeout bounds each read
+    only)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, under TLS too: wakes a blocked read
+    except OSError:
+        pass
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, deadline: _Deadline, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.deadline.watch(self.sock)
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, deadline: _Deadline, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.deadline.watch(self.sock)
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(_WatchedHTTPConnection, req, deadline=self.deadline)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req):
+        return self.do_open(_WatchedHTTPSConnection, req, deadline=self.deadline)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect within the request's origin only, re-sending the same POST (urllib's own handler turns it
+    into a GET, which no API answers, and follows it to any host with the Authorization header)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if _origin(newurl) != _origin(req.full_url):
+            fp.close()
+            raise ValueError(
+                f"{req.full_url} redirected (HTTP {code}) to {newurl}, another origin: peft-dect does not follow it, "
+                "so that neither the request nor the API key goes to a host you did not name. If that server is the "
+                "one you mean, pass its URL as url= (or embedding_url=)."
+            )
+        return urllib.request.Request(
+            newurl, data=req.data, headers=dict(req.headers), method=req.get_method(), unverifiable=True
+        )
