@@ -12,13 +12,13 @@ from pathlib import Path
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-from .data import TEXT_COLUMNS, read_texts
+from .data import PAIR_COLUMNS, TEXT_COLUMNS, read_texts
 from .dect import DecTConfig
 from .demo import main as demo
 from .embedded import load_smollm2, smollm2_gguf
 from .hub import push_adapter_folder
 from .introspect import lm_kind
-from .io import read_columns, require_columns
+from .io import check_text_values, read_columns, require_columns
 from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.dect import REMOTE_FILE
@@ -53,6 +53,7 @@ def _data(args, split: str):
         columns = read_columns(path)
         text = getattr(args, "text_column", None) or next((c for c in TEXT_COLUMNS if c in columns), "text")
         require_columns(columns, path, [text, getattr(args, "label_column", None) or "label"])
+        check_text_values(columns, path, [text, getattr(args, "text_pair_column", None)])
         return columns
     if args.task:
         data = load_task(args.task, args.data, k=args.k, seed=args.seed)
@@ -68,7 +69,16 @@ def _label_words(text: str | None) -> dict | None:
     if text is None:
         return None
     if text.lstrip().startswith("{"):
-        return json.loads(text)
+        try:
+            words = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"--label-words is not valid JSON ({err.msg} at character {err.pos}); give an object such as "
+                '\'{"negative": ["bad"], "positive": ["great"]}\' or the form negative=bad,positive=great.'
+            ) from None
+        if not isinstance(words, dict):
+            raise ValueError(f"--label-words must be a JSON object of class -> words, got {type(words).__name__}.")
+        return words
     out = {}
     for part in text.split(","):
         if "=" not in part:
@@ -211,9 +221,15 @@ def cmd_predict(args) -> None:
     remote = _is_remote(peft_model)
     cfg = peft_model.config if remote else peft_model.active_peft_config
     columns = read_columns(args.input)
+    pair = Template(cfg.template).is_pair
+    guessed = [
+        cfg.text_column or next((c for c in TEXT_COLUMNS if c in columns), None),
+        (cfg.text_pair_column or next((c for c in PAIR_COLUMNS if c in columns), None)) if pair else None,
+    ]
+    check_text_values(columns, "standard input" if args.input == "-" else args.input, guessed)
     texts, _ = read_texts(
         columns,
-        needs_pair=Template(cfg.template).is_pair,
+        needs_pair=pair,
         text_column=cfg.text_column,
         text_pair_column=cfg.text_pair_column,
     )
