@@ -307,3 +307,15 @@ def test_batch_size_must_be_positive(bpe_tokenizer, size):
     bb = backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got"):
         bb.batch_size = size
+
+
+def test_a_soft_prompt_trained_further_gets_new_features(bpe_tokenizer):
+    from peft import PromptTuningConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(bpe_tokenizer), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    bb = backbone(model, bpe_tokenizer)
+    bb.extract(TEXTS)
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight[0, 0] += 0.01  # one step of prompt tuning, in place
+    bb.extract(TEXTS)
+    assert bb.passes == 2 * len(TEXTS)
