@@ -6,13 +6,15 @@ TypeError, ImportError or OSError with a message naming the file, line or option
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-from .data import PAIR_COLUMNS, TEXT_COLUMNS, read_texts
+from .data import PAIR_COLUMNS, TEXT_COLUMNS, read_labels, read_texts
 from .dect import DecTConfig
 from .demo import main as demo
 from .embedded import load_smollm2, smollm2_gguf
@@ -62,6 +64,31 @@ def _data(args, split: str):
             raise ValueError(f"Task {args.task} has no {name} split in {args.data}.")
         return data[name]
     return None
+
+
+ROW = re.compile(r"Row (\d+) ")
+
+
+@contextlib.contextmanager
+def _located(path: str, columns):
+    """Errors that name a row of a file's columns name the file and line instead (as the reader's own do)."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        match, lines = ROW.match(str(err)), getattr(columns, "lines", None)
+        if match is None or lines is None or int(match[1]) >= len(lines):
+            raise
+        raise type(err)(f"{path}:{lines[int(match[1])]}: {err}") from None
+
+
+def _check_labels(args, config, splits: tuple[str, ...]) -> None:
+    """Read the labels of the data files of `splits` once before any model pass, so a bad label names its line."""
+    for split in splits:
+        path = getattr(args, split, None)
+        if path:
+            columns = _data(args, split)
+            with _located(path, columns):
+                read_labels(columns, config.classes, config.label_column, warn_missing=False)
 
 
 def _label_words(text: str | None) -> dict | None:
@@ -168,6 +195,7 @@ def cmd_fit(args) -> None:
         text_pair_column=args.text_pair_column or ("text_b" if spec else None),
         label_column=args.label_column,
     )
+    _check_labels(args, config, ("train", "eval"))
     if args.endpoint:
         _fit_remote(args, train, config)
         return
@@ -211,6 +239,7 @@ def cmd_evaluate(args) -> None:
     if test is None:
         raise ValueError("Give the evaluation data: --test FILE or --task NAME (with --data DIR).")
     peft_model = _load_adapter(args)
+    _check_labels(args, peft_model.config if _is_remote(peft_model) else peft_model.active_peft_config, ("test",))
     progress = {} if _is_remote(peft_model) else {"show_progress": not args.quiet}
     metrics = peft_model.evaluate(test, **progress)
     _emit(args, metrics, "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))

@@ -164,21 +164,24 @@ def _scalar(value: Any, row: int) -> Any:
     return value
 
 
-def read_labels(data: Any, classes: Sequence[str], column: str = "label") -> torch.Tensor:
+def read_labels(
+    data: Any, classes: Sequence[str], column: str = "label", *, warn_missing: bool = True
+) -> torch.Tensor:
     """Class indices of the labels in `data[column]`.
 
     A label maps to the class of the same name; otherwise an integer label `i` maps to the i-th class of
     `label_words` (their order). Anything else is an error naming the label and the known classes.
+    `warn_missing=False` leaves out the warning about classes without examples (for a check before the real read).
     """
     if isinstance(data, (list, tuple, str)):
         raise TypeError(
             "Labelled data must be a datasets.Dataset or a dict of columns with a label column, "
             f"e.g. {{'text': [...], {column!r}: [...]}}; got a {type(data).__name__} of texts."
         )
-    return _read_labels(data, classes, column)
+    return _read_labels(data, classes, column, warn_missing)
 
 
-def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor:
+def _read_labels(data: Any, classes: Sequence[str], column: str, warn_missing: bool = True) -> torch.Tensor:
     """Read labels after the type check of `read_labels`."""
     columns = column_names(data)
     if column not in columns:
@@ -207,7 +210,7 @@ def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor
             )
     labels = torch.tensor(out, dtype=torch.long)
     missing = [classes[c] for c in range(len(classes)) if not bool((labels == c).any())]
-    if missing and len(labels):
+    if missing and len(labels) and warn_missing:
         logger.warning(
             "Classes %s have no example in the data: training still runs, but nothing teaches it those classes "
             "(DecT keeps their decoder radii at 0); they are scored by their label words.",

@@ -187,3 +187,11 @@ def test_json_lines_texts_that_are_not_strings_exit_2_naming_the_line(workspace,
     data.write_text('{"text": "a lovely film"}\n{"text": 3.5}\n')
     out = cli("predict", str(adapter), str(data), "--quiet")
     assert out.returncode == 2 and "in.jsonl:2: the text field 'text' is a JSON float (3.5)" in out.stderr
+
+
+def test_a_bad_label_in_a_file_names_its_line(workspace, tmp_path):
+    _, model_dir, _, _ = workspace
+    train = tmp_path / "train.csv"
+    train.write_text('sentence,label\n"a ""good"" film",positive\nmeh,neutral\n')
+    out = fit_file(model_dir, train, tmp_path / "a")
+    assert out.returncode == 2 and "train.csv:3: Row 1 has label 'neutral'" in out.stderr
