@@ -33,6 +33,7 @@ from .introspect import (
 from .prompting import Template, Verbalizer, label_log_probs
 from .prompting.demonstrations import Demonstrations
 from .prompting.encoding import PromptEncoder
+from .settings import check_int
 
 
 class Backbone:
@@ -69,7 +70,7 @@ class Backbone:
         self.encoder = PromptEncoder(
             tokenizer, template, self.kind, max_length or default_max_length(model, tokenizer), demonstrations
         )
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # validated by the property's setter
         self.show_progress = show_progress
         self.cache = cache if cache is not None else FeatureCache()
         self.passes = 0  # inputs sent through the model, for tests and benchmarks
@@ -80,7 +81,6 @@ class Backbone:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         parts = [
-            model_fingerprint(model),
             tokenizer_fingerprint(tokenizer),
             template.text,
             self.kind,
@@ -90,7 +90,26 @@ class Backbone:
         ]
         if demonstrations is not None:
             parts += [f"demos={demonstrations.fingerprint}", repr(self.encoder.demo_separator)]
-        self.key_prefix = "|".join(parts)
+        self.prompt_key = "|".join(parts)
+
+    @property
+    def key_prefix(self) -> str:
+        """The part of every cache key that is not the text: the model's weights now, tokenizer, prompt settings.
+
+        The model fingerprint is recomputed at every call (milliseconds, see `model_fingerprint`), so weights
+        updated in place since the last extraction (a soft prompt trained further, a LoRA merged) get new features.
+        """
+        return f"{model_fingerprint(self.model)}|{self.prompt_key}"
+
+    @property
+    def batch_size(self) -> int:
+        """Inputs per model pass."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        check_int("batch_size", value, 1)
+        self._batch_size = value
 
     @property
     def device(self) -> torch.device:
@@ -201,10 +220,15 @@ class Backbone:
         self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, set_index: int = 0
     ) -> list[str]:
         """Cache keys: model, tokenizer, template, label words, length budget, texts (and demonstration set)."""
+        return self._keys(self.key_prefix, texts_a, texts_b, set_index)
+
+    def _keys(
+        self, prefix: str, texts_a: Sequence[str], texts_b: Sequence[str | None] | None, set_index: int
+    ) -> list[str]:
         texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
         extra = [set_index] if self.demonstrations is not None else []
         return [
-            hashlib.sha1(json.dumps([self.key_prefix, a, b, *extra]).encode("utf-8", "surrogatepass")).hexdigest()
+            hashlib.sha1(json.dumps([prefix, a, b, *extra]).encode("utf-8", "surrogatepass")).hexdigest()
             for a, b in zip(texts_a, texts_b)
         ]
 
@@ -218,8 +242,9 @@ class Backbone:
         """
         sets = self.demonstrations.num_sets if self.demonstrations is not None else 1
         n = len(texts_a)
-        keys = [k for s in range(sets) for k in self.keys(texts_a, texts_b, s)]
-        todo = self.cache.missing(keys)
+        prefix = self.key_prefix  # once per call: the weights' fingerprint is read here
+        keys = [k for s in range(sets) for k in self._keys(prefix, texts_a, texts_b, s)]
+        todo = self.cache.missing(keys, widths=(hidden_size(self.model), self.verbalizer.num_classes))
         if todo:
             ids: list[list[int]] = []
             for s in range(sets):  # one tokenizer call per demonstration set
@@ -237,7 +262,8 @@ class Backbone:
 
     def batches(self, ids: list[list[int]], batch_size: int | None = None) -> list[list[int]]:
         """Indices of `ids` grouped into batches of similar length (sorted by length, then cut)."""
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else batch_size
+        check_int("batch_size", size, 1)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         return [order[start : start + size] for start in range(0, len(order), size)]
 

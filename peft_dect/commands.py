@@ -6,19 +6,21 @@ TypeError, ImportError or OSError with a message naming the file, line or option
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-from .data import TEXT_COLUMNS, read_texts
+from .data import PAIR_COLUMNS, TEXT_COLUMNS, read_labels, read_texts
 from .dect import DecTConfig
 from .demo import main as demo
 from .embedded import load_smollm2, smollm2_gguf
 from .hub import push_adapter_folder
 from .introspect import lm_kind
-from .io import read_columns, require_columns
+from .io import check_text_values, read_columns, require_columns
 from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.dect import REMOTE_FILE
@@ -53,6 +55,7 @@ def _data(args, split: str):
         columns = read_columns(path)
         text = getattr(args, "text_column", None) or next((c for c in TEXT_COLUMNS if c in columns), "text")
         require_columns(columns, path, [text, getattr(args, "label_column", None) or "label"])
+        check_text_values(columns, path, [text, getattr(args, "text_pair_column", None)])
         return columns
     if args.task:
         data = load_task(args.task, args.data, k=args.k, seed=args.seed)
@@ -63,12 +66,46 @@ def _data(args, split: str):
     return None
 
 
+ROW = re.compile(r"Row (\d+) ")
+
+
+@contextlib.contextmanager
+def _located(path: str, columns):
+    """Errors that name a row of a file's columns name the file and line instead (as the reader's own do)."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        match, lines = ROW.match(str(err)), getattr(columns, "lines", None)
+        if match is None or lines is None or int(match[1]) >= len(lines):
+            raise
+        raise type(err)(f"{path}:{lines[int(match[1])]}: {err}") from None
+
+
+def _check_labels(args, config, splits: tuple[str, ...]) -> None:
+    """Read the labels of the data files of `splits` once before any model pass, so a bad label names its line."""
+    for split in splits:
+        path = getattr(args, split, None)
+        if path:
+            columns = _data(args, split)
+            with _located(path, columns):
+                read_labels(columns, config.classes, config.label_column, warn_missing=False)
+
+
 def _label_words(text: str | None) -> dict | None:
     """JSON ('{"neg": ["bad"], "pos": ["great"]}') or 'neg=bad|awful,pos=great'."""
     if text is None:
         return None
     if text.lstrip().startswith("{"):
-        return json.loads(text)
+        try:
+            words = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"--label-words is not valid JSON ({err.msg} at character {err.pos}); give an object such as "
+                '\'{"negative": ["bad"], "positive": ["great"]}\' or the form negative=bad,positive=great.'
+            ) from None
+        if not isinstance(words, dict):
+            raise ValueError(f"--label-words must be a JSON object of class -> words, got {type(words).__name__}.")
+        return words
     out = {}
     for part in text.split(","):
         if "=" not in part:
@@ -158,6 +195,7 @@ def cmd_fit(args) -> None:
         text_pair_column=args.text_pair_column or ("text_b" if spec else None),
         label_column=args.label_column,
     )
+    _check_labels(args, config, ("train", "eval"))
     if args.endpoint:
         _fit_remote(args, train, config)
         return
@@ -201,6 +239,7 @@ def cmd_evaluate(args) -> None:
     if test is None:
         raise ValueError("Give the evaluation data: --test FILE or --task NAME (with --data DIR).")
     peft_model = _load_adapter(args)
+    _check_labels(args, peft_model.config if _is_remote(peft_model) else peft_model.active_peft_config, ("test",))
     progress = {} if _is_remote(peft_model) else {"show_progress": not args.quiet}
     metrics = peft_model.evaluate(test, **progress)
     _emit(args, metrics, "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
@@ -211,9 +250,15 @@ def cmd_predict(args) -> None:
     remote = _is_remote(peft_model)
     cfg = peft_model.config if remote else peft_model.active_peft_config
     columns = read_columns(args.input)
+    pair = Template(cfg.template).is_pair
+    guessed = [
+        cfg.text_column or next((c for c in TEXT_COLUMNS if c in columns), None),
+        (cfg.text_pair_column or next((c for c in PAIR_COLUMNS if c in columns), None)) if pair else None,
+    ]
+    check_text_values(columns, "standard input" if args.input == "-" else args.input, guessed)
     texts, _ = read_texts(
         columns,
-        needs_pair=Template(cfg.template).is_pair,
+        needs_pair=pair,
         text_column=cfg.text_column,
         text_pair_column=cfg.text_pair_column,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -88,17 +90,17 @@ def _read_texts(
     if isinstance(data, Sequence) and not isinstance(data, Mapping) and not hasattr(data, "column_names"):
         items = list(data)
         if not needs_pair:
-            if not all(isinstance(t, str) for t in items):
+            if any(isinstance(t, (tuple, list)) for t in items):
                 raise TypeError("Expected a list of strings; the template has no {text_b}, so pairs are not used.")
-            return items, None
+            return _as_texts(items, "texts"), None
         if not all(isinstance(t, (tuple, list)) and len(t) == 2 for t in items):
             raise TypeError("The template has {text_b}: give (text_a, text_b) pairs.")
-        return [str(a) for a, _ in items], [str(b) for _, b in items]
+        return _as_texts([a for a, _ in items], "first text"), _as_texts([b for _, b in items], "second text")
     columns = column_names(data)
     col_a = _pick(columns, text_column, TEXT_COLUMNS, "text")
     if col_a is None:
         raise ValueError(f"No text column found among {columns}; set text_column in the config (e.g. 'sentence').")
-    texts_a = [str(t) if t is not None else "" for t in data[col_a]]
+    texts_a = _as_texts(data[col_a], f"text column {col_a!r}")
     if not needs_pair:
         return texts_a, None
     col_b = _pick([c for c in columns if c != col_a], text_pair_column, PAIR_COLUMNS, "second text")
@@ -107,7 +109,37 @@ def _read_texts(
             f"The template uses {{text_b}} but no second text column was found among {columns}; "
             "set text_pair_column in the config, or use a single-text template."
         )
-    return texts_a, [str(t) if t is not None else "" for t in data[col_b]]
+    return texts_a, _as_texts(data[col_b], f"second text column {col_b!r}")
+
+
+def _as_texts(values, what: str) -> list[str]:
+    """The values of a text field as strings: None is an empty text (warned about by `check_texts`), and anything
+    else that is not a string (bytes, numbers, NaN, lists, dicts) is refused naming the row, never turned into its
+    repr ("b'...'", "nan", "[...]"), which the model would classify as if it were the text."""
+    out = []
+    for row, value in enumerate(values):
+        if value is None:
+            out.append("")
+        elif isinstance(value, str):
+            out.append(str(value))
+        else:
+            hint = (
+                "a missing value (NaN, as pandas writes empty cells): drop the row or fill it in (df.fillna(''))"
+                if isinstance(value, float) and math.isnan(value)
+                else "decode bytes with .decode('utf-8')"
+                if isinstance(value, (bytes, bytearray))
+                else "give the text as a string"
+            )
+            raise TypeError(
+                f"Row {row} of the {what} is a {type(value).__name__} ({_short(value)}), not a string: {hint}. "
+                "Texts must be strings (None counts as an empty text)."
+            )
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _label_names(data, column: str) -> list[str] | None:
@@ -115,21 +147,41 @@ def _label_names(data, column: str) -> list[str] | None:
     return list(feature.names) if feature is not None and hasattr(feature, "names") else None
 
 
-def read_labels(data: Any, classes: Sequence[str], column: str = "label") -> torch.Tensor:
+INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "--1" are names, not numbers
+
+
+def _scalar(value: Any, row: int) -> Any:
+    """A label as a Python value: numpy and torch scalars (and one-element tensors) become int or float."""
+    if hasattr(value, "item") and hasattr(value, "shape") and not isinstance(value, (str, bytes)):
+        if tuple(value.shape) not in ((), (1,)):
+            raise ValueError(
+                f"Row {row} has a label of shape {tuple(value.shape)} ({_short(value)}): give one class per row "
+                "(a name or an integer index), not a vector or one-hot encoding."
+            )
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Row {row} has label {value}: a missing label. Drop the row or give it a class.")
+    return value
+
+
+def read_labels(
+    data: Any, classes: Sequence[str], column: str = "label", *, warn_missing: bool = True
+) -> torch.Tensor:
     """Class indices of the labels in `data[column]`.
 
     A label maps to the class of the same name; otherwise an integer label `i` maps to the i-th class of
     `label_words` (their order). Anything else is an error naming the label and the known classes.
+    `warn_missing=False` leaves out the warning about classes without examples (for a check before the real read).
     """
     if isinstance(data, (list, tuple, str)):
         raise TypeError(
             "Labelled data must be a datasets.Dataset or a dict of columns with a label column, "
             f"e.g. {{'text': [...], {column!r}: [...]}}; got a {type(data).__name__} of texts."
         )
-    return _read_labels(data, classes, column)
+    return _read_labels(data, classes, column, warn_missing)
 
 
-def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor:
+def _read_labels(data: Any, classes: Sequence[str], column: str, warn_missing: bool = True) -> torch.Tensor:
     """Read labels after the type check of `read_labels`."""
     columns = column_names(data)
     if column not in columns:
@@ -138,6 +190,7 @@ def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor
     index = {c: i for i, c in enumerate(classes)}
     out = []
     for row, value in enumerate(data[column]):
+        value = _scalar(value, row)
         if names is not None and isinstance(value, int) and 0 <= value < len(names):
             value = names[value]
         if isinstance(value, float) and not value.is_integer():
@@ -148,7 +201,7 @@ def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor
         key = str(int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
         if key in index:
             out.append(index[key])
-        elif key.lstrip("-").isdigit() and 0 <= int(key) < len(classes):
+        elif INTEGER.fullmatch(key) and 0 <= int(key) < len(classes):
             out.append(int(key))
         else:
             raise ValueError(
@@ -157,7 +210,7 @@ def _read_labels(data: Any, classes: Sequence[str], column: str) -> torch.Tensor
             )
     labels = torch.tensor(out, dtype=torch.long)
     missing = [classes[c] for c in range(len(classes)) if not bool((labels == c).any())]
-    if missing and len(labels):
+    if missing and len(labels) and warn_missing:
         logger.warning(
             "Classes %s have no example in the data: training still runs, but nothing teaches it those classes "
             "(DecT keeps their decoder radii at 0); they are scored by their label words.",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,18 +55,35 @@ class Features:
             )
 
 
+# More shards than this in a cache folder are merged into one when the cache is opened (one shard is written per
+# extraction with new inputs, so 1,000 predict calls would otherwise leave 1,000 files to open every time).
+COMPACT_ABOVE = 32
+
+
 class FeatureCache:
     """In-memory map from a prompt key to its features, optionally persisted as safetensors shards in a folder.
 
     Keys already include the model fingerprint, template, label-word ids and prompt text (see `Backbone.keys`).
+    Shards get unique names (a random token), so processes sharing a folder never overwrite each other's; more
+    than `COMPACT_ABOVE` shards are merged into one when the cache is opened, atomically. Rows that are not
+    finite (a damaged file) are dropped with a warning and recomputed. A folder that cannot be written (read-only,
+    full disk) is a warning, not an error: the features stay in memory and the work goes on.
     """
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
+        self.writable = self.directory is not None
         self._store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._load_shards()
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.directory)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as err:
+                self._not_writable(err)
+            if self.directory.is_dir():
+                self._load_shards()
 
     def __len__(self) -> int:
         return len(self._store)
@@ -72,27 +91,86 @@ class FeatureCache:
     def __contains__(self, key: str) -> bool:
         return key in self._store
 
+    def _not_writable(self, err: OSError) -> None:
+        self.writable = False
+        logger.warning(
+            "The feature cache folder %s cannot be written (%s): features are kept in memory only for this run. "
+            "Free disk space, fix the folder's permissions or choose another cache_dir.",
+            self.directory,
+            err.strerror or err,
+        )
+
     def _load_shards(self) -> None:
+        loaded = []
         for path in sorted(self.directory.glob("features-*.safetensors")):
             try:
                 with safe_open(str(path), framework="pt") as shard:
                     keys = json.loads((shard.metadata() or {})["keys"])
                     hidden, logits = shard.get_tensor("hidden"), shard.get_tensor("label_logits")
+                if hidden.dim() != 2 or logits.dim() != 2:
+                    raise ValueError("features are not (rows, width) matrices")
                 if len(keys) != hidden.shape[0] or len(keys) != logits.shape[0]:
                     raise ValueError("key count does not match tensor rows")
-            except (OSError, KeyError, ValueError, SafetensorError) as err:
+            except FileNotFoundError:
+                continue  # merged into a compacted shard by another process meanwhile
+            except (OSError, KeyError, ValueError, TypeError, SafetensorError) as err:
                 logger.warning("Ignoring unreadable feature cache shard %s (%s).", path, err)
                 continue
+            finite = torch.isfinite(hidden).all(-1) & torch.isfinite(logits).all(-1)
+            if not bool(finite.all()):
+                logger.warning(
+                    "Ignoring %d row(s) of feature cache shard %s that are NaN or infinite (a damaged file): "
+                    "those inputs are recomputed.",
+                    int((~finite).sum()),
+                    path,
+                )
             for i, key in enumerate(keys):
-                self._store[key] = (hidden[i], logits[i])
+                if finite[i]:
+                    self._store[key] = (hidden[i], logits[i])
+            loaded.append(path)
+        if len(loaded) > COMPACT_ABOVE and self.writable:
+            self._compact(loaded)
+
+    def _compact(self, shards: list[Path]) -> None:
+        """Rewrite the features of `shards` as one shard (grouped by width), then delete them."""
+        groups: dict[tuple[int, int], list[str]] = {}
+        for key, (hidden, logits) in self._store.items():
+            groups.setdefault((hidden.shape[0], logits.shape[0]), []).append(key)
+        for keys in groups.values():
+            rows = [self._store[k] for k in keys]
+            if not self._write_shard(
+                keys, Features(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+            ):
+                return  # nothing is deleted unless its features are safely in the new shards
+        for path in shards:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def absorb(self, other: FeatureCache) -> None:
         """Take over the in-memory features of another cache (not written to this cache's folder)."""
         for key, value in other._store.items():
             self._store.setdefault(key, value)
 
-    def missing(self, keys: list[str]) -> list[int]:
-        """Indices of the first occurrence of each key that is not cached yet."""
+    def missing(self, keys: list[str], widths: tuple[int, int] | None = None) -> list[int]:
+        """Indices of the first occurrence of each key that is not cached yet.
+
+        With `widths` (hidden size, classes), a cached entry of another width (a foreign or edited shard) is
+        dropped with a warning and counted as missing, so it is recomputed.
+        """
+        if widths is not None:
+            wrong = [
+                k for k in dict.fromkeys(keys)
+                if k in self._store and (self._store[k][0].shape[0], self._store[k][1].shape[0]) != tuple(widths)
+            ]  # fmt: skip
+            if wrong:
+                logger.warning(
+                    "Ignoring %d cached feature row(s) of another width than this model's (hidden size %d, %d "
+                    "classes): a shard from elsewhere in the cache folder; those inputs are recomputed.",
+                    len(wrong),
+                    *widths,
+                )
+                for k in wrong:
+                    del self._store[k]
         seen: set[str] = set()
         out = []
         for i, k in enumerate(keys):
@@ -102,25 +180,46 @@ class FeatureCache:
         return out
 
     def gather(self, keys: list[str]) -> Features:
+        """The features of `keys` (all cached), checked to be finite and of one width."""
         rows = [self._store[k] for k in keys]
-        return Features(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+        try:
+            feats = Features(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+        except RuntimeError as err:
+            raise ValueError(
+                f"The cached features of these inputs have different widths ({err}): the cache mixes models. "
+                "Clear the cache folder (or give this model its own cache_dir)."
+            ) from None
+        bad = ~(torch.isfinite(feats.hidden).all(-1) & torch.isfinite(feats.label_logits).all(-1))
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} cached feature row(s) are NaN or infinite, the first for input "
+                f"{int(bad.nonzero()[0, 0])}: the cache was damaged in memory. Clear the cache (a new FeatureCache, "
+                "or delete the cache folder) and run again."
+            )
+        return feats
 
     def put(self, keys: list[str], features: Features) -> None:
         new = [i for i, k in enumerate(keys) if k not in self._store]
         for i in new:
             self._store[keys[i]] = (features.hidden[i], features.label_logits[i])
-        if self.directory is not None and new:
+        if self.directory is not None and self.writable and new:
             self._write_shard([keys[i] for i in new], features[torch.tensor(new)])
 
-    def _write_shard(self, keys: list[str], features: Features) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=self.directory)
-        os.close(fd)
+    def _write_shard(self, keys: list[str], features: Features) -> bool:
+        """Write one shard under a unique name (atomically); False, with a warning, if the folder refuses it."""
+        tmp = None
         tensors = {"hidden": features.hidden.contiguous(), "label_logits": features.label_logits.contiguous()}
         try:
+            fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=self.directory)
+            os.close(fd)
             save_file(tensors, tmp, metadata={"keys": json.dumps(keys)})
             os.chmod(tmp, 0o644)
-            name = f"features-{keys[0][:16]}-{len(keys)}.safetensors"
+            name = f"features-{secrets.token_hex(8)}-{os.getpid()}-{len(keys)}.safetensors"
             os.replace(tmp, self.directory / name)
+            return True
+        except (OSError, SafetensorError) as err:
+            self._not_writable(err if isinstance(err, OSError) else OSError(str(err)))
+            return False
         finally:
-            if os.path.exists(tmp):  # an interrupted write leaves no partial shard behind
+            if tmp is not None and os.path.exists(tmp):  # an interrupted write leaves no partial shard behind
                 os.unlink(tmp)

@@ -6,11 +6,14 @@ Nothing here runs the model: these are reads of a transformers model (or a `peft
 
 from __future__ import annotations
 
+import hashlib
 import os
+import weakref
 
 import torch
 from accelerate import PartialState
 from peft import PeftModel, get_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -105,25 +108,110 @@ def base_model_sizes(model: nn.Module) -> tuple[int, int]:
     return int(hidden), int(vocab)
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """A short id of the weights the features depend on: name, shape and a checksum of a few embedding rows.
+# Tensors of at most this many elements are hashed whole (norms, biases, soft prompts, small heads); larger ones
+# by this many evenly strided elements. Chosen so that fingerprinting SmolLM2-135M costs milliseconds (see README).
+FINGERPRINT_WHOLE = 65_536
+FINGERPRINT_SAMPLES = 4_096
 
-    For a PeftModel the active adapters' type and a checksum of their weights are added, so that features of a
-    model with a soft prompt or LoRA never mix with those of the bare model (or of another adapter state).
+
+def _tensor_digest(digest, name: str, tensor: torch.Tensor) -> None:
+    """Feed a tensor's name, shape, dtype and contents (whole, or a strided sample when large) to `digest`."""
+    digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+    if tensor.is_meta or tensor.numel() == 0:
+        return  # offloaded to disk or empty: only its name and shape are known
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() > FINGERPRINT_WHOLE:
+        step = flat.numel() // FINGERPRINT_SAMPLES
+        flat = flat[step // 2 :: step][:FINGERPRINT_SAMPLES]  # an odd offset: not only the rows' first columns
+    try:
+        digest.update(flat.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    except (RuntimeError, TypeError):  # quantized or otherwise opaque storage: hash its values instead
+        digest.update(repr(flat.float().cpu().tolist()).encode())
+
+
+def _passes_through(layer: nn.Module) -> bool:
+    """Whether a PEFT tuner layer's output equals its base layer's now (so its adapter tensors change no feature).
+
+    Probed on one fixed input row: DecT's layer around the LM head holds the decoder, which no forward pass reads;
+    a LoRA layer whose update is still zero (or that is disabled) gives its base layer's output too, and the
+    moment its update changes the output, its tensors count. Layers that cannot be probed always count.
+    """
+    base = getattr(layer, "base_layer", None)
+    weight = getattr(base, "weight", None)
+    if not isinstance(base, nn.Linear) or weight is None or weight.is_meta:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, base.in_features, generator=generator).to(device=weight.device, dtype=weight.dtype)
+    modes = [(module, module.training) for module in layer.modules()]
+    layer.eval()  # features are extracted in eval mode (no dropout)
+    try:
+        with torch.no_grad():
+            out = layer(probe)
+            return isinstance(out, torch.Tensor) and torch.equal(out, base(probe))
+    except Exception:  # noqa: BLE001 - any layer that cannot run the probe is simply counted
+        return False
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+# tuner layer -> (digest of its tensors and state when probed, whether it passed its base layer's output through)
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A digest of every parameter and buffer a forward pass of `model` can read: names, shapes, dtypes, values.
+
+    Guarantees: it is certain to change when a tensor is added, removed, renamed, reshaped or cast, when any
+    tensor of at most `FINGERPRINT_WHOLE` elements changes at all (norms, biases, soft prompts), and when any
+    sampled element of a larger tensor changes; an update that touches a fraction f of a large tensor's elements
+    goes unseen with probability about (1 - f) ** FINGERPRINT_SAMPLES, i.e. never in practice for fine-tuning,
+    a merged LoRA, a soft prompt trained further or any dense update (f = 1). A change to a few isolated elements
+    of a large matrix (a hand edit of one weight) can go unseen. Tensors of PEFT tuner layers that pass their base
+    layer's output through unchanged (see `_passes_through`) are left out: they change no feature.
+    Cost: one strided read of at most `FINGERPRINT_SAMPLES` elements per tensor (about 20-30 ms for a model of
+    SmolLM2-135M's size on 2 CPU cores); a tuner layer is probed again only when its tensors or state changed.
+    """
+    digest = hashlib.sha256()
+    skipped: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            state = f"{name}|{module.active_adapters}|{module.disable_adapters}|{module.merged}"
+            digest.update(state.encode())
+            layer_digest = hashlib.sha256(state.encode())
+            for tensor_name, tensor in (*module.named_parameters(), *module.named_buffers()):
+                _tensor_digest(layer_digest, tensor_name, tensor)
+            known = _PROBED.get(module)
+            if known is None or known[0] != layer_digest.digest():  # probe again only when the layer changed
+                known = (layer_digest.digest(), _passes_through(module))
+                _PROBED[module] = known
+            if known[1]:
+                prefix = f"{name}." if name else ""
+                skipped |= {prefix + attr for attr in (*module.adapter_layer_names, *module.other_param_names)}
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if not any(name == s or name.startswith(s + ".") for s in skipped):
+            _tensor_digest(digest, name, tensor)
+    return digest.hexdigest()[:32]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short id of the weights the features depend on: the model class, its name and `weights_fingerprint`.
+
+    For a PeftModel the active adapters' type and a digest of their weights are added, so that features of a
+    model with a soft prompt or LoRA never mix with those of the bare model (or of another adapter state). It is
+    cheap enough to compute before every feature extraction, so weights updated in place (a soft prompt trained
+    further, a LoRA merged) never reuse the features of the old weights.
     """
     base = unwrap_peft(model)
-    emb = base.get_input_embeddings().weight
-    checksum = float(emb.detach()[:: max(1, emb.shape[0] // 64)].double().sum())
     name = getattr(getattr(base, "config", None), "_name_or_path", "") or ""
-    key = f"{type(base).__name__}|{name}|{tuple(emb.shape)}|{checksum:.8e}"
+    key = f"{type(base).__name__}|{name}|{weights_fingerprint(base)}"
     # `disable_adapters` is a flag on PEFT tuners but a method on transformers models (the base of prompt learning)
     if isinstance(model, PeftModel) and not adapters_disabled(model):
         for adapter in model.active_adapters:
-            state = get_peft_model_state_dict(model, adapter_name=adapter)
-            total = sum(
-                float(t.detach().double().sum()) + float(t.detach().double().abs().sum()) for t in state.values()
-            )
-            key += f"|{model.peft_config[adapter].peft_type}:{adapter}:{total:.10e}"
+            digest = hashlib.sha256()
+            for tensor_name, tensor in sorted(get_peft_model_state_dict(model, adapter_name=adapter).items()):
+                _tensor_digest(digest, tensor_name, tensor)
+            key += f"|{model.peft_config[adapter].peft_type}:{adapter}:{digest.hexdigest()[:16]}"
     return key
 
 

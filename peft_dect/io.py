@@ -41,48 +41,104 @@ def _read_text(path: str) -> str:
         ) from None
 
 
-def read_columns(path: str, fmt: str | None = None) -> dict[str, list]:
+class Columns(dict):
+    """Columns of a file (name -> values, one per record), with `lines`: the file line each record starts on."""
+
+    lines: list[int]
+
+
+def read_columns(path: str, fmt: str | None = None) -> Columns:
     """Columns of a file with a header row (CSV/TSV; TSV without quoting, as GLUE) or of JSON Lines objects.
 
-    A `.txt` file or standard input gives one text per line in the column `text`.
+    A `.txt` file or standard input gives one text per line in the column `text`. Every format has one record per
+    line: a CSV field that runs over several lines (usually an unbalanced quote, which would merge the rows after
+    it) is refused naming the file and the lines, as are duplicate header names and files without data rows.
     """
     fmt = fmt or detect_format(path)
     text = _read_text(path)
+    where = "standard input" if path == "-" else path
     if fmt == "lines":
-        return {"text": [line for line in text.splitlines() if line.strip()]}
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        if not numbered:
+            raise ValueError(f"{where} has no text: give one input per line.")
+        return _columns({"text": [line for _, line in numbered]}, [n for n, _ in numbered])
     if fmt == "jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not a JSON object ({err.msg}).") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}.")
-            rows.append((n, row))
-        names = list(dict.fromkeys(k for _, row in rows for k in row))
-        for n, row in rows:
-            missing = [k for k in names if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{n}: missing field(s) {missing} that other lines have.")
-        return {k: [row[k] for _, row in rows] for k in names}
+        return _read_jsonl(path, text)
     if fmt not in ("csv", "tsv"):
         raise ValueError(f"Unknown format {fmt!r}; use one of {FORMATS}.")
-    reader = (
-        csv.reader(io.StringIO(text), delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE)
-        if fmt == "tsv"
-        else csv.reader(io.StringIO(text))
-    )
-    lines = list(reader)
-    if not lines:
-        raise ValueError(f"{path} is empty; it needs a header row and at least one data row.")
-    header = lines[0]
-    columns: dict[str, list] = {name: [] for name in header}
-    for n, row in enumerate(lines[1:], start=2):
-        if not row:
+    return _read_delimited(path, text, fmt)
+
+
+def _columns(columns: dict[str, list], lines: list[int]) -> Columns:
+    out = Columns(columns)
+    out.lines = lines
+    return out
+
+
+def _read_jsonl(path: str, text: str) -> Columns:
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
             continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not a JSON object ({err.msg}).") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}.")
+        rows.append((n, row))
+    if not rows:
+        raise ValueError(f'{path} has no JSON objects; it needs one object per line, e.g. {{"text": "..."}}.')
+    names = list(dict.fromkeys(k for _, row in rows for k in row))
+    for n, row in rows:
+        missing = [k for k in names if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{n}: missing field(s) {missing} that other lines have.")
+    return _columns({k: [row[k] for _, row in rows] for k in names}, [n for n, _ in rows])
+
+
+def _read_delimited(path: str, text: str, fmt: str) -> Columns:
+    reader = (
+        csv.reader(io.StringIO(text, newline=""), delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE)
+        if fmt == "tsv"
+        else csv.reader(io.StringIO(text, newline=""))
+    )
+    records: list[tuple[int, list[str]]] = []
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            line = reader.line_num if reader.line_num else start
+            hint = (
+                " A field this long is usually an unbalanced quote that runs to the end of the file."
+                if "field limit" in str(err)
+                else ""
+            )
+            raise ValueError(f"{path}:{start}: not valid {fmt.upper()} ({err}, by line {line}).{hint}") from None
+        end = reader.line_num
+        if any("\n" in field or "\r" in field for field in row):
+            raise ValueError(
+                f"{path}:{start}: a quoted field runs over lines {start}-{end}. peft-dect reads one record per "
+                "line, so this is usually an unbalanced quote merging the rows after it: close the quote (write a "
+                'quote inside a field as ""), or replace line breaks inside texts by spaces.'
+            )
+        records.append((start, row))
+        start = end + 1
+    if not records:
+        raise ValueError(f"{path} is empty; it needs a header row and at least one data row.")
+    (_, header), body = records[0], [(n, row) for n, row in records[1:] if row]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"{path}:1: column(s) {repeated} appear more than once in the header; give every column its own name."
+        )
+    if not body:
+        raise ValueError(f"{path} has a header row ({', '.join(header)}) but no data rows.")
+    columns: dict[str, list] = {name: [] for name in header}
+    for n, row in body:
         if len(row) != len(header):
             raise ValueError(
                 f"{path}:{n}: expected {len(header)} fields ({', '.join(header)}), got {len(row)}. "
@@ -90,7 +146,22 @@ def read_columns(path: str, fmt: str | None = None) -> dict[str, list]:
             )
         for name, value in zip(header, row):
             columns[name].append(value)
-    return columns
+    return _columns(columns, [n for n, _ in body])
+
+
+def check_text_values(columns: Columns, path: str, names: list[str | None]) -> None:
+    """Raise naming the file and line if a text field holds something other than a string (JSON numbers, lists,
+    objects); null is an empty text, as `peft_dect.data.read_texts` documents."""
+    for name in names:
+        if name is None or name not in columns:
+            continue
+        for n, value in zip(getattr(columns, "lines", range(1, len(columns[name]) + 1)), columns[name]):
+            if value is not None and not isinstance(value, str):
+                shown = json.dumps(value)[:60]
+                raise ValueError(
+                    f"{path}:{n}: the text field {name!r} is a JSON {type(value).__name__} ({shown}), not a string; "
+                    "write texts as JSON strings (null is an empty text)."
+                )
 
 
 def require_columns(columns: dict[str, list], path: str, needed: list[str]) -> None:

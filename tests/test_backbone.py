@@ -154,3 +154,168 @@ def test_pair_keys_do_not_collide(bpe_tokenizer):
 def test_cache_keys_depend_on_the_tokenizer(bpe_tokenizer, sp_tokenizer):
     model = tiny_llama(bpe_tokenizer)
     assert backbone(model, bpe_tokenizer).keys(["x"]) != backbone(model, sp_tokenizer).keys(["x"])
+
+
+# ---------------------------------------------------------------- the cache never serves stale or foreign features
+TEXTS = ["a good film", "a bad film"]
+
+
+def test_a_lora_merged_copy_does_not_reuse_its_base_models_cached_features(bpe_tokenizer, tmp_path):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama(bpe_tokenizer)
+    backbone(base, bpe_tokenizer, cache=FeatureCache(tmp_path)).extract(TEXTS)
+    lora = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    merged = lora.merge_and_unload()  # same class, name and embeddings as `base`, other attention weights
+    bb = backbone(merged, bpe_tokenizer, cache=FeatureCache(tmp_path))
+    bb.extract(TEXTS)
+    assert bb.passes == len(TEXTS)
+
+
+def test_weights_updated_in_place_get_new_features(lm):
+    model, tok, _ = lm
+    bb = backbone(model, tok)
+    before = bb.extract(TEXTS)
+    last = [p for p in model.parameters() if p.dim() == 2][-2]  # a matrix of the body, not the embeddings
+    with torch.no_grad():
+        last.add_(0.05)
+    after = bb.extract(TEXTS)
+    assert bb.passes == 2 * len(TEXTS)
+    assert not torch.equal(before.hidden, after.hidden)
+    bb.extract(TEXTS)
+    assert bb.passes == 2 * len(TEXTS)  # unchanged weights: served from the cache
+
+
+def test_fingerprint_ignores_nothing_but_pass_through_tuner_tensors(bpe_tokenizer):
+    from peft_dect.introspect import model_fingerprint
+
+    model = tiny_llama(bpe_tokenizer)
+    key = model_fingerprint(model)
+    assert model_fingerprint(model) == key
+    with torch.no_grad():
+        model.model.norm.weight[3] += 1e-3  # one element of a small tensor: always caught
+    assert model_fingerprint(model) != key
+    key = model_fingerprint(model)
+    model.register_buffer("extra", torch.zeros(3))
+    assert model_fingerprint(model) != key
+
+
+def _rewrite_shard(path, change):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as shard:
+        meta = shard.metadata()
+        tensors = {name: shard.get_tensor(name) for name in ("hidden", "label_logits")}
+    change(tensors)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def test_nan_rows_of_a_cached_shard_are_dropped_and_recomputed(bpe_tokenizer, tmp_path, caplog):
+    model = tiny_llama(bpe_tokenizer)
+    backbone(model, bpe_tokenizer, cache=FeatureCache(tmp_path)).extract(TEXTS)
+    (shard,) = tmp_path.glob("features-*.safetensors")
+    _rewrite_shard(shard, lambda t: t["hidden"][0].fill_(float("nan")))
+    with caplog.at_level(logging.WARNING):
+        bb = backbone(model, bpe_tokenizer, cache=FeatureCache(tmp_path))
+    assert "NaN or infinite" in caplog.text
+    feats = bb.extract(TEXTS)
+    assert bb.passes == 1 and torch.isfinite(feats.hidden).all()
+
+
+def test_gather_refuses_non_finite_features():
+    from peft_dect.features import Features
+
+    cache = FeatureCache()
+    cache.put(["k"], Features(torch.tensor([[float("nan"), 1.0]]), torch.zeros(1, 2)))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        cache.gather(["k"])
+
+
+def test_a_cached_row_of_another_width_is_recomputed_with_a_warning(bpe_tokenizer, tmp_path, caplog):
+    model = tiny_llama(bpe_tokenizer)
+    backbone(model, bpe_tokenizer, cache=FeatureCache(tmp_path)).extract(TEXTS)
+    (shard,) = tmp_path.glob("features-*.safetensors")
+    _rewrite_shard(shard, lambda t: t.update(hidden=torch.zeros(len(TEXTS), 3)))
+    bb = backbone(model, bpe_tokenizer, cache=FeatureCache(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        feats = bb.extract(TEXTS)
+    assert "of another width" in caplog.text and bb.passes == len(TEXTS)
+    assert feats.hidden.shape[1] != 3
+
+
+def test_processes_sharing_a_cache_folder_keep_each_others_shards(tmp_path):
+    from peft_dect.features import Features
+
+    first, second = FeatureCache(tmp_path), FeatureCache(tmp_path)  # two processes, opened at once
+    first.put(["k1", "k2"], Features(torch.ones(2, 4), torch.ones(2, 2)))
+    second.put(["k1", "k3"], Features(torch.ones(2, 4), torch.ones(2, 2)))
+    reopened = FeatureCache(tmp_path)
+    assert all(key in reopened for key in ("k1", "k2", "k3"))
+
+
+def test_many_small_shards_are_compacted_when_the_cache_opens(tmp_path):
+    from peft_dect.features import COMPACT_ABOVE, Features
+
+    cache = FeatureCache(tmp_path)
+    for i in range(COMPACT_ABOVE + 8):  # one shard per predict call
+        cache.put([f"k{i}"], Features(torch.full((1, 4), float(i)), torch.zeros(1, 2)))
+    assert len(list(tmp_path.glob("features-*.safetensors"))) == COMPACT_ABOVE + 8
+    FeatureCache(tmp_path)
+    assert len(list(tmp_path.glob("features-*.safetensors"))) == 1
+    again = FeatureCache(tmp_path)
+    assert len(again) == COMPACT_ABOVE + 8
+    assert float(again.gather([f"k{COMPACT_ABOVE}"]).hidden[0, 0]) == COMPACT_ABOVE
+
+
+def test_a_cache_folder_that_cannot_be_created_is_a_warning(bpe_tokenizer, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        cache = FeatureCache(blocker / "cache")
+    assert "cannot be written" in caplog.text and not cache.writable
+    bb = backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer, cache=cache)
+    bb.extract(TEXTS)
+    bb.extract(TEXTS)
+    assert bb.passes == len(TEXTS)  # kept in memory
+
+
+def test_a_full_disk_is_a_warning_and_the_features_stay_in_memory(bpe_tokenizer, tmp_path, caplog, monkeypatch):
+    import peft_dect.features as features
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features, "save_file", full)
+    bb = backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer, cache=FeatureCache(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        bb.extract(TEXTS)
+    assert "No space left on device" in caplog.text
+    assert not list(tmp_path.iterdir())  # no partial shard left behind
+    bb.extract(TEXTS)
+    assert bb.passes == len(TEXTS)
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_batch_size_must_be_positive(bpe_tokenizer, size):
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer, batch_size=size)
+    bb = backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got"):
+        bb.batch_size = size
+
+
+def test_a_soft_prompt_trained_further_gets_new_features(bpe_tokenizer):
+    from peft import PromptTuningConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(bpe_tokenizer), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    bb = backbone(model, bpe_tokenizer)
+    bb.extract(TEXTS)
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight[0, 0] += 0.01  # one step of prompt tuning, in place
+    bb.extract(TEXTS)
+    assert bb.passes == 2 * len(TEXTS)

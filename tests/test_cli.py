@@ -139,3 +139,59 @@ def test_push_without_credentials_names_the_fix(workspace):
     assert out.returncode == 2 and "nothing was uploaded" in out.stderr
     bad = cli("push", str(adapter), "not a repo", env=env)
     assert bad.returncode == 2 and "not a valid Hub repository id" in bad.stderr
+
+
+def test_an_unbalanced_quote_and_an_oversized_field_exit_2_naming_file_and_line(workspace, tmp_path):
+    _, model_dir, _, _ = workspace
+    quote = tmp_path / "quote.csv"
+    quote.write_text('sentence,label\n"good film,positive\nbad film,negative\nfun,positive\n')
+    out = fit_file(model_dir, quote, tmp_path / "a")
+    assert out.returncode == 2 and "quote.csv:2: a quoted field runs over lines 2-4" in out.stderr
+    big = tmp_path / "big.csv"
+    big.write_text("sentence,label\n" + "x" * 200_000 + ",positive\n")
+    out = fit_file(model_dir, big, tmp_path / "b")
+    assert out.returncode == 2 and "big.csv:2: not valid CSV" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_header_only_files_and_bad_label_words_json_name_the_file_or_option(workspace, tmp_path):
+    _, model_dir, adapter, _ = workspace
+    head = tmp_path / "head.csv"
+    head.write_text("sentence,label\n")
+    out = cli("predict", str(adapter), str(head), "--quiet")
+    assert out.returncode == 2 and "head.csv has a header row (sentence, label) but no data rows" in out.stderr
+    out = cli("fit", "--model", str(model_dir), "--train", str(head), "--template", TEMPLATE, "--out", str(tmp_path))
+    assert out.returncode == 2 and "head.csv has a header row" in out.stderr
+    train = tmp_path / "train.csv"
+    train.write_text("sentence,label\ngood,positive\nbad,negative\n")
+    args = ["fit", "--model", str(model_dir), "--train", str(train), "--template", TEMPLATE, "--out", str(tmp_path)]
+    out = cli(*args, "--label-words", '{"negative": ["bad"], "positive": ["great"]')
+    assert out.returncode == 2 and "--label-words is not valid JSON" in out.stderr
+
+
+def test_a_cache_dir_that_cannot_be_written_is_a_warning(workspace, tmp_path):
+    root, model_dir, _, _ = workspace
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = cli(
+        "fit", "--model", str(model_dir), "--train", str(root / "train.csv"), "--template", TEMPLATE,
+        "--label-words", "negative=bad,positive=great", "--out", str(tmp_path / "a"), "--quiet",
+        "--cache-dir", str(blocker / "cache"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "cannot be written" in out.stderr and (tmp_path / "a" / "adapter_config.json").is_file()
+
+
+def test_json_lines_texts_that_are_not_strings_exit_2_naming_the_line(workspace, tmp_path):
+    _, _, adapter, _ = workspace
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"text": "a lovely film"}\n{"text": 3.5}\n')
+    out = cli("predict", str(adapter), str(data), "--quiet")
+    assert out.returncode == 2 and "in.jsonl:2: the text field 'text' is a JSON float (3.5)" in out.stderr
+
+
+def test_a_bad_label_in_a_file_names_its_line(workspace, tmp_path):
+    _, model_dir, _, _ = workspace
+    train = tmp_path / "train.csv"
+    train.write_text('sentence,label\n"a ""good"" film",positive\nmeh,neutral\n')
+    out = fit_file(model_dir, train, tmp_path / "a")
+    assert out.returncode == 2 and "train.csv:3: Row 1 has label 'neutral'" in out.stderr
