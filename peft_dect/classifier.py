@@ -70,11 +70,22 @@ class FewShotClassifier:
 
     def predict_proba(self, inputs, *args: Any, **kwargs: Any) -> np.ndarray:
         """Class probabilities (N, C), columns in the order of the classes."""
-        return torch.softmax(self.predict_logits(inputs, *args, **kwargs).float(), -1).numpy()
+        return torch.softmax(self.checked_logits(inputs, *args, **kwargs).float(), -1).numpy()
 
     def predict(self, inputs, *args: Any, **kwargs: Any) -> list:
         """Predicted class names."""
-        return self.decide(self.predict_logits(inputs, *args, **kwargs))
+        return self.decide(self.checked_logits(inputs, *args, **kwargs))
+
+    def checked_logits(self, inputs, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """`predict_logits`, refused when a score is NaN: a NaN would give NaN probabilities and the first class."""
+        logits = self.predict_logits(inputs, *args, **kwargs)
+        if bool(torch.isnan(logits).any()):
+            rows = torch.isnan(logits).any(-1).nonzero()[:, 0].tolist()
+            raise ValueError(
+                f"{type(self).__name__} gave NaN class scores for {len(rows)} input(s), the first at index {rows[0]}: "
+                "its weights or the model's features hold NaN or infinite values; fit it again or load an intact copy."
+            )
+        return logits
 
     def decide(self, logits: torch.Tensor) -> list:
         """Predictions from class logits: the class names of the largest logits."""
@@ -96,7 +107,7 @@ class FewShotClassifier:
     ) -> dict[str, float]:
         """Metrics on a labelled dataset (accuracy by default), recorded with `name` and `split` for the model card."""
         targets = self.read_targets(dataset)
-        metrics = self.score(self.predict_logits(dataset, *args, **kwargs), targets, metric)
+        metrics = self.score(self.checked_logits(dataset, *args, **kwargs), targets, metric)
         self.run_record.add_evaluation(name, split, len(targets), metrics)
         return metrics
 

@@ -29,6 +29,12 @@ def push_adapter_folder(folder, repo_id: str, *, private: bool = False, token: s
     """Upload a saved adapter folder as one commit (all files or none) and return the repository URL."""
     check_repo_id(repo_id)
     folder = Path(folder)
+    links = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink())
+    if links:
+        raise ValueError(
+            f"{folder} holds symbolic links ({', '.join(links[:3])}); the upload would send the files they point to. "
+            "Replace them with plain files or remove them; nothing was uploaded."
+        )
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder} is not a saved adapter ({', '.join(missing)} missing); use save_pretrained.")

@@ -14,11 +14,21 @@ from typing import Any
 import numpy as np
 from peft import PeftModelForSequenceClassification
 from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
+from peft.config import PeftConfigMixin
 
 from ._enums import FEW_SHOT_CLS
 from .cards import card_is_ours
 from .hub import check_repo_id, local_adapter_folder, push_adapter_folder
-from .saving import POOL_FILE, adapter_folder, check_adapter_folder, staged_folder
+from .saving import (
+    POOL_FILE,
+    SAVE_ID_KEY,
+    adapter_folder,
+    check_adapter_folder,
+    new_save_id,
+    read_json_object,
+    staged_folder,
+    stamp_weights,
+)
 
 
 class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
@@ -62,17 +72,27 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
 
         The files are written into a temporary folder next to `save_directory` and then moved into place one by
         one with `os.replace`, so an interrupted save leaves the previous adapter intact and no half-written file.
-        Files the tuner keeps beside an adapter's config (a demonstration pool, a soft prompt) go with it.
+        Files the tuner keeps beside an adapter's config (a demonstration pool, a soft prompt) go with it. Each
+        save writes one id into both the config and the weights' metadata: a folder left with the weights of one
+        save and the config of another is refused on load; saves into one folder run one at a time (a lock).
         """
         kwargs.setdefault("save_embedding_layers", False)
         kwargs.setdefault("safe_serialization", True)
         if not kwargs["safe_serialization"]:
             raise ValueError("peft-dect adapters are saved with safetensors only (safe_serialization=True).")
+        names = kwargs.get("selected_adapters") or list(self.peft_config)
+        save_id = new_save_id()
+        for name in names:
+            if hasattr(self.peft_config[name], SAVE_ID_KEY):
+                setattr(self.peft_config[name], SAVE_ID_KEY, save_id)
         with staged_folder(save_directory) as staging:
             super().save_pretrained(staging, **kwargs)
             if kwargs.get("is_main_process", True):
-                for name in kwargs.get("selected_adapters") or list(self.peft_config):
-                    self.base_model.write_adapter_files(adapter_folder(staging, name), name)
+                for name in names:
+                    folder = adapter_folder(staging, name)
+                    if hasattr(self.peft_config[name], SAVE_ID_KEY):
+                        stamp_weights(folder, save_id)
+                    self.base_model.write_adapter_files(folder, name)
 
     def load_adapter(self, model_id, adapter_name: str, *args: Any, **kwargs: Any):
         """Load an adapter after checking its folder: safetensors weights only, readable, of the expected shapes."""
@@ -91,6 +111,14 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         def fetch(relative: str) -> str:
             """The local folder of a subfolder of the adapter (downloaded from the Hub when the adapter is there)."""
             subfolder = os.path.join(kwargs.get("subfolder") or "", relative)
+            if os.path.isdir(os.path.join(str(model_id), kwargs.get("subfolder") or "")):  # a local adapter
+                path = os.path.join(folder, relative)
+                if not os.path.isdir(path):
+                    raise ValueError(
+                        f"The adapter in {folder} reads through the soft prompt in its {relative}/ folder, which is "
+                        "missing: copy the whole adapter folder, or save the adapter again."
+                    )
+                return path
             return local_adapter_folder(model_id, {**kwargs, "subfolder": subfolder})
 
         self.base_model.read_adapter_files(folder, adapter_name, fetch)
@@ -125,3 +153,19 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
 
 
 MODEL_TYPE_TO_PEFT_MODEL_MAPPING[FEW_SHOT_CLS] = PeftModelForFewShotClassification
+
+
+PEFT_FROM_JSON_FILE = PeftConfigMixin.from_json_file.__func__
+
+
+def checked_from_json_file(cls, path_json_file: str, **kwargs: Any) -> dict:
+    """peft's reader of adapter configs, with a ValueError that names the file when it is not a JSON object.
+
+    `PeftModel.from_pretrained` reads the config's peft type before any peft-dect code runs; without this a corrupt
+    or list-valued adapter_config.json ends in a bare JSONDecodeError or TypeError from inside peft.
+    """
+    read_json_object(path_json_file, "adapter config")
+    return PEFT_FROM_JSON_FILE(cls, path_json_file, **kwargs)
+
+
+PeftConfigMixin.from_json_file = classmethod(checked_from_json_file)

@@ -16,11 +16,19 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+
+try:
+    import fcntl
+except ImportError:  # Windows: saves to one folder are not serialised there
+    fcntl = None
 
 
 FORMAT_VERSION = "2.0"
@@ -33,6 +41,9 @@ POOL_FILE = "demonstration_pool.json"
 """The demonstration pool of an adapter or classifier that uses demonstrations, beside its config."""
 PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt")
 PROMPT_LEARNING_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
+SAVE_ID_KEY = "save_id"
+"""Key of the id of one save, written into both the adapter config and the weights' metadata and checked on load:
+a folder whose config and weights come from different saves (an interrupted or concurrent save) is refused."""
 
 
 def format_major(version: str | None, what: str = "This adapter") -> int:
@@ -61,24 +72,45 @@ def adapter_folder(directory: str | os.PathLike, adapter_name: str) -> str:
 
 
 @contextmanager
+def save_lock(parent: str) -> Iterator[None]:
+    """Hold an exclusive lock on folder `parent` (fcntl.flock) while saving into it.
+
+    Two saves into the same place (threads or processes) thus run one after the other instead of interleaving
+    their renames, which could leave the weights of one with the config of the other.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
 def staged_folder(save_directory: str | os.PathLike) -> Iterator[str]:
     """A hidden folder next to `save_directory` to write a save into; on success its files are moved in.
 
-    An interrupted save thus leaves the previous files intact and no half-written one. A README.md already in the
-    target (a card the user wrote) is copied in first, so that card writers can see and keep it.
+    An interrupted save thus leaves the previous files intact and no half-written one, and saves into one folder
+    are serialised (`save_lock`). A README.md already in the target (a card the user wrote) is copied in first, so
+    that card writers can see and keep it. A README.md that is a symbolic link is never followed: its target is not
+    read, and the link is kept as it is (the save writes no card over it).
     """
     target = os.path.abspath(os.fspath(save_directory))
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
-    try:
-        card = os.path.join(target, "README.md")
-        if os.path.isfile(card):
-            shutil.copy2(card, os.path.join(staging, "README.md"))
-        yield staging
-        move_into_place(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with save_lock(parent):
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.saving-", dir=parent)
+        try:
+            card = os.path.join(target, "README.md")
+            if os.path.isfile(card) and not os.path.islink(card):
+                shutil.copy2(card, os.path.join(staging, "README.md"), follow_symlinks=False)
+            yield staging
+            move_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def move_into_place(staging: str, target: str) -> None:
@@ -90,8 +122,63 @@ def move_into_place(staging: str, target: str) -> None:
     files.sort(key=lambda f: (not f.endswith(".safetensors"), f.endswith(".md"), f))
     for path in files:
         dest = os.path.join(target, os.path.relpath(path, staging))
+        if os.path.basename(dest) == "README.md" and os.path.islink(dest):
+            continue  # a linked card is the user's: neither followed nor replaced
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         os.replace(path, dest)
+
+
+def inside_folder(folder: str | os.PathLike, relative, what: str) -> str:
+    """The path of `relative` inside `folder`, or a ValueError when it is absolute, climbs out with '..', or
+    resolves (through symbolic links) to a place outside `folder`: an adapter's files never point elsewhere."""
+    folder = os.fspath(folder)
+    if not isinstance(relative, str) or not relative or os.path.isabs(relative) or "\\" in relative:
+        raise ValueError(f"{what} must be a relative path inside the adapter folder {folder}, got {relative!r}.")
+    if ".." in relative.split("/"):
+        raise ValueError(f"{what} {relative!r} climbs out of the adapter folder {folder} ('..'); save it again.")
+    path = os.path.join(folder, relative)
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(f"{what} {relative!r} leads outside the adapter folder {folder} (a symbolic link).")
+    return path
+
+
+def new_save_id() -> str:
+    """A fresh id for one save (see `SAVE_ID_KEY`)."""
+    return uuid.uuid4().hex
+
+
+def stamp_weights(folder: str | os.PathLike, save_id: str) -> None:
+    """Record `save_id` in the metadata of the safetensors weights of the adapter saved in `folder`."""
+    path = os.path.join(os.fspath(folder), WEIGHTS_FILE)
+    with safe_open(path, framework="pt") as shard:
+        metadata = dict(shard.metadata() or {})
+    save_file(load_file(path), path, metadata={**metadata, SAVE_ID_KEY: save_id})
+
+
+def tensor_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in `folder`'s safetensors weights, read from the header (nothing is allocated)."""
+    weights = os.path.join(os.fspath(folder), WEIGHTS_FILE)
+    try:
+        with safe_open(weights, framework="pt") as shard:
+            return {name: tuple(shard.get_slice(name).get_shape()) for name in shard.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from None
+
+
+def check_tensor_shapes(folder: str | os.PathLike, expected: Mapping[str, tuple]) -> None:
+    """Refuse weights whose tensors (by name suffix, e.g. 'dect_W') have other shapes than `expected` says (None:
+    any size), from the header alone: a config with absurd sizes is refused before anything is allocated."""
+    for name, shape in tensor_shapes(folder).items():
+        want = next((s for suffix, s in expected.items() if name.endswith(suffix)), None)
+        if want is None:
+            continue
+        if len(shape) != len(want) or any(w is not None and w != got for w, got in zip(want, shape)):
+            raise ValueError(
+                f"{os.path.join(os.fspath(folder), WEIGHTS_FILE)} holds {name} of shape {list(shape)}, but its "
+                f"{CONFIG_FILE} describes {[w if w is not None else '*' for w in want]}: the config and the weights "
+                "do not belong together (an edited config?); save the adapter again."
+            )
 
 
 def read_json_object(path: str | os.PathLike, what: str = "adapter") -> dict:
@@ -124,9 +211,15 @@ def check_adapter_folder(folder: str | os.PathLike) -> None:
     try:
         with safe_open(weights, framework="pt") as shard:
             names = list(shard.keys())
+            metadata = shard.metadata() or {}
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from None
     saved = read_json_object(config, "adapter config")
+    if saved.get(SAVE_ID_KEY) != metadata.get(SAVE_ID_KEY):
+        raise ValueError(
+            f"{folder} mixes files of two saves: its {CONFIG_FILE} and {WEIGHTS_FILE} were written by different "
+            "save_pretrained calls (one was interrupted, or two ran at once); save the adapter again."
+        )
     check_format_version(saved.get("format_version"), f"The adapter in {folder}")
     peft_type = saved.get("peft_type")
     prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_type)

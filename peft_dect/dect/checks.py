@@ -6,10 +6,13 @@ it onto another base model, or using it with a tokenizer that maps the label wor
 
 from __future__ import annotations
 
+import os
+
 from torch import nn
 
 from ..introspect import base_model_sizes, lm_kind
 from ..prompting import Verbalizer
+from ..saving import WEIGHTS_FILE, check_tensor_shapes
 from .layer import DecTLayer
 
 
@@ -56,3 +59,19 @@ def check_label_token_ids(config, verbalizer: Verbalizer, *, record: bool) -> No
             f"tokenizer gives {ids}: it is not the tokenizer of the adapter's base model "
             f"({config.base_model_name_or_path or 'see its card'}). Pass that model's tokenizer."
         )
+
+
+def check_saved_shapes(config, folder: str) -> None:
+    """Refuse a saved adapter whose config sizes (decoder_dim, recorded hidden size, number of classes) differ from
+    its tensors' shapes, read from the safetensors header: before the layer is built, so an edited config cannot
+    make loading allocate gigabytes. A folder without local weights (a Hub id) is checked when it is loaded."""
+    if not os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
+        return
+    dim, hidden, classes = config.decoder_dim, config.recorded.hidden_size, len(config.label_words)
+    expected = {
+        "dect_W": (dim, hidden),
+        "dect_radii": (classes,),
+        "dect_prototypes": (classes, dim),
+        "dect_content_free": (classes,),
+    }
+    check_tensor_shapes(folder, expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import InitVar, dataclass, field
 from typing import ClassVar
 
@@ -10,6 +11,7 @@ from peft.config import PeftConfig
 from .._enums import DECT_TYPE, FEW_SHOT_CLS_TYPE
 from ..saving import FORMAT_VERSION, check_format_version
 from ..settings import DemonstrationConfig, PromptSettings, check_choice, check_int, check_number
+from .checks import check_saved_shapes
 
 
 MODES = ("auto", "faithful")
@@ -24,18 +26,21 @@ class RecordedValues:
         vocab_size: vocabulary size of the base model (set by `get_peft_model`, checked on load).
         label_token_ids: token id(s) of each class's label words in the tokenizer the adapter was fitted with (set
             by `fit`, checked when the adapter is used with a tokenizer).
+        tokenizer: where that tokenizer loads from (`name_or_path`, and `gguf_file` for a GGUF file; set by `fit`):
+            loading the adapter then needs no tokenizer argument when it can be found.
     """
 
     hidden_size: int | None = None
     vocab_size: int | None = None
     label_token_ids: list | None = None
+    tokenizer: dict | None = None
 
     @classmethod
     def coerce(cls, value) -> RecordedValues:
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
-            return cls(**{k: value.get(k) for k in ("hidden_size", "vocab_size", "label_token_ids")})
+            return cls(**{k: value.get(k) for k in ("hidden_size", "vocab_size", "label_token_ids", "tokenizer")})
         raise TypeError(f"recorded must be a RecordedValues or a dict, got {type(value).__name__}.")
 
 
@@ -106,6 +111,9 @@ class DecTConfig(PromptSettings, PeftConfig):
         default=FORMAT_VERSION,
         metadata={"help": "peft-dect adapter format that wrote this config; a newer major format is refused."},
     )
+    save_id: str | None = field(
+        default=None, metadata={"help": "Id of the save that wrote this config, also in the weights (checked)."}
+    )
     # Fields of adapter format 1.0, read into `demonstrations`, `recorded` and `inline_demo_pool` on load.
     demo_per_class: InitVar[int | None] = None
     demo_filter: InitVar[str | None] = None
@@ -120,8 +128,7 @@ class DecTConfig(PromptSettings, PeftConfig):
     def __post_init__(
         self, demo_per_class, demo_filter, demo_pool, base_hidden_size, base_vocab_size, label_token_ids
     ) -> None:
-        if self.task_type is None:
-            self.task_type = FEW_SHOT_CLS_TYPE
+        self.task_type = FEW_SHOT_CLS_TYPE  # whatever a config file says: only this task type loads through our checks
         PeftConfig.__post_init__(self)
         check_format_version(self.format_version, "This DecT adapter config")
         self.peft_type = DECT_TYPE
@@ -142,6 +149,13 @@ class DecTConfig(PromptSettings, PeftConfig):
         if demo_pool is not None and not (isinstance(demo_pool, dict) and {"text_a", "label"} <= set(demo_pool)):
             raise ValueError("demo_pool must be a dict with 'text_a', 'label' (and 'text_b' for pairs) lists.")
         self.inline_demo_pool = demo_pool  # format 1.0 kept the pool in the config; saves now write it beside it
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, **kwargs) -> DecTConfig:
+        """A saved config, whose sizes are checked against the saved tensors' shapes before any layer is built."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        check_saved_shapes(config, os.path.join(str(pretrained_model_name_or_path), subfolder or ""))
+        return config
 
     @staticmethod
     def _demonstrations(value, per_class, filter) -> DemonstrationConfig | None:

@@ -13,6 +13,7 @@ Before fitting, and while adapters are disabled, the logits are the zero-shot lo
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,13 +105,34 @@ def zero_shot_logits(label_logits: torch.Tensor, content_free: torch.Tensor | No
     return torch.log(calibrated_probs(label_logits, content_free).clamp_min(1e-30))
 
 
+def check_finite_state(weights: decoder.DecoderWeights | None, content_free: torch.Tensor | None, lam) -> None:
+    """Refuse decoder tensors, content-free scores or a fusion weight holding NaN or infinity (a corrupt or edited
+    adapter): they would give NaN probabilities, and the first class for every input, without a word."""
+    named = {"content-free scores (dect_content_free)": content_free}
+    if weights is not None:
+        named |= {"dect_W": weights.W, "dect_radii": weights.radii, "dect_prototypes": weights.prototypes}
+    bad = [name for name, t in named.items() if t is not None and not bool(torch.isfinite(t).all())]
+    if lam is not None and not math.isfinite(lam):
+        bad.append(f"lam ({lam})")
+    if bad:
+        raise ValueError(
+            f"The adapter's decoder tensors hold NaN or infinite values ({', '.join(bad)}): the adapter file is "
+            "corrupt or was fitted on broken features; fit it again (or load an intact copy)."
+        )
+
+
 def class_logits(state: StateLike, features: Features, *, zero_shot: bool = False) -> torch.Tensor:
     """Class logits (N, C): the decoder's fused scores, or the zero-shot log q before fitting or when `zero_shot`
     (disabled adapters: calibrated whenever the content-free scores are known)."""
     weights = None if zero_shot else state.weights
     calibrate = zero_shot or state.calibrate
     content_free = state.content_free if calibrate else None
-    label_logits = features.label_logits.to(state.device)
+    check_finite_state(weights, content_free, None if weights is None else state.lam)
+    # The decoder computes in float32 whatever dtype the model was moved to (bfloat16 tensors, float32 features).
+    if weights is not None:
+        weights = decoder.DecoderWeights(weights.W.float(), weights.radii.float(), weights.prototypes.float())
+    content_free = None if content_free is None else content_free.float()
+    label_logits = features.label_logits.to(state.device, torch.float32)
     if weights is None:
         return zero_shot_logits(label_logits, content_free)
     if features.hidden.shape[1] != weights.W.shape[-1]:
@@ -119,7 +141,7 @@ def class_logits(state: StateLike, features: Features, *, zero_shot: bool = Fals
             f"{weights.W.shape[-1]}: they come from another model than the one the adapter was fitted on."
         )
     q = calibrated_probs(label_logits, content_free)
-    return decoder.scores(weights, features.hidden.to(state.device), q, state.lam)[0]
+    return decoder.scores(weights, features.hidden.to(state.device, torch.float32), q, state.lam)[0]
 
 
 class DecTCore:

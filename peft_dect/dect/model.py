@@ -16,6 +16,7 @@ import datasets
 import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTuner
+from transformers import AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..backbone import Backbone
@@ -24,6 +25,7 @@ from ..classifier import FewShotClassifier
 from ..introspect import CAUSAL, base_model_sizes, lm_kind
 from ..prompt_tuning import SOFT_PROMPT_FOLDER, check_prompt_model, load_prompt_model
 from ..prompting import Template
+from ..saving import inside_folder
 from .card import dect_card, dect_record
 from .checks import check_base_model, check_label_token_ids, output_embedding_name
 from .core import DecTCore, class_logits
@@ -153,10 +155,75 @@ class DecTModel(BaseTuner, FewShotClassifier):
 
         The label words' token ids must be those the adapter was fitted with, unless `refit` (fit records them).
         """
-        self.set_tokenizer(tokenizer)
+        previous = self.sources.tokenizer
         name = adapter_name or self.active_name
+        if tokenizer is None and previous is None:
+            tokenizer = self.recorded_tokenizer(name)
+        content_free = {n: self.state(n).content_free for n in self.peft_config}
+        content_free = {n: None if cf is None else cf.clone() for n, cf in content_free.items()}
+        self.set_tokenizer(tokenizer)
+        self.check_class_count(name, refit=refit)
         record = refit or not self.state(name).fitted
-        return self.sources.backbone(name, self.peft_config[name], record_ids=record)
+        if self.sources.stale(name, self.peft_config[name]):  # template or label words edited in place
+            if not record:
+                raise ValueError(
+                    f"The template or label words of adapter {name!r} were changed after it was fitted: call fit() "
+                    "again, or make a new adapter (get_peft_model with a new DecTConfig)."
+                )
+            self.state(name).content_free = None  # the content-free scores were of the old prompt
+        try:
+            return self.sources.backbone(name, self.peft_config[name], record_ids=record)
+        except ValueError:
+            if self.sources.tokenizer is not previous:  # a refused tokenizer is not kept for later calls
+                self.sources.tokenizer = previous
+                self.sources.backbones.clear()
+                for n, cf in content_free.items():
+                    self.state(n).content_free = cf
+            raise
+
+    def recorded_tokenizer(self, name: str):
+        """The tokenizer an adapter was fitted with, loaded from where it records it came from (None: not recorded).
+
+        Offline (HF_HUB_OFFLINE) only local files are used. A recorded tokenizer that cannot be loaded is an error
+        that says to pass one.
+        """
+        source = self.peft_config[name].recorded.tokenizer
+        if not isinstance(source, dict) or not source.get("name_or_path"):
+            return None
+        options = {"local_files_only": os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")}
+        if source.get("gguf_file"):
+            options["gguf_file"] = source["gguf_file"]
+        try:
+            return AutoTokenizer.from_pretrained(source["name_or_path"], **options)
+        except Exception as err:  # not found, offline, no such file: any of these means "pass it"
+            raise ValueError(
+                f"DecT needs the base model's tokenizer, and this adapter records {source['name_or_path']!r}, which "
+                f"could not be loaded ({type(err).__name__}): pass tokenizer=... to predict/fit once."
+            ) from None
+
+    def remember_tokenizer_source(self, name: str) -> None:
+        """Record where the tokenizer in use loads from (its name_or_path, and its GGUF file), for later loads."""
+        tokenizer = self.sources.tokenizer
+        source = str(getattr(tokenizer, "name_or_path", "") or "")
+        recorded = self.peft_config[name].recorded
+        recorded.tokenizer = None
+        if source and (os.path.isdir(source) or not os.path.isabs(source)):
+            gguf = (getattr(tokenizer, "init_kwargs", None) or {}).get("gguf_file")
+            source = os.path.abspath(source) if os.path.isdir(source) else source
+            recorded.tokenizer = {"name_or_path": source, "gguf_file": gguf}
+
+    def check_class_count(self, name: str, *, refit: bool) -> None:
+        """Match the adapter's tensors to its config's classes after an in-place edit of `label_words`: a new fit
+        starts from fresh tensors of the new class count; predicting with the old fit is a clear error."""
+        saved, configured = self.dect_layer.dect_radii[name].numel(), len(self.peft_config[name].label_words)
+        if saved == configured:
+            return
+        if not refit:
+            raise ValueError(
+                f"The adapter {name!r} was fitted for {saved} classes, but its config's label_words now name "
+                f"{configured}: call fit() again, or make a new adapter (get_peft_model with a new DecTConfig)."
+            )
+        self.reset_adapter(name)
 
     @serialized
     def set_demonstrations(self, train_dataset, tokenizer=None) -> None:
@@ -225,6 +292,7 @@ class DecTModel(BaseTuner, FewShotClassifier):
         self.sources.read_pool(folder, adapter_name)
         relative = self.peft_config[adapter_name].soft_prompt
         if relative:
+            inside_folder(folder, relative, "The adapter's soft_prompt")  # never a path outside the adapter
             self.use_soft_prompt(load_prompt_model(self.model, fetch(relative)), adapter_name, keep_fit=True)
 
     def model_card(self, adapter_name: str, repo: str | None = None) -> str:
@@ -261,6 +329,7 @@ class DecTModel(BaseTuner, FewShotClassifier):
             self.set_demonstrations(train_dataset, tokenizer)
         core = self.core(tokenizer, refit=True)
         check_label_token_ids(cfg, core.source.verbalizer, record=True)
+        self.remember_tokenizer_source(self.active_name)
         core.source.show_progress = show_progress
         if batch_size is not None:
             core.source.batch_size = batch_size

@@ -22,6 +22,12 @@ from ..saving import POOL_FILE, read_json_object
 from .checks import check_label_token_ids
 
 
+def prompt_key(config) -> str:
+    """The prompt settings a backbone is built from: a change of any (in place, on the config) builds a new one."""
+    fields = ("template", "label_words", "label_word_aggregation", "multi_token", "max_length")
+    return json.dumps([getattr(config, f) for f in fields], sort_keys=False, default=repr)
+
+
 class AdapterSources:
     """The per-adapter feature extractors of one frozen base model, their shared cache and their inputs.
 
@@ -34,6 +40,7 @@ class AdapterSources:
         self.tokenizer = None
         self.cache = FeatureCache()
         self.backbones: dict[str, Backbone] = {}
+        self.backbone_keys: dict[str, str] = {}  # adapter -> the prompt settings its backbone was built from
         self.soft_prompts: dict[str, tuple[nn.Module, str]] = {}  # adapter -> (prompt-tuned PeftModel, its adapter)
         self.demo_pools: dict[str, dict] = {}  # adapter -> its demonstrations' training examples
         self.demo_encoder = None  # sentence encoder of demo_filter='similar' (texts -> embeddings); None: MiniLM
@@ -51,6 +58,10 @@ class AdapterSources:
         self.backbones.clear()
         return replaced
 
+    def stale(self, name: str, config) -> bool:
+        """Whether adapter `name`'s backbone was built from other prompt settings than its config holds now."""
+        return name in self.backbones and self.backbone_keys.get(name) != prompt_key(config)
+
     def backbone(self, name: str, config, *, record_ids: bool) -> Backbone:
         """The feature extractor of adapter `name`; its label words' token ids are recorded in the config
         (`record_ids`) or checked against the recorded ones."""
@@ -64,6 +75,11 @@ class AdapterSources:
             model, prompt_adapter = self.soft_prompts[name]
             if model.active_adapter != prompt_adapter:
                 model.set_adapter(prompt_adapter)
+        key = prompt_key(config)
+        if name in self.backbones and self.backbone_keys.get(name) != key:  # the config was edited in place
+            config.check_prompt_settings()
+            key = prompt_key(config)
+            del self.backbones[name]
         if name not in self.backbones:
             template = Template(config.template)
             verbalizer = Verbalizer.from_words(
@@ -79,6 +95,7 @@ class AdapterSources:
                 model, self.tokenizer, template, verbalizer, max_length=config.max_length, cache=self.cache,
                 demonstrations=demos,
             )  # fmt: skip
+            self.backbone_keys[name] = key
         return self.backbones[name]
 
     def demonstrations(self, name: str, config, template: Template, verbalizer: Verbalizer) -> Demonstrations | None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..backbone import Backbone
 from ..classifier import FewShotClassifier, LabelWordClassifier, write_settings
-from ..saving import adapter_folder, check_adapter_folder, read_json_object, staged_folder
+from ..saving import adapter_folder, check_adapter_folder, inside_folder, read_json_object, staged_folder
 from .adapters import check_prompt_adapter, read_prompt_init, write_prompt_files
 from .init import prompt_config
 
@@ -116,6 +116,12 @@ class PromptEnsemble(FewShotClassifier):
                     clf.model, self.adapter_names, bb, batch["input_ids"], batch["attention_mask"]
                 )
                 out[:, chunk] = scores.float().cpu()
+        bad = [name for name, scores in zip(self.adapter_names, out) if not bool(torch.isfinite(scores).all())]
+        if bad:
+            raise ValueError(
+                f"The soft prompt(s) of ensemble member(s) {bad} give NaN or infinite label-word scores: their "
+                "adapter tensors are corrupt, or the model overflows (load it in float32 or bfloat16)."
+            )
         return out
 
     def _combined(self, member_scores: torch.Tensor) -> torch.Tensor:
@@ -180,7 +186,7 @@ class PromptEnsemble(FewShotClassifier):
             if not isinstance(members, list) or not all(isinstance(m, str) and is_plain_name(m) for m in members):
                 raise ValueError(f"{path}: 'members' must be a list of member folder names inside the ensemble.")
             combine = combine or saved.get("combine", "mean")
-            directories = [os.path.join(str(directories), name) for name in members]
+            directories = [inside_folder(str(directories), name, "An ensemble member") for name in members]
         if not directories:
             raise ValueError("A prompt ensemble needs at least one member folder.")
         settings = [LabelWordClassifier.read_settings(str(d)) for d in directories]
@@ -217,4 +223,4 @@ class PromptEnsemble(FewShotClassifier):
 
 def is_plain_name(name: str) -> bool:
     """A folder name inside another folder: not absolute, no separator, not '.' or '..'."""
-    return bool(name) and name not in (".", "..") and not os.path.isabs(name) and not {os.sep, "/"} & set(name)
+    return bool(name) and name not in (".", "..") and not os.path.isabs(name) and not {os.sep, "/", "\\"} & set(name)
