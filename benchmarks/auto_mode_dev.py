@@ -29,6 +29,7 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 TASKS = ("SST-2", "cr", "mpqa", "sst-5", "CoLA", "MRPC", "QQP", "QNLI", "RTE", "SNLI", "MNLI")
 SEEDS = (13, 21, 42, 87, 100)
+LOW_SHOTS = 4
 # name -> (radius_init, learning rate, auto mode's epoch counts); "shipped" is what fit.py does now
 VARIANTS = {
     "reference": ("reference", 0.01, (30, 60)),
@@ -94,11 +95,41 @@ def evaluate_seed(feats: dict, seed: int, variants: dict = VARIANTS) -> dict:
     return row
 
 
+def low_shot(feats: dict, seed: int, shots: int = LOW_SHOTS) -> dict:
+    """Auto mode from `shots` training examples per class (a seeded subsample of the 16) with and without the
+    low-shot margin rule, against the calibrated prior, scored on the whole dev split (cross-validation only)."""
+    from unittest import mock
+
+    from peft_dect.dect import fit
+    from peft_dect.dect.fit import fit_auto
+
+    (train, y_train), (dev, y_dev) = feats["train"], feats["validation"]
+    cf = feats["content_free"]
+    classes = int(y_train.max()) + 1
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.cat(
+        [(y_train == c).nonzero().squeeze(1)[torch.randperm(16, generator=gen)[:shots]] for c in range(classes)]
+    )
+    sub, y_sub = train[keep], y_train[keep]
+    row = {f"low{shots}/calibrated_prior": float(((dev.label_logits - cf).argmax(-1) == y_dev).float().mean())}
+    for init in ("reference", "normalized"):
+        cfg = SimpleNamespace(
+            lam=None, calibrate=True, epochs=30, learning_rate=0.01, seed=0, decoder_dim=128, radius_init=init
+        )
+        row[f"low{shots}/auto_with_rule/{init}"] = accuracy(fit_auto(sub, y_sub, cf, cfg, classes), dev, y_dev, cf)
+        with mock.patch.object(fit, "AUTO_MIN_SHOTS", 0):
+            free = fit_auto(sub, y_sub, cf, cfg, classes)
+        row[f"low{shots}/auto_without_rule/{init}"] = accuracy(free, dev, y_dev, cf)
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/fewshot")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"))
+    parser.add_argument("--out", default=str(RESULTS / "auto_mode_dev.json"))
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
@@ -124,9 +155,9 @@ def main(argv: list[str] | None = None) -> None:
             peft_model.add_adapter(spec.name, cfg)
         peft_model.set_adapter(spec.name)
         rows = []
-        for seed in SEEDS:
+        for seed in args.seeds:
             feats = task_features(peft_model, tokenizer, spec, load_task(task, args.data, seed=seed))
-            rows.append(evaluate_seed(feats, seed))
+            rows.append({**evaluate_seed(feats, seed), **low_shot(feats, seed)})
         per_task[spec.name] = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
         print(spec.name, {k: round(100 * v, 1) for k, v in per_task[spec.name].items()}, flush=True)
     keys = list(next(iter(per_task.values())))
@@ -134,12 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "auto_mode_dev",
         "split_scored": "dev",
-        "seeds": list(SEEDS),
+        "seeds": list(args.seeds),
         "per_task": per_task,
         "mean": mean,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "auto_mode_dev.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print("| task | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, row in {**per_task, "mean": mean}.items():
         print(f"| {name} | " + " | ".join(f"{100 * row[k]:.1f}" for k in keys) + " |")

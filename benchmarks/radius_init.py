@@ -122,7 +122,6 @@ def evaluate_seed(train, dev, test, content_free, num_classes: int) -> dict:
 def run(args) -> dict:
     from peft import get_peft_model
 
-    import peft_dect
     from peft_dect import DecTConfig
     from peft_dect.embedded import load_smollm2
     from peft_dect.tasks import get_task, load_task
@@ -153,6 +152,18 @@ def run(args) -> dict:
             rec.update(evaluate_seed(train, dev, test, content_free, len(words)))
             records.append(rec)
             print(json.dumps({k: v for k, v in rec.items() if "/" not in k or k.split("/")[0] in MODES}), flush=True)
+        write(args, summary(args, records))  # partial results survive an interrupted run
+    return summary(args, records)
+
+
+def write(args, result: dict) -> None:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def summary(args, records: list) -> dict:
+    import peft_dect
+
     return {
         "benchmark": "radius_init",
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to float32)",
@@ -214,8 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     result = run(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write(args, result)
     print(table(result))
 
 
