@@ -9,7 +9,9 @@ train and dev features once (cached), then scores on the dev split:
 - auto mode without an eval set (k-fold cross-validation on the training set), evaluated on the whole dev split;
 - auto mode with an eval set: one half of the dev split is the eval set, the other half is scored, and back.
 
-Results go to `benchmarks/results/auto_mode_dev.json`.
+Each DecT figure is given for the shipped settings and for the VARIANTS of auto mode's grid (radius
+initialisation, learning rate, epoch counts), on the same features: the study by which the grid was re-chosen when
+the radii moved to the normalised space. Results go to `benchmarks/results/auto_mode_dev.json`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 TASKS = ("SST-2", "cr", "mpqa", "sst-5", "CoLA", "MRPC", "QQP", "QNLI", "RTE", "SNLI", "MNLI")
 SEEDS = (13, 21, 42, 87, 100)
+LOW_SHOTS = 4
+# name -> (radius_init, learning rate, auto mode's epoch counts); "shipped" is what fit.py does now
+VARIANTS = {
+    "reference": ("reference", 0.01, (30, 60)),
+    "shipped": ("normalized", 0.01, None),
+    "normalized": ("normalized", 0.01, (30, 60)),
+    "normalized_e120": ("normalized", 0.01, (30, 60, 120)),
+    "normalized_lr0.03": ("normalized", 0.03, (30, 60)),
+    "normalized_lr0.03_e120": ("normalized", 0.03, (30, 60, 120)),
+}
 
 
 def task_features(peft_model, tokenizer, spec, data) -> dict:
@@ -52,26 +64,62 @@ def accuracy(result, features, labels, content_free) -> float:
     return float((scores.argmax(-1) == labels).float().mean())
 
 
-def evaluate_seed(feats: dict, seed: int) -> dict:
+def evaluate_seed(feats: dict, seed: int, variants: dict = VARIANTS) -> dict:
+    from unittest import mock
+
+    from peft_dect.dect import fit
     from peft_dect.dect.fit import fit_auto, fit_faithful
 
-    cfg = SimpleNamespace(lam=None, calibrate=True, epochs=30, learning_rate=0.01, seed=0, decoder_dim=128)
     (train, y_train), (dev, y_dev) = feats["train"], feats["validation"]
     cf = feats["content_free"]
     classes = int(y_train.max()) + 1
     row = {
         "zero_shot": float((dev.label_logits.argmax(-1) == y_dev).float().mean()),
         "calibrated_zero_shot": float(((dev.label_logits - cf).argmax(-1) == y_dev).float().mean()),
-        "dect_faithful": accuracy(fit_faithful(train, y_train, cf, cfg, classes), dev, y_dev, cf),
-        "dect_auto_cv": accuracy(fit_auto(train, y_train, cf, cfg, classes), dev, y_dev, cf),
     }
     perm = torch.randperm(len(y_dev), generator=torch.Generator().manual_seed(seed))
     halves = (perm[: len(perm) // 2], perm[len(perm) // 2 :])
-    correct = 0.0
-    for chosen, scored in (halves, halves[::-1]):
-        result = fit_auto(train, y_train, cf, cfg, classes, dev[chosen], y_dev[chosen])
-        correct += accuracy(result, dev[scored], y_dev[scored], cf) * len(scored)
-    row["dect_auto_half_dev"] = correct / len(y_dev)
+    for name, (init, lr, epochs) in variants.items():
+        cfg = SimpleNamespace(
+            lam=None, calibrate=True, epochs=30, learning_rate=lr, seed=0, decoder_dim=128, radius_init=init
+        )
+        suffix = "" if name == "shipped" else f"/{name}"
+        with mock.patch.object(fit, "AUTO_EPOCHS", epochs or fit.AUTO_EPOCHS):
+            row["dect_faithful" + suffix] = accuracy(fit_faithful(train, y_train, cf, cfg, classes), dev, y_dev, cf)
+            row["dect_auto_cv" + suffix] = accuracy(fit_auto(train, y_train, cf, cfg, classes), dev, y_dev, cf)
+            correct = 0.0
+            for chosen, scored in (halves, halves[::-1]):
+                result = fit_auto(train, y_train, cf, cfg, classes, dev[chosen], y_dev[chosen])
+                correct += accuracy(result, dev[scored], y_dev[scored], cf) * len(scored)
+            row["dect_auto_half_dev" + suffix] = correct / len(y_dev)
+    return row
+
+
+def low_shot(feats: dict, seed: int, shots: int = LOW_SHOTS) -> dict:
+    """Auto mode from `shots` training examples per class (a seeded subsample of the 16) with and without the
+    low-shot margin rule, against the calibrated prior, scored on the whole dev split (cross-validation only)."""
+    from unittest import mock
+
+    from peft_dect.dect import fit
+    from peft_dect.dect.fit import fit_auto
+
+    (train, y_train), (dev, y_dev) = feats["train"], feats["validation"]
+    cf = feats["content_free"]
+    classes = int(y_train.max()) + 1
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.cat(
+        [(y_train == c).nonzero().squeeze(1)[torch.randperm(16, generator=gen)[:shots]] for c in range(classes)]
+    )
+    sub, y_sub = train[keep], y_train[keep]
+    row = {f"low{shots}/calibrated_prior": float(((dev.label_logits - cf).argmax(-1) == y_dev).float().mean())}
+    for init in ("reference", "normalized"):
+        cfg = SimpleNamespace(
+            lam=None, calibrate=True, epochs=30, learning_rate=0.01, seed=0, decoder_dim=128, radius_init=init
+        )
+        row[f"low{shots}/auto_with_rule/{init}"] = accuracy(fit_auto(sub, y_sub, cf, cfg, classes), dev, y_dev, cf)
+        with mock.patch.object(fit, "AUTO_MIN_SHOTS", 0):
+            free = fit_auto(sub, y_sub, cf, cfg, classes)
+        row[f"low{shots}/auto_without_rule/{init}"] = accuracy(free, dev, y_dev, cf)
     return row
 
 
@@ -79,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/fewshot")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"))
+    parser.add_argument("--out", default=str(RESULTS / "auto_mode_dev.json"))
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
@@ -105,9 +155,9 @@ def main(argv: list[str] | None = None) -> None:
             peft_model.add_adapter(spec.name, cfg)
         peft_model.set_adapter(spec.name)
         rows = []
-        for seed in SEEDS:
+        for seed in args.seeds:
             feats = task_features(peft_model, tokenizer, spec, load_task(task, args.data, seed=seed))
-            rows.append(evaluate_seed(feats, seed))
+            rows.append({**evaluate_seed(feats, seed), **low_shot(feats, seed)})
         per_task[spec.name] = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
         print(spec.name, {k: round(100 * v, 1) for k, v in per_task[spec.name].items()}, flush=True)
     keys = list(next(iter(per_task.values())))
@@ -115,12 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "auto_mode_dev",
         "split_scored": "dev",
-        "seeds": list(SEEDS),
+        "seeds": list(args.seeds),
         "per_task": per_task,
         "mean": mean,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "auto_mode_dev.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print("| task | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, row in {**per_task, "mean": mean}.items():
         print(f"| {name} | " + " | ".join(f"{100 * row[k]:.1f}" for k in keys) + " |")

@@ -90,3 +90,58 @@ def test_folds_are_stratified_and_cover_everything():
     assert torch.stack(folds).sum(0).eq(1).all()
     for f in folds:
         assert f[:8].sum() == 2 and f[8:].sum() == 2
+
+
+def test_normalized_radii_are_measured_on_the_sphere():
+    W = torch.eye(2).unsqueeze(0)
+    h = torch.tensor([[3.0, 0.0], [0.0, 3.0], [-5.0, 0.0], [-50.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    r = decoder.init_radii(W, h, y, torch.ones(1, 4), 2, normalized=True)
+    # class 0: unit vectors (1, 0) and (0, 1), mean (0.5, 0.5), both at sqrt(0.5); class 1: one point, twice
+    torch.testing.assert_close(r, torch.tensor([[math.sqrt(0.5), 0.0]]))
+    torch.testing.assert_close(decoder.init_radii(W, 100 * h, y, torch.ones(1, 4), 2, normalized=True), r)
+
+
+def test_training_is_invariant_to_the_hidden_state_scale():
+    torch.manual_seed(0)
+    h, y = torch.randn(12, 10), torch.arange(12) % 3
+    q = torch.softmax(torch.randn(12, 3), -1)
+    kwargs = dict(num_classes=3, decoder_dim=5, epochs=30, lr=0.01, seed=0, radius_init="normalized")
+    base, _ = decoder.train(h, y, q, torch.tensor([0.1]), **kwargs)
+    for scale in (10.0, 100.0):
+        scaled, _ = decoder.train(scale * h, y, q, torch.tensor([0.1]), **kwargs)
+        torch.testing.assert_close(scaled.radii, base.radii, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            decoder.scores(scaled, scale * h, q, 0.1), decoder.scores(base, h, q, 0.1), atol=1e-4, rtol=1e-4
+        )
+    reference, _ = decoder.train(100 * h, y, q, torch.tensor([0.1]), **{**kwargs, "radius_init": "reference"})
+    assert reference.radii.min() > 2  # before normalisation the radii follow ||h||, far beyond any distance
+
+
+def test_unknown_radius_init_names_the_options():
+    h, y = torch.randn(4, 3), torch.arange(4) % 2
+    with pytest.raises(ValueError, match=r"radius_init must be one of \('normalized', 'reference'\)"):
+        decoder.train(
+            h,
+            y,
+            torch.full((4, 2), 0.5),
+            torch.tensor([0.1]),
+            num_classes=2,
+            decoder_dim=2,
+            epochs=1,
+            lr=0.01,
+            seed=0,
+            radius_init="paper",
+        )
+
+
+def test_training_with_normalized_radii_fits_separable_data():
+    torch.manual_seed(0)
+    y = torch.arange(20) % 2
+    h = torch.randn(20, 8) + 3 * y.unsqueeze(1).float()
+    q = torch.full((20, 2), 0.5)
+    kwargs = dict(num_classes=2, decoder_dim=4, lr=0.05, seed=0, radius_init="normalized")
+    start, _ = decoder.train(h, y, q, torch.tensor([0.0]), epochs=0, **kwargs)
+    w, _ = decoder.train(h, y, q, torch.tensor([0.0]), epochs=100, **kwargs)
+    assert (decoder.scores(start, h, q, 0.0)[0].argmax(-1) == y).float().mean() < 0.5
+    assert (decoder.scores(w, h, q, 0.0)[0].argmax(-1) == y).float().mean() == 1.0

@@ -12,6 +12,7 @@ from .._enums import DECT_TYPE, FEW_SHOT_CLS_TYPE
 from ..saving import FORMAT_VERSION, check_format_version
 from ..settings import DemonstrationConfig, PromptSettings, check_choice, check_int, check_number
 from .checks import check_saved_shapes
+from .decoder import RADIUS_INITS
 
 
 MODES = ("auto", "faithful")
@@ -61,6 +62,10 @@ class DecTConfig(PromptSettings, PeftConfig):
         lam: weight of the calibrated label-word probabilities in faithful mode; None means 1/shots.
         calibrate: divide label-word probabilities by those of the content-free input.
         epochs, learning_rate: full-batch Adam training of the decoder.
+        radius_init: where the radii's initial values are measured: ``"normalized"`` (default) on the normalised
+            projections the score uses, so the decoder does not depend on the scale of the model's hidden states;
+            ``"reference"`` before normalisation, as the reference code (thunlp/DecT) does, to reproduce it. Adapters
+            saved before this setting existed load with ``"reference"``, how their stored radii were initialised.
         seed: seed of the projection and prototype initialisation (and of demonstration sampling).
         soft_prompt: folder, inside the adapter's, of a PEFT prompt-tuning adapter whose soft prompt is prepended
             when DecT reads the model; set by `use_soft_prompt()`.
@@ -88,6 +93,13 @@ class DecTConfig(PromptSettings, PeftConfig):
     )
     epochs: int = field(default=30, metadata={"help": "Full-batch Adam epochs of decoder training."})
     learning_rate: float = field(default=0.01, metadata={"help": "Adam learning rate of the decoder."})
+    radius_init: str = field(
+        default="normalized",
+        metadata={
+            "help": "Initial radii measured on the normalised projections the score uses ('normalized': independent "
+            "of the hidden-state scale) or before normalisation as the reference code does ('reference')."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the projection and prototype initialisation."})
     soft_prompt: str | None = field(
         default=None,
@@ -134,6 +146,7 @@ class DecTConfig(PromptSettings, PeftConfig):
         self.peft_type = DECT_TYPE
         self.check_prompt_settings()
         check_choice("mode", self.mode, MODES)
+        check_choice("radius_init", self.radius_init, RADIUS_INITS)
         check_int("decoder_dim", self.decoder_dim, 1)
         check_int("epochs", self.epochs, 0)
         check_int("seed", self.seed, 0, 2**63 - 1)
@@ -156,6 +169,14 @@ class DecTConfig(PromptSettings, PeftConfig):
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         check_saved_shapes(config, os.path.join(str(pretrained_model_name_or_path), subfolder or ""))
         return config
+
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """Fields read from a saved config: one saved before `radius_init` existed had its radii initialised the
+        reference way, and records so (its stored radii are loaded as they are, so predictions do not change)."""
+        kwargs = super().check_kwargs(**kwargs)
+        kwargs.setdefault("radius_init", "reference")
+        return kwargs
 
     @staticmethod
     def _demonstrations(value, per_class, filter) -> DemonstrationConfig | None:

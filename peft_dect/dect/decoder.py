@@ -3,9 +3,16 @@
     z = W h,   score_k = -|| z / ||z|| - p_k || + r_k + lam * q_k
 
 `h` is the hidden state at the prediction position, `p_k` fixed Xavier-initialised prototypes, `r_k` radii
-initialised to the mean distance of a class's projected examples to their mean, and `q` the (calibrated)
+initialised to the mean distance of a class's normalised projected examples to their mean, and `q` the (calibrated)
 label-word probabilities. Everything here is batched over G independent decoders ("members") that share the
 training features, so a whole hyperparameter grid or cross-validation trains in one loop.
+
+Scale. Measured on the sphere, where the score measures distances, the initial radii are on the distances' scale (at
+most 2) whatever the norm of the backbone's hidden states, and the whole fit is invariant to multiplying every `h` by
+a constant: z / ||z|| does not change and the gradient wrt W does not either, so Adam takes the same steps. The
+reference code (thunlp/DecT) measures them before normalisation, where they follow ||h|| (4.4-6.0 on SmolLM2-135M,
+whose ||h|| is about 45) and their differences, not the distances, decide the class; ``radius_init="reference"``
+reproduces it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+RADIUS_INITS = ("normalized", "reference")
+"""Where the initial radii are measured: on the normalised projections the score uses, or before normalisation as
+the reference implementation does (its results, on a scale that follows the backbone's hidden-state norm)."""
 
 
 @dataclass
@@ -59,13 +71,23 @@ def scores(weights: DecoderWeights, hidden: torch.Tensor, q: torch.Tensor, lam: 
     return -distances(z, weights.prototypes) + weights.radii.unsqueeze(1) + lam * q
 
 
-def init_radii(W: torch.Tensor, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, num_classes: int):
+def init_radii(
+    W: torch.Tensor,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    num_classes: int,
+    normalized: bool = False,
+) -> torch.Tensor:
     """Per member and class, the mean distance of the projected examples to their projected class mean (G, C).
 
-    As the reference code does, distances are measured before normalisation. `weight` (G, N) is 1 for the examples
-    a member trains on.
+    r_k = mean_{i: y_i = k} || z_i - mean_{j: y_j = k} z_j ||, with z = W h, or z = normalize(W h) when `normalized`
+    (the space of the score, so r_k is scale-invariant). The default measures before normalisation, as the reference
+    code does. `weight` (G, N) is 1 for the examples a member trains on.
     """
     z = project(W, hidden)
+    if normalized:
+        z = F.normalize(z, dim=-1)
     onehot = F.one_hot(labels, num_classes).to(z.dtype)  # (N, C)
     w = weight.unsqueeze(-1) * onehot  # (G, N, C)
     count = w.sum(1).clamp_min(1.0)  # (G, C)
@@ -87,12 +109,17 @@ def train(
     seed: int,
     weight: torch.Tensor | None = None,
     checkpoints: tuple[int, ...] = (),
+    radius_init: str = "reference",
 ) -> tuple[DecoderWeights, dict[int, DecoderWeights]]:
     """Full-batch Adam on the cross-entropy of the scores, for G members at once.
 
     hidden (N, H), labels (N,), q (G, N, C) or (N, C), lam (G,), weight (G, N) marks each member's training rows
-    (all ones by default). Returns the final weights and snapshots at the given epoch `checkpoints`.
+    (all ones by default), `radius_init` one of RADIUS_INITS (here, as in `init_radii`, the reference code's by
+    default, so these functions reproduce it; `DecTConfig` defaults to "normalized"). Returns the final weights and
+    snapshots at the given epoch `checkpoints`.
     """
+    if radius_init not in RADIUS_INITS:
+        raise ValueError(f"radius_init must be one of {RADIUS_INITS}, got {radius_init!r}.")
     G = lam.shape[0]
     hidden = hidden.float()
     if weight is None:
@@ -100,7 +127,8 @@ def train(
     W0, prototypes = init_weights(hidden.shape[1], decoder_dim, num_classes, seed)
     W = W0.unsqueeze(0).repeat(G, 1, 1).requires_grad_(True)
     with torch.no_grad():
-        radii = init_radii(W, hidden, labels, weight, num_classes).requires_grad_(True)
+        normalized = radius_init == "normalized"
+        radii = init_radii(W, hidden, labels, weight, num_classes, normalized).requires_grad_(True)
     opt = torch.optim.Adam([W, radii], lr=lr, fused=W.device.type in ("cpu", "cuda"))
     denom = weight.sum(1).clamp_min(1.0)
     snapshots: dict[int, DecoderWeights] = {}

@@ -90,6 +90,7 @@ def train_one(train: Features, labels, q, lam: float, cfg, num_classes: int, epo
         epochs=epochs,
         lr=cfg.learning_rate,
         seed=cfg.seed,
+        radius_init=cfg.radius_init,
     )
     return weights
 
@@ -168,6 +169,7 @@ def auto_table(train, labels, q_train, cfg, num_classes, folds, eval_features, e
         seed=cfg.seed,
         weight=torch.stack([rows.float() for _, rows, _ in members]),
         checkpoints=AUTO_EPOCHS,
+        radius_init=cfg.radius_init,
     )
     held_mask = torch.stack([h.float() if h is not None else torch.zeros(len(labels)) for _, _, h in members])
     evaluated = [g for g, (_, _, h) in enumerate(members) if h is None]

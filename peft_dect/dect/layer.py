@@ -38,6 +38,7 @@ class DecTLayer(nn.Module, BaseTunerLayer):
         self.dect_settings = BufferDict({}, persistent=True)
         self._active_adapter = adapter_name
         self.merged_adapters = []
+        self.radius_init: dict[str, str] = {}  # adapter -> its config's radius_init, read by the Trainer path
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config) -> None:
@@ -50,6 +51,7 @@ class DecTLayer(nn.Module, BaseTunerLayer):
         self.dect_prototypes[adapter_name] = prototypes.to(device)
         self.dect_content_free[adapter_name] = torch.zeros(num_classes, device=device)
         self.dect_settings[adapter_name] = AdapterState.initial_settings(config, device)
+        self.radius_init[adapter_name] = config.radius_init
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def state(self, adapter_name: str) -> AdapterState:
@@ -152,7 +154,8 @@ class AdapterState:
         with torch.no_grad():
             W = layer.dect_W[name].detach().unsqueeze(0)
             weight = torch.ones(1, labels.shape[0], device=W.device)
-            radii = init_radii(W, hidden.to(W), labels.to(W.device), weight, num_classes)
+            normalized = layer.radius_init.get(name) != "reference"
+            radii = init_radii(W, hidden.to(W), labels.to(W.device), weight, num_classes, normalized)
             layer.dect_radii[name].copy_(radii[0])
         if self.lam != self.lam:  # NaN: neither configured nor set by prepare_dataset
             self.lam = 1.0 / shots_of(labels, num_classes)
