@@ -211,10 +211,11 @@ def test_environment_key_is_not_sent_to_the_url_saved_in_an_adapter(stub, adapte
     stub.state.authorizations.clear()
     with caplog.at_level(logging.WARNING):
         BlackBoxDecT.from_pretrained(adapter, show_progress=False).predict(["a new text"])
-    assert stub.state.authorizations == [None] and "OPENAI_API_KEY is not sent" in caplog.text
+        BlackBoxDecT.from_pretrained(adapter, api_key=None, show_progress=False).predict(["a 2nd text"])
+    assert stub.state.authorizations == [None, None] and "OPENAI_API_KEY is not sent" in caplog.text
     BlackBoxDecT.from_pretrained(adapter, url=stub.url, show_progress=False).predict(["another text"])
     BlackBoxDecT.from_pretrained(adapter, api_key="given", show_progress=False).predict(["a third text"])
-    assert stub.state.authorizations == [None, "Bearer env-key", "Bearer given"]
+    assert stub.state.authorizations == [None, None, "Bearer env-key", "Bearer given"]
 
 
 def test_cache_file_and_key_in_a_saved_adapter_are_ignored(stub, adapter, tmp_path, monkeypatch, caplog):
