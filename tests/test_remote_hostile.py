@@ -390,3 +390,9 @@ def test_lone_surrogates_in_prompts_and_answers_are_cached(stub, tmp_path):
     assert endpoint(stub, cache_file=cache).next_token_logprobs([prompt]) == [top]
     fresh = endpoint(stub, cache_file=cache)
     assert fresh.next_token_logprobs([prompt]) == [top] and fresh.stats.requests == 0
+
+
+def test_https_to_a_plain_http_server_is_a_named_connection_error(stub):
+    ep = OpenAIEndpoint(stub.url.replace("http://", "https://"), "m", max_retries=0, timeout=2, show_progress=False)
+    with pytest.raises(EndpointError, match="failed 1 times, last with .*SSL"):
+        ep.next_token_logprobs(["a good film"])
