@@ -396,3 +396,18 @@ def test_https_to_a_plain_http_server_is_a_named_connection_error(stub):
     ep = OpenAIEndpoint(stub.url.replace("http://", "https://"), "m", max_retries=0, timeout=2, show_progress=False)
     with pytest.raises(EndpointError, match="failed 1 times, last with .*SSL"):
         ep.next_token_logprobs(["a good film"])
+
+
+@pytest.mark.parametrize(
+    "change", [{"embedding_url": 123}, {"url": ["x"]}, {"embedding_url": "file:///etc"}, {"embeddings": "yes"}]
+)
+def test_saved_endpoint_settings_of_the_wrong_type_are_named(stub, adapter, change, monkeypatch):
+    from peft_dect.remote import BlackBoxDecT
+
+    monkeypatch.setenv("OPENAI_API_KEY", "env-key")
+    path = adapter / "remote_endpoint.json"
+    saved = json.loads(path.read_text())
+    saved["endpoint"] |= change
+    path.write_text(json.dumps(saved))
+    with pytest.raises((ValueError, TypeError), match=f"{next(iter(change))} must be"):
+        BlackBoxDecT.from_pretrained(adapter)

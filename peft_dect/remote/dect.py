@@ -212,6 +212,6 @@ def _endpoint_arguments(settings: dict, given: dict, source: Path) -> dict:
         logger.warning(
             "OPENAI_API_KEY is not sent to %s, the URL saved in the adapter: pass url=... (--endpoint) or "
             "api_key=... to send a key to it.",
-            " and ".join(str(u) for u in dict.fromkeys(saved_urls)),
+            " and ".join(sorted({str(u) for u in saved_urls})),
         )
     return out
