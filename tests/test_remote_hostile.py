@@ -211,10 +211,11 @@ def test_environment_key_is_not_sent_to_the_url_saved_in_an_adapter(stub, adapte
     stub.state.authorizations.clear()
     with caplog.at_level(logging.WARNING):
         BlackBoxDecT.from_pretrained(adapter, show_progress=False).predict(["a new text"])
-    assert stub.state.authorizations == [None] and "OPENAI_API_KEY is not sent" in caplog.text
+        BlackBoxDecT.from_pretrained(adapter, api_key=None, show_progress=False).predict(["a 2nd text"])
+    assert stub.state.authorizations == [None, None] and "OPENAI_API_KEY is not sent" in caplog.text
     BlackBoxDecT.from_pretrained(adapter, url=stub.url, show_progress=False).predict(["another text"])
     BlackBoxDecT.from_pretrained(adapter, api_key="given", show_progress=False).predict(["a third text"])
-    assert stub.state.authorizations == [None, "Bearer env-key", "Bearer given"]
+    assert stub.state.authorizations == [None, None, "Bearer env-key", "Bearer given"]
 
 
 def test_cache_file_and_key_in_a_saved_adapter_are_ignored(stub, adapter, tmp_path, monkeypatch, caplog):
@@ -389,3 +390,24 @@ def test_lone_surrogates_in_prompts_and_answers_are_cached(stub, tmp_path):
     assert endpoint(stub, cache_file=cache).next_token_logprobs([prompt]) == [top]
     fresh = endpoint(stub, cache_file=cache)
     assert fresh.next_token_logprobs([prompt]) == [top] and fresh.stats.requests == 0
+
+
+def test_https_to_a_plain_http_server_is_a_named_connection_error(stub):
+    ep = OpenAIEndpoint(stub.url.replace("http://", "https://"), "m", max_retries=0, timeout=2, show_progress=False)
+    with pytest.raises(EndpointError, match="failed 1 times, last with .*SSL"):
+        ep.next_token_logprobs(["a good film"])
+
+
+@pytest.mark.parametrize(
+    "change", [{"embedding_url": 123}, {"url": ["x"]}, {"embedding_url": "file:///etc"}, {"embeddings": "yes"}]
+)
+def test_saved_endpoint_settings_of_the_wrong_type_are_named(stub, adapter, change, monkeypatch):
+    from peft_dect.remote import BlackBoxDecT
+
+    monkeypatch.setenv("OPENAI_API_KEY", "env-key")
+    path = adapter / "remote_endpoint.json"
+    saved = json.loads(path.read_text())
+    saved["endpoint"] |= change
+    path.write_text(json.dumps(saved))
+    with pytest.raises((ValueError, TypeError), match=f"{next(iter(change))} must be"):
+        BlackBoxDecT.from_pretrained(adapter)

@@ -195,8 +195,14 @@ class OpenAIEndpoint:
             )
         if not isinstance(max_response_bytes, int) or isinstance(max_response_bytes, bool) or max_response_bytes < 1:
             raise ValueError(f"max_response_bytes must be an integer >= 1, got {max_response_bytes!r}.")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must be an http(s) URL such as 'http://127.0.0.1:8080', got {url!r}.")
+        for name, value in (("url", url), ("embedding_url", embedding_url or url)):
+            if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+                raise ValueError(f"{name} must be an http(s) URL such as 'http://127.0.0.1:8080', got {value!r}.")
+        if not isinstance(embeddings, bool) or not isinstance(embedding_model, (str, type(None))):
+            raise TypeError(
+                f"embeddings must be True or False and embedding_model a string or None, got {embeddings!r} and "
+                f"{embedding_model!r}."
+            )
         if not isinstance(model, str) or not model:
             raise ValueError("model must name the served model (the 'model' field of the API), e.g. 'smollm2'.")
         self.url = _api_base(url)

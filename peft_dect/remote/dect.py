@@ -207,11 +207,11 @@ def _endpoint_arguments(settings: dict, given: dict, source: Path) -> dict:
         )
     out = {k: v for k, v in settings.items() if k in SAVED_SETTINGS} | given
     saved_urls = [settings[k] for k in ("url", "embedding_url") if k in settings and k not in given]
-    if "api_key" not in given and saved_urls and os.environ.get("OPENAI_API_KEY"):
+    if given.get("api_key") is None and saved_urls and os.environ.get("OPENAI_API_KEY"):
         out["api_key"] = ""
         logger.warning(
             "OPENAI_API_KEY is not sent to %s, the URL saved in the adapter: pass url=... (--endpoint) or "
             "api_key=... to send a key to it.",
-            " and ".join(str(u) for u in dict.fromkeys(saved_urls)),
+            " and ".join(sorted({str(u) for u in saved_urls})),
         )
     return out
