@@ -176,8 +176,8 @@ def check_tensor_shapes(folder: str | os.PathLike, expected: Mapping[str, tuple]
         if len(shape) != len(want) or any(w is not None and w != got for w, got in zip(want, shape)):
             raise ValueError(
                 f"{os.path.join(os.fspath(folder), WEIGHTS_FILE)} holds {name} of shape {list(shape)}, but its "
-                f"{CONFIG_FILE} describes {[w if w is not None else '*' for w in want]}: the config and the weights "
-                "do not belong together (an edited config?); save the adapter again."
+                f"{CONFIG_FILE} describes {[w if w is not None else '*' for w in want]}: the tensors do not fit this "
+                "adapter's shapes (an edited config, or weights of another adapter); save the adapter again."
             )
 
 
@@ -197,7 +197,8 @@ def check_adapter_folder(folder: str | os.PathLike) -> None:
     """Raise a ValueError naming the problem if `folder` is not a loadable adapter folder. Nothing is unpickled.
 
     Checked: the config is a readable JSON object of a format this release reads, the weights are a readable
-    safetensors file (a pickled `.bin` is named and refused), and every tensor belongs to the config's peft type.
+    safetensors file (a pickled `.bin` is named and refused), every tensor belongs to the config's peft type, and
+    config and weights carry the same save id when both record one (a folder mixing two saves is refused).
     """
     folder = os.fspath(folder)
     config = os.path.join(folder, CONFIG_FILE)
@@ -215,11 +216,6 @@ def check_adapter_folder(folder: str | os.PathLike) -> None:
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from None
     saved = read_json_object(config, "adapter config")
-    if saved.get(SAVE_ID_KEY) != metadata.get(SAVE_ID_KEY):
-        raise ValueError(
-            f"{folder} mixes files of two saves: its {CONFIG_FILE} and {WEIGHTS_FILE} were written by different "
-            "save_pretrained calls (one was interrupted, or two ran at once); save the adapter again."
-        )
     check_format_version(saved.get("format_version"), f"The adapter in {folder}")
     peft_type = saved.get("peft_type")
     prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_type)
@@ -231,4 +227,10 @@ def check_adapter_folder(folder: str | os.PathLike) -> None:
         raise ValueError(
             f"{weights} holds tensors that are not {peft_type}'s ({unknown[:3]}); the weights and the config "
             "come from different adapters."
+        )
+    config_id, weights_id = saved.get(SAVE_ID_KEY), metadata.get(SAVE_ID_KEY)
+    if config_id is not None and weights_id is not None and config_id != weights_id:
+        raise ValueError(
+            f"{folder} mixes files of two saves: its {CONFIG_FILE} and {WEIGHTS_FILE} were written by different "
+            "save_pretrained calls (one was interrupted, or two ran at once); save the adapter again."
         )

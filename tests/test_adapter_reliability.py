@@ -120,7 +120,7 @@ def test_absurd_sizes_are_refused_before_allocation(bpe_tokenizer, tmp_path, mon
         raise AssertionError("the decoder was allocated before the shapes were checked")
 
     monkeypatch.setattr(peft_dect.dect.layer, "init_weights", no_allocation)
-    with pytest.raises(ValueError, match="holds base_model.model.lm_head.dect_.* do not belong together"):
+    with pytest.raises(ValueError, match="holds base_model.model.lm_head.dect_.* do not fit this adapter's shapes"):
         PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
 
 
