@@ -31,7 +31,7 @@ except ImportError:  # Windows: saves to one folder are not serialised there
     fcntl = None
 
 
-FORMAT_VERSION = "2.0"
+FORMAT_VERSION = "2.1"
 """Format of the adapter configs this release writes."""
 CLASSIFIER_FORMAT = 1
 """Format of `label_word_classifier.json` (label-word classifiers, LM-BFF, prompt tuning)."""
