@@ -343,3 +343,19 @@ def test_a_corrupt_config_is_named_through_peft(bpe_tokenizer, tmp_path, text, m
     (tmp_path / "adapter_config.json").write_text(text)
     with pytest.raises(ValueError, match=f"adapter_config.json {message}.*save the adapter config again"):
         PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("lam", float("nan"), ValueError, "lam must be a finite number"),
+        ("lam", float("inf"), ValueError, "lam must be a finite number"),
+        ("learning_rate", float("inf"), ValueError, "learning_rate must be a finite number"),
+        ("decoder_dim", "128", TypeError, "decoder_dim must be an integer"),
+        ("epochs", 30.0, TypeError, "epochs must be an integer"),
+        ("seed", 2**70, ValueError, "seed must be between 0 and"),
+    ],
+)
+def test_configs_refuse_non_finite_and_mistyped_numbers(field, value, error, message):
+    with pytest.raises(error, match=message):
+        DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, **{field: value})

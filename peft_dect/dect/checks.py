@@ -64,7 +64,7 @@ def check_label_token_ids(config, verbalizer: Verbalizer, *, record: bool) -> No
 def check_saved_shapes(config, folder: str) -> None:
     """Refuse a saved adapter whose config sizes (decoder_dim, recorded hidden size, number of classes) differ from
     its tensors' shapes, read from the safetensors header: before the layer is built, so an edited config cannot
-    make loading allocate gigabytes. A folder without local weights (a Hub id) is checked when it is loaded."""
+    make loading allocate gigabytes (a Hub adapter's weights are downloaded first, safetensors only)."""
     if not os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
         return
     dim, hidden, classes = config.decoder_dim, config.recorded.hidden_size, len(config.label_words)

@@ -9,6 +9,7 @@ from typing import ClassVar
 from peft.config import PeftConfig
 
 from .._enums import DECT_TYPE, FEW_SHOT_CLS_TYPE
+from ..hub import local_adapter_folder
 from ..saving import FORMAT_VERSION, check_format_version
 from ..settings import DemonstrationConfig, PromptSettings, check_choice, check_int, check_number
 from .checks import check_saved_shapes
@@ -167,7 +168,10 @@ class DecTConfig(PromptSettings, PeftConfig):
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, **kwargs) -> DecTConfig:
         """A saved config, whose sizes are checked against the saved tensors' shapes before any layer is built."""
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        check_saved_shapes(config, os.path.join(str(pretrained_model_name_or_path), subfolder or ""))
+        folder = os.path.join(str(pretrained_model_name_or_path), subfolder or "")
+        if not os.path.isdir(folder):  # a Hub id: its safetensors weights (never a pickle) are fetched first
+            folder = local_adapter_folder(pretrained_model_name_or_path, {**kwargs, "subfolder": subfolder})
+        check_saved_shapes(config, folder)
         return config
 
     @classmethod

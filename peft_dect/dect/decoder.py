@@ -58,10 +58,14 @@ def project(W: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """|| normalize(z) - p_k || for z (G, N, d) and prototypes (C, d) -> (G, N, C)."""
+    """|| normalize(z) - p_k || for z (G, N, d) and prototypes (C, d) -> (G, N, C).
+
+    Expanded as ||zn||^2 + ||p_k||^2 - 2 zn . p_k with ||zn|| = 1, one matrix product: memory O(G N C), not the
+    O(G N C d) of the differences, so many classes and auto mode's members fit.
+    """
     zn = F.normalize(z, dim=-1)
-    diff = zn.unsqueeze(-2) - prototypes
-    return diff.pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    squared = 1.0 + prototypes.pow(2).sum(-1) - 2.0 * (zn @ prototypes.T)
+    return squared.clamp_min(1e-12).sqrt()
 
 
 def scores(weights: DecoderWeights, hidden: torch.Tensor, q: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
