@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from peft_dect.dect import decoder
 from peft_dect.dect.fit import shots_of, stratified_folds
@@ -145,3 +146,25 @@ def test_training_with_normalized_radii_fits_separable_data():
     w, _ = decoder.train(h, y, q, torch.tensor([0.0]), epochs=100, **kwargs)
     assert (decoder.scores(start, h, q, 0.0)[0].argmax(-1) == y).float().mean() < 0.5
     assert (decoder.scores(w, h, q, 0.0)[0].argmax(-1) == y).float().mean() == 1.0
+
+
+def test_distances_never_build_the_examples_by_classes_by_dim_tensor():
+    """Many classes fit: the largest tensor `distances` makes is (members, examples, classes), not that times d."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    z, prototypes = torch.randn(2, 300, 64), torch.randn(150, 64)
+    expected = (F.normalize(z, dim=-1).unsqueeze(-2) - prototypes).norm(dim=-1)
+    with Largest():
+        got = decoder.distances(z, prototypes)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert Largest.numel <= 2 * 300 * 150
