@@ -13,134 +13,53 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import math
 import os
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
-from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
+from .answers import (
+    EMBEDDING,
+    FORCED,
+    LOGPROBS,
+    api_base,
+    checked_key,
+    entries,
+    error_detail,
+    is_logprob,
+    last_vector,
+    server_error,
+    top_logprobs,
+    valid_cached,
+)
 from .cache import ResponseCache
+from .stats import RequestStats
+from .transport import (
+    Deadline,
+    SameOriginRedirects,
+    Transient,
+    WatchedHTTPHandler,
+    WatchedHTTPSHandler,
+)
 
 
 logger = logging.getLogger(__name__)
 
-LOGPROBS, EMBEDDING, FORCED = "logprobs", "embedding", "forced"
 FORCE_BIAS = 100.0
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # The largest answer read: per-token embeddings (llama.cpp without pooling, one row per prompt token) of a 4096-wide
 # model over a 2,048-token prompt are about 130 MB of JSON; twice that leaves room and still bounds memory.
 MAX_RESPONSE_BYTES = 256 * 2**20
 READ_CHUNK = 2**16
-LOGPROB_SLACK = 1e-3  # a top log-probability above this is a probability above 1, not rounding
-FLOAT32_MAX = 3.4028234663852886e38  # features are float32: a larger value would become inf
 
 
 class EndpointError(ConnectionError):
     """The server could not be reached or kept failing after the allowed retries."""
-
-
-@dataclass
-class RequestStats:
-    """What a client has cost so far: HTTP requests (by kind), retries, tokens, and prompts sent for log-probabilities
-    or answered from the cache (a prompt counts once, whether or not its embedding was also asked for)."""
-
-    completion_requests: int = 0
-    embedding_requests: int = 0
-    forced_requests: int = 0
-    tokenize_requests: int = 0
-    retries: int = 0
-    prompts_sent: int = 0
-    cached_prompts: int = 0
-    prompt_tokens: int = 0
-    seconds: float = 0.0
-
-    @property
-    def requests(self) -> int:
-        return self.completion_requests + self.embedding_requests + self.tokenize_requests
-
-    def report(self) -> dict[str, int]:
-        """The counts a fit report gives: requests by kind, retries, cached prompts, prompt tokens."""
-        return {
-            "requests": self.requests,
-            "completion_requests": self.completion_requests,
-            "embedding_requests": self.embedding_requests,
-            "label_word_requests": self.forced_requests,
-            "retries": self.retries,
-            "cached_prompts": self.cached_prompts,
-            "prompt_tokens": self.prompt_tokens,
-        }
-
-    def since(self, before: RequestStats) -> RequestStats:
-        """The cost between `before` (a copy taken earlier) and now."""
-        now, then = asdict(self), asdict(before)
-        return RequestStats(**{k: now[k] - then[k] for k in now})
-
-    def copy(self) -> RequestStats:
-        return RequestStats(**asdict(self))
-
-
-def _last_vector(embedding) -> list[float]:
-    """The prompt's vector: a pooled embedding as it is, or the last token's row of a per-token embedding.
-
-    llama.cpp returns one row per token for models without a pooling type (decoder LMs such as SmolLM2); the last
-    token is the prediction position of a causal prompt, which is the hidden state DecT reads in-process. Values must
-    be finite numbers within float32's range (the features' type), so that a broken answer is refused before it is
-    cached.
-    """
-    if isinstance(embedding, list) and embedding and isinstance(embedding[0], list):
-        embedding = embedding[-1]
-    if not isinstance(embedding, list) or not embedding or not all(_is_number(x) for x in embedding):
-        raise ValueError("answered an empty or malformed embedding (not a list of numbers)")
-    bad = next((x for x in embedding if not math.isfinite(x) or abs(x) > FLOAT32_MAX), None)
-    if bad is not None:
-        raise ValueError(f"answered a non-finite or out-of-range embedding value {bad!r}")
-    return [float(x) for x in embedding]
-
-
-def _checked_key(key: str | None) -> str | None:
-    """The API key without surrounding whitespace; one with control characters (a header injection, or a file read
-    with its line breaks) is refused without quoting it."""
-    if key is None:
-        return None
-    if not isinstance(key, str):
-        raise TypeError(f"api_key must be a string, got {type(key).__name__}.")
-    key = key.strip()
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise ValueError(
-            "The API key (api_key or OPENAI_API_KEY) holds a line break or another control character; give the key "
-            "alone."
-        )
-    return key
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_logprob(value) -> bool:
-    return _is_number(value) and math.isfinite(value) and -FLOAT32_MAX <= value <= LOGPROB_SLACK
-
-
-def _valid_cached(kind: str, value) -> bool:
-    """Whether a value read from a cache file is one the client would have accepted from the server."""
-    if kind == LOGPROBS:
-        return isinstance(value, dict) and bool(value) and all(_is_logprob(v) for v in value.values())
-    if kind == FORCED:
-        return _is_logprob(value) and value <= 0
-    if kind == EMBEDDING:
-        try:
-            return _last_vector(value) == value
-        except ValueError:
-            return False
-    return False
 
 
 class OpenAIEndpoint:
@@ -205,10 +124,10 @@ class OpenAIEndpoint:
             )
         if not isinstance(model, str) or not model:
             raise ValueError("model must name the served model (the 'model' field of the API), e.g. 'smollm2'.")
-        self.url = _api_base(url)
+        self.url = api_base(url)
         self.model = model
         self.embeddings = embeddings
-        self.embedding_url = _api_base(embedding_url) if embedding_url else self.url
+        self.embedding_url = api_base(embedding_url) if embedding_url else self.url
         self.embedding_model = embedding_model or model
         self.top_logprobs = top_logprobs
         self.batch_size = batch_size
@@ -217,14 +136,14 @@ class OpenAIEndpoint:
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
-        self.api_key = _checked_key(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
+        self.api_key = checked_key(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
         self.show_progress = show_progress
         self.max_response_bytes = max_response_bytes
         self.stats = RequestStats()
         self._tokenized: dict[str, list[int]] = {}
         self._embedding_width: int | None = None
         self._stats_lock = threading.Lock()
-        self.cache = ResponseCache(cache_file, self.identity(), _valid_cached)
+        self.cache = ResponseCache(cache_file, self.identity(), valid_cached)
 
     def identity(self) -> dict:
         """What the answers depend on: the cache key beyond the prompt."""
@@ -341,8 +260,8 @@ class OpenAIEndpoint:
         url = self.url + "/completions"
         response = self._post(url, body, kind=LOGPROBS, prompts=len(chunk))
         hint = "; this server may take one prompt per request: use batch_size=1" if len(chunk) > 1 else ""
-        choices = _entries(response, "choices", len(chunk), url, hint)
-        return [_top_logprobs(choice, self.url, self.model) for choice in choices]
+        choices = entries(response, "choices", len(chunk), url, hint)
+        return [top_logprobs(choice, self.url, self.model) for choice in choices]
 
     def _forced(self, chunk: list[str]) -> list[float]:
         token_id, prompt = chunk[0].split("\x00", 1)
@@ -355,11 +274,11 @@ class OpenAIEndpoint:
             "logit_bias": {token_id: FORCE_BIAS},
         }
         url = self.url + "/completions"
-        choice = _entries(self._post(url, body, kind=FORCED, prompts=1), "choices", 1, url)[0]
+        choice = entries(self._post(url, body, kind=FORCED, prompts=1), "choices", 1, url)[0]
         logprobs = choice.get("logprobs")
         values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
         value = values[0] if isinstance(values, list) and values else None
-        if not _is_logprob(value) or value > 0:
+        if not is_logprob(value) or value > 0:
             raise ValueError(
                 f"{url} gave no finite log-probability (got {value!r}) for a token forced by logit_bias; use "
                 "missing_label_words='floor' or raise top_logprobs if the server cannot score forced tokens."
@@ -369,11 +288,11 @@ class OpenAIEndpoint:
     def _embed(self, chunk: list[str]) -> list[list[float]]:
         body = {"model": self.embedding_model, "input": chunk}
         url = self.embedding_url + "/embeddings"
-        data = _entries(self._post(url, body, kind=EMBEDDING, prompts=len(chunk)), "data", len(chunk), url)
+        data = entries(self._post(url, body, kind=EMBEDDING, prompts=len(chunk)), "data", len(chunk), url)
         vectors = []
         for i, entry in enumerate(data):
             try:
-                vectors.append(_last_vector(entry.get("embedding")))
+                vectors.append(last_vector(entry.get("embedding")))
             except ValueError as err:
                 raise ValueError(f"{url} {err} for input {i} of {len(chunk)}.") from None
         widths = sorted({len(v) for v in vectors})
@@ -404,7 +323,7 @@ class OpenAIEndpoint:
             start = time.perf_counter()
             try:
                 answer = self._request(url, data, headers, kind)
-            except _Transient as err:
+            except Transient as err:
                 last = str(err)
             else:
                 self._count(kind, prompts, answer)
@@ -422,10 +341,10 @@ class OpenAIEndpoint:
         )
 
     def _request(self, url: str, data: bytes, headers: dict, kind: str) -> dict:
-        """One attempt: the answer as a JSON object, a `_Transient` failure (retried), or a ValueError (not)."""
-        deadline = _Deadline(self.timeout)
+        """One attempt: the answer as a JSON object, a `Transient` failure (retried), or a ValueError (not)."""
+        deadline = Deadline(self.timeout)
         opener = urllib.request.build_opener(
-            _SameOriginRedirects(), _WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline)
+            SameOriginRedirects(), WatchedHTTPHandler(deadline), WatchedHTTPSHandler(deadline)
         )
         try:
             with opener.open(urllib.request.Request(url, data=data, headers=headers), timeout=self.timeout) as reply:
@@ -438,7 +357,7 @@ class OpenAIEndpoint:
                     f"{err.msg}); check the URL."
                 ) from None
             try:
-                detail = _detail(err.read(300))
+                detail = error_detail(err.read(300))
             except (OSError, http.client.HTTPException):
                 detail = "(no readable body)"
             finally:
@@ -453,17 +372,17 @@ class OpenAIEndpoint:
                         "give: url=..., --endpoint)."
                     )
                 raise ValueError(f"{url} refused the request with HTTP {err.code}: {detail}{hint}") from None
-            raise _Transient(f"HTTP {err.code}: {detail}") from None
+            raise Transient(f"HTTP {err.code}: {detail}") from None
         except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
             if deadline.expired:
-                raise _Transient(f"TimeoutError: no complete answer within timeout={self.timeout:g} s") from None
-            raise _Transient(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
+                raise Transient(f"TimeoutError: no complete answer within timeout={self.timeout:g} s") from None
+            raise Transient(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
         finally:
             deadline.cancel()
         if deadline.expired:  # the watchdog may end slow headers in what looks like an empty answer
-            raise _Transient(f"TimeoutError: no complete answer within timeout={self.timeout:g} s")
+            raise Transient(f"TimeoutError: no complete answer within timeout={self.timeout:g} s")
         if not payload.strip():
-            raise _Transient("an empty answer (HTTP 200 without a body)")
+            raise Transient("an empty answer (HTTP 200 without a body)")
         try:
             answer = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
@@ -473,15 +392,15 @@ class OpenAIEndpoint:
                 f"{url} answered JSON that is not an object ({type(answer).__name__}: {payload[:100]!r}); give the "
                 "base URL of an OpenAI-compatible API."
             )
-        error = _server_error(answer)
+        error = server_error(answer)
         if error is not None:
             message, status = error
             if status in RETRY_STATUS:
-                raise _Transient(f"an error answer (code {status}): {message}")
+                raise Transient(f"an error answer (code {status}): {message}")
             raise ValueError(f"{url} answered an error: {message}")
         return answer
 
-    def _read(self, reply, url: str, deadline: _Deadline) -> bytes:
+    def _read(self, reply, url: str, deadline: Deadline) -> bytes:
         """The whole body, in chunks: at most `max_response_bytes`, complete, and within the request's deadline."""
         cap = self.max_response_bytes
         announced = reply.headers.get("Content-Length", "")
@@ -522,190 +441,3 @@ class OpenAIEndpoint:
                 self.stats.forced_requests += 1
             self.stats.prompts_sent += prompts if kind == LOGPROBS else 0
             self.stats.prompt_tokens += tokens
-
-
-def _entries(response: dict, key: str, count: int, url: str, hint: str = "") -> list[dict]:
-    """The `count` objects of list `key` in a JSON answer, in `index` order, or a ValueError naming the server.
-
-    Indexes, where given, must name each input once (0 to count - 1): a duplicate or stray index would pair an
-    answer with the wrong prompt. Without indexes the answers are taken in order.
-    """
-    entries = response.get(key)
-    if not isinstance(entries, list):
-        raise ValueError(f"{url} answered no {key!r} list for {count} inputs: {str(response)[:200]}.")
-    if len(entries) != count:
-        raise ValueError(f"{url} answered {len(entries)} {key} for {count} inputs{hint}.")
-    if not all(isinstance(e, dict) for e in entries):
-        bad = next(e for e in entries if not isinstance(e, dict))
-        raise ValueError(f"{url} answered {key} that are not objects ({str(bad)[:80]!r}).")
-    indexes = [e.get("index") for e in entries]
-    if all(i is None for i in indexes):
-        return entries
-    if sorted(i if _is_number(i) else -1 for i in indexes) != list(range(count)) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in indexes
-    ):
-        raise ValueError(
-            f"{url} answered {key} with indexes {indexes[:10]} for {count} inputs; each of 0..{count - 1} must "
-            "occur once."
-        )
-    return sorted(entries, key=lambda e: e["index"])
-
-
-def _api_base(url: str) -> str:
-    """'http://host:port' or 'http://host:port/v1' -> 'http://host:port/v1'."""
-    url = url.rstrip("/")
-    return url if url.endswith("/v1") else url + "/v1"
-
-
-def _top_logprobs(choice: dict, url: str, model: str) -> dict[str, float]:
-    """The first generated token's {token text: log-probability} from an OpenAI completion choice; every value must
-    be a finite log-probability (at most 0), checked before the answer is cached."""
-    logprobs = choice.get("logprobs")
-    top = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
-    if not isinstance(top, list) or not top or not isinstance(top[0], dict) or not top[0]:
-        raise ValueError(
-            f"{url}/completions returned no log-probabilities for model {model!r}. DecT needs the server to "
-            "support `logprobs` on completions (llama.cpp's Python server: logits_all=True; vLLM: default)."
-        )
-    out = {}
-    for token, value in top[0].items():
-        if not _is_number(value):
-            raise ValueError(f"{url}/completions answered log-probability {value!r} (no number) for token {token!r}.")
-        if not math.isfinite(value):
-            raise ValueError(f"{url}/completions answered a non-finite log-probability {value!r} for token {token!r}.")
-        if value < -FLOAT32_MAX:
-            raise ValueError(f"{url}/completions answered an out-of-range log-probability {value!r} for {token!r}.")
-        if value > LOGPROB_SLACK:
-            raise ValueError(
-                f"{url}/completions answered an impossible log-probability {value!r} (a probability above 1) for "
-                f"token {token!r}."
-            )
-        out[str(token)] = float(value)
-    return out
-
-
-def _server_error(answer: dict) -> tuple[str, int | None] | None:
-    """(message, HTTP-like status or None) of an `error` in a JSON answer (some servers send errors with HTTP 200)."""
-    error = answer.get("error")
-    if not error:
-        return None
-    if isinstance(error, dict):
-        message = error.get("message") or json.dumps(error)[:300]
-        code = error.get("code", error.get("status", answer.get("code")))
-    else:
-        message, code = error, answer.get("code", answer.get("status"))
-    status = int(code) if isinstance(code, (int, str)) and str(code).strip().isdigit() else None
-    return str(message)[:300], status
-
-
-def _detail(raw: bytes) -> str:
-    """The server's message from an error body: the `error` object's message when it is JSON, else the text."""
-    try:
-        answer = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        answer = None
-    error = _server_error(answer) if isinstance(answer, dict) else None
-    return error[0] if error else raw.decode("utf-8", "replace")
-
-
-class _Transient(Exception):
-    """A failed attempt worth retrying (timeout, broken connection, 429/5xx); the message says what happened."""
-
-
-class _Deadline:
-    """A request's total time limit: a timer that shuts the request's socket down when it runs out, so that neither
-    slow headers nor a dripping body hold the request longer than `seconds` (the socket timeout bounds each read
-    only)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            expired = self.expired
-        if expired:
-            _shutdown(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shutdown(sock)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, under TLS too: wakes a blocked read
-    except OSError:
-        pass
-
-
-class _WatchedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, deadline: _Deadline, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.watch(self.sock)
-
-
-class _WatchedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, deadline: _Deadline, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.watch(self.sock)
-
-
-class _WatchedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def http_open(self, req):
-        return self.do_open(_WatchedHTTPConnection, req, deadline=self.deadline)
-
-
-class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def https_open(self, req):
-        return self.do_open(_WatchedHTTPSConnection, req, deadline=self.deadline)
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
-
-
-class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect within the request's origin only, re-sending the same POST (urllib's own handler turns it
-    into a GET, which no API answers, and follows it to any host with the Authorization header)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if _origin(newurl) != _origin(req.full_url):
-            fp.close()
-            raise ValueError(
-                f"{req.full_url} redirected (HTTP {code}) to {newurl}, another origin: peft-dect does not follow it, "
-                "so that neither the request nor the API key goes to a host you did not name. If that server is the "
-                "one you mean, pass its URL as url= (or embedding_url=)."
-            )
-        return urllib.request.Request(
-            newurl, data=req.data, headers=dict(req.headers), method=req.get_method(), unverifiable=True
-        )
