@@ -16,7 +16,6 @@ import datasets
 import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTuner
-from transformers import AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..backbone import Backbone
@@ -31,7 +30,7 @@ from .checks import check_base_model, check_label_token_ids, output_embedding_na
 from .core import DecTCore, class_logits
 from .fit import shots_of
 from .layer import AdapterState, DecTLayer
-from .sources import AdapterSources
+from .sources import AdapterSources, load_recorded_tokenizer, tokenizer_record
 
 
 def serialized(method):
@@ -158,7 +157,7 @@ class DecTModel(BaseTuner, FewShotClassifier):
         previous = self.sources.tokenizer
         name = adapter_name or self.active_name
         if tokenizer is None and previous is None:
-            tokenizer = self.recorded_tokenizer(name)
+            tokenizer = load_recorded_tokenizer(self.peft_config[name])
         content_free = {n: self.state(n).content_free for n in self.peft_config}
         content_free = {n: None if cf is None else cf.clone() for n, cf in content_free.items()}
         self.set_tokenizer(tokenizer)
@@ -180,37 +179,6 @@ class DecTModel(BaseTuner, FewShotClassifier):
                 for n, cf in content_free.items():
                     self.state(n).content_free = cf
             raise
-
-    def recorded_tokenizer(self, name: str):
-        """The tokenizer an adapter was fitted with, loaded from where it records it came from (None: not recorded).
-
-        Offline (HF_HUB_OFFLINE) only local files are used. A recorded tokenizer that cannot be loaded is an error
-        that says to pass one.
-        """
-        source = self.peft_config[name].recorded.tokenizer
-        if not isinstance(source, dict) or not source.get("name_or_path"):
-            return None
-        options = {"local_files_only": os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")}
-        if source.get("gguf_file"):
-            options["gguf_file"] = source["gguf_file"]
-        try:
-            return AutoTokenizer.from_pretrained(source["name_or_path"], **options)
-        except Exception as err:  # not found, offline, no such file: any of these means "pass it"
-            raise ValueError(
-                f"DecT needs the base model's tokenizer, and this adapter records {source['name_or_path']!r}, which "
-                f"could not be loaded ({type(err).__name__}): pass tokenizer=... to predict/fit once."
-            ) from None
-
-    def remember_tokenizer_source(self, name: str) -> None:
-        """Record where the tokenizer in use loads from (its name_or_path, and its GGUF file), for later loads."""
-        tokenizer = self.sources.tokenizer
-        source = str(getattr(tokenizer, "name_or_path", "") or "")
-        recorded = self.peft_config[name].recorded
-        recorded.tokenizer = None
-        if source and (os.path.isdir(source) or not os.path.isabs(source)):
-            gguf = (getattr(tokenizer, "init_kwargs", None) or {}).get("gguf_file")
-            source = os.path.abspath(source) if os.path.isdir(source) else source
-            recorded.tokenizer = {"name_or_path": source, "gguf_file": gguf}
 
     def check_class_count(self, name: str, *, refit: bool) -> None:
         """Match the adapter's tensors to its config's classes after an in-place edit of `label_words`: a new fit
@@ -329,7 +297,7 @@ class DecTModel(BaseTuner, FewShotClassifier):
             self.set_demonstrations(train_dataset, tokenizer)
         core = self.core(tokenizer, refit=True)
         check_label_token_ids(cfg, core.source.verbalizer, record=True)
-        self.remember_tokenizer_source(self.active_name)
+        self.peft_config[self.active_name].recorded.tokenizer = tokenizer_record(self.sources.tokenizer)
         core.source.show_progress = show_progress
         if batch_size is not None:
             core.source.batch_size = batch_size

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from torch import nn
+from transformers import AutoTokenizer
 
 from ..backbone import Backbone
 from ..features import FeatureCache
@@ -26,6 +27,36 @@ def prompt_key(config) -> str:
     """The prompt settings a backbone is built from: a change of any (in place, on the config) builds a new one."""
     fields = ("template", "label_words", "label_word_aggregation", "multi_token", "max_length")
     return json.dumps([getattr(config, f) for f in fields], sort_keys=False, default=repr)
+
+
+def load_recorded_tokenizer(config):
+    """The tokenizer an adapter was fitted with, loaded from where it records it came from (None: not recorded).
+
+    Offline (HF_HUB_OFFLINE) only local files are used. A recorded tokenizer that cannot be loaded is an error
+    that says to pass one.
+    """
+    source = config.recorded.tokenizer
+    if not isinstance(source, dict) or not source.get("name_or_path"):
+        return None
+    options = {"local_files_only": os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")}
+    if source.get("gguf_file"):
+        options["gguf_file"] = source["gguf_file"]
+    try:
+        return AutoTokenizer.from_pretrained(source["name_or_path"], **options)
+    except Exception as err:  # not found, offline, no such file: any of these means "pass it"
+        raise ValueError(
+            f"DecT needs the base model's tokenizer, and this adapter records {source['name_or_path']!r}, which "
+            f"could not be loaded ({type(err).__name__}): pass tokenizer=... to predict/fit once."
+        ) from None
+
+
+def tokenizer_record(tokenizer) -> dict | None:
+    """Where a tokenizer loads from (its name_or_path, and its GGUF file), for `load_recorded_tokenizer`."""
+    source = str(getattr(tokenizer, "name_or_path", "") or "")
+    if not source or not (os.path.isdir(source) or not os.path.isabs(source)):
+        return None
+    gguf = (getattr(tokenizer, "init_kwargs", None) or {}).get("gguf_file")
+    return {"name_or_path": os.path.abspath(source) if os.path.isdir(source) else source, "gguf_file": gguf}
 
 
 class AdapterSources:
