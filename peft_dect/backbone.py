@@ -16,9 +16,12 @@ from accelerate.utils import gather
 from torch import nn
 from tqdm.auto import tqdm
 
+from .continuations import continuation_log_probs
 from .features import FeatureCache, Features
 from .introspect import (
+    CAUSAL,
     MASKED,
+    base_model_sizes,
     default_max_length,
     distributed_state,
     embedded_prompt_length,
@@ -33,6 +36,7 @@ from .introspect import (
 from .prompting import Template, Verbalizer, label_log_probs
 from .prompting.demonstrations import Demonstrations
 from .prompting.encoding import PromptEncoder
+from .prompting.verbalizer import word_class_scores
 from .settings import check_int
 
 
@@ -78,6 +82,15 @@ class Backbone:
         # model; soft prompts are prepended to the body's input embeddings (see `forward`).
         self.head_split = split_head(unwrap_peft(model))
         self.label_ids, self.label_mask = verbalizer.id_matrix()
+        # words of several tokens under an exact rule: scored whole (a causal LM continues the prompt's cache)
+        self.plan = verbalizer.plan() if verbalizer.scores_sequences else None
+        self.continues = self.plan is not None and self.kind == CAUSAL
+        self.vocab_size = base_model_sizes(unwrap_peft(model))[1]
+        if verbalizer.longest_word >= self.max_length:
+            raise ValueError(
+                f"A label word is {verbalizer.longest_word} tokens, which does not fit the model's context with a "
+                f"prompt (max_length={self.max_length}); choose a shorter word or raise max_length."
+            )
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         parts = [
@@ -88,6 +101,8 @@ class Backbone:
             verbalizer.aggregation,
             str(self.max_length),
         ]
+        if self.plan is not None:  # keys of single-token words stay those of earlier versions
+            parts += [f"{verbalizer.multi_token}={verbalizer.sequences}"]
         if demonstrations is not None:
             parts += [f"demos={demonstrations.fingerprint}", repr(self.encoder.demo_separator)]
         self.prompt_key = "|".join(parts)
@@ -167,10 +182,30 @@ class Backbone:
         return (attention_mask.long() * (idx + 1)).argmax(-1)
 
     # ---------------------------------------------------------------- the forward pass
-    def label_scores(self, vocab_logits: torch.Tensor) -> torch.Tensor:
-        """Class scores (N, C) from vocabulary logits (N, V) at the prediction position."""
-        ids, mask = self.label_ids.to(vocab_logits.device), self.label_mask.to(vocab_logits.device)
-        return label_log_probs(vocab_logits, ids, mask, self.verbalizer.aggregation)
+    def label_scores(self, vocab_logits: torch.Tensor, continuation: torch.Tensor | None = None) -> torch.Tensor:
+        """Class scores (N, C) from vocabulary logits (N, V) at the prediction position (and, for words of several
+        tokens under a causal LM, the log-probabilities of their continuations, see `peft_dect.continuations`)."""
+        if self.plan is None:
+            ids, mask = self.label_ids.to(vocab_logits.device), self.label_mask.to(vocab_logits.device)
+            return label_log_probs(vocab_logits, ids, mask, self.verbalizer.aggregation)
+        log_probs = torch.log_softmax(vocab_logits.float(), dim=-1)
+        per_token = self.verbalizer.multi_token == "exact_mean"
+        plan = self.plan.to(vocab_logits.device)
+        return word_class_scores(log_probs, plan, self.verbalizer.aggregation, continuation, per_token)
+
+    def _continuation(self, run, head, out, hidden: torch.Tensor, attention_mask, positions) -> torch.Tensor | None:
+        """Log-probabilities of the label words' continuations after a prompt pass `out` (None if not needed)."""
+        if not self.continues:
+            return None
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[0], positions.max().item() + 1, device=hidden.device)
+        return continuation_log_probs(
+            run, head, out, attention_mask, positions, self.plan, hidden.dtype, self.vocab_size
+        )
+
+    @property
+    def _cache_option(self) -> dict:
+        return {"use_cache": True} if self.continues else {}
 
     def from_embeddings(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
@@ -183,13 +218,19 @@ class Backbone:
         rows = torch.arange(inputs_embeds.shape[0], device=inputs_embeds.device)
         if self.head_split is not None:
             body, head = self.head_split
-            hidden = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask)[0][rows, positions]
+            out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **self._cache_option)
+            hidden = out[0][rows, positions]
             vocab_logits = head(hidden)
+            cont = self._continuation(body, head, out, hidden, attention_mask, positions)
         else:
             base = unwrap_peft(self.model)
-            out = base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True)
+            out = base(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True,
+                **self._cache_option,
+            )  # fmt: skip
             hidden, vocab_logits = out.hidden_states[-1][rows, positions], out.logits[rows, positions]
-        return Features(hidden.float(), self.label_scores(vocab_logits))
+            cont = self._continuation(base, None, out, hidden, attention_mask, positions)
+        return Features(hidden.float(), self.label_scores(vocab_logits, cont))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Features:
         """Features of a tokenised batch (no gradient needed for the frozen model, but autograd-safe)."""
@@ -207,14 +248,25 @@ class Backbone:
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         if self.head_split is not None and not prepends_virtual_tokens(self.model):
             body, head = self.head_split
-            hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0][rows, pos]
+            out = body(input_ids=input_ids, attention_mask=attention_mask, **self._cache_option)
+            hidden = out[0][rows, pos]
             vocab_logits = head(hidden)
+            cont = self._continuation(body, head, out, hidden, attention_mask, pos)
         else:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            if self.continues and prepends_virtual_tokens(self.model):
+                raise ValueError(
+                    "Label words of several tokens are scored whole by continuing the prompt's key/value cache, "
+                    f"which a {self.model.active_peft_config.peft_type} adapter's own prefix does not allow here; "
+                    "set multi_token='first' (or use single-token label words)."
+                )
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **self._cache_option
+            )
             # Prompt-learning adapters prepend virtual tokens: the outputs are longer than the inputs by that many.
             pos = pos + (out.logits.shape[1] - input_ids.shape[1])
             hidden, vocab_logits = out.hidden_states[-1][rows, pos], out.logits[rows, pos]
-        return Features(hidden.float(), self.label_scores(vocab_logits))
+            cont = self._continuation(self.model, None, out, hidden, attention_mask, pos)
+        return Features(hidden.float(), self.label_scores(vocab_logits, cont))
 
     def keys(
         self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, set_index: int = 0

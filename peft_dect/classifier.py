@@ -172,7 +172,7 @@ class LabelWordClassifier(nn.Module, FewShotClassifier):
         *,
         max_length: int | None = None,
         label_word_aggregation: str = "mean",
-        multi_token: str = "first",
+        multi_token: str = "exact",
         text_column: str | None = None,
         text_pair_column: str | None = None,
         label_column: str = "label",

@@ -113,8 +113,9 @@ class PromptSettings:
         template: prompt with `{text_a}`, optional `{text_b}` and one `{mask}` where the label word goes.
         label_words: class name -> label words, e.g. ``{"negative": ["bad"], "positive": ["great"]}``.
         label_word_aggregation: how several words of a class combine: ``"mean"`` of log-probabilities or ``"max"``.
-        multi_token: label words of several tokens: ``"first"`` scores the first token (with a warning),
-            ``"error"`` refuses them.
+        multi_token: label words of several tokens: ``"exact"`` scores a causal LM's log-probability of the whole
+            word after the prompt (``"exact_mean"``: per token) and, for a masked LM, the mean of its pieces at the
+            mask; ``"first"`` scores the first token (with a warning), ``"error"`` refuses them.
         max_length: token budget of a prompt; text fields are truncated to fit it (None: the model's limit).
         text_column: column of the first text; None guesses text / sentence / text_a / sentence1 / ...
         text_pair_column: column of the second text, for templates with `{text_b}`.
@@ -133,8 +134,10 @@ class PromptSettings:
         default="mean", metadata={"help": "How several words of a class combine: 'mean' of log-probs or 'max'."}
     )
     multi_token: str = field(
-        default="first",
-        metadata={"help": "Label words of several tokens: 'first' scores the first token (with a warning), 'error'."},
+        default="exact",
+        metadata={
+            "help": "Label words of several tokens: 'exact' (whole word; 'exact_mean' per token), 'first', 'error'."
+        },
     )
     max_length: int | None = field(
         default=None, metadata={"help": "Token budget of a prompt; text fields are truncated to fit it."}

@@ -43,7 +43,8 @@ def test_float_labels_are_refused(bpe_tokenizer):
 
 def test_label_word_split_into_tokens_warns(bpe_tokenizer, caplog):
     words = {"negative": ["bad"], "positive": ["superbbrilliantness"]}
-    model = get_peft_model(tiny_roberta(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=words))
+    cfg = DecTConfig(template=TEMPLATE, label_words=words, multi_token="first")  # the default scores whole words
+    model = get_peft_model(tiny_roberta(bpe_tokenizer), cfg)
     with caplog.at_level(logging.WARNING):
         model.predict(["a film"], tokenizer=bpe_tokenizer)
     assert "is scored by its first token" in caplog.text
@@ -116,7 +117,8 @@ def test_texts_and_labels_of_different_lengths(bpe_tokenizer):
 
 def test_words_of_one_class_sharing_a_token_count_once(bpe_tokenizer, caplog):
     words = {"negative": ["bad"], "positive": ["greatness", "greatly"]}
-    model = get_peft_model(tiny_roberta(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=words))
+    cfg = DecTConfig(template=TEMPLATE, label_words=words, multi_token="first")  # the default scores whole words
+    model = get_peft_model(tiny_roberta(bpe_tokenizer), cfg)
     with caplog.at_level(logging.WARNING):
         model.predict(["a film"], tokenizer=bpe_tokenizer)
     assert "share the first token" in caplog.text

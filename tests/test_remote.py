@@ -384,3 +384,10 @@ def test_settings_that_need_the_model_in_process_are_refused(stub):
                                   multi_token="error"), endpoint(stub))  # fmt: skip
     with pytest.raises(ValueError, match="2 tokens on the served model"):
         clf.fit(sentiment_data(2, seed=17))
+
+
+def test_exact_multi_token_rule_is_refused_by_name_over_the_black_box(stub):
+    words = {"negative": ["dull mess"], "positive": ["great"]}
+    clf = BlackBoxDecT(DecTConfig(template=TEMPLATE, label_words=words), endpoint(stub))  # multi_token="exact"
+    with pytest.raises(ValueError, match=r"multi_token='exact' cannot score it whole.*multi_token='first'"):
+        clf.fit(sentiment_data(2, seed=17))

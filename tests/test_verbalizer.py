@@ -40,7 +40,7 @@ def test_multi_token_word_warns_and_uses_first_token(bpe_tokenizer, caplog):
     ids = bpe_tokenizer.encode(" " + word, add_special_tokens=False)
     assert len(ids) > 1
     with caplog.at_level(logging.WARNING):
-        v = Verbalizer.from_words({"n": ["bad"], "p": [word]}, bpe_tokenizer, space_before=True)
+        v = Verbalizer.from_words({"n": ["bad"], "p": [word]}, bpe_tokenizer, space_before=True, multi_token="first")
     assert v.token_ids[1] == (ids[0],)
     assert "splits into tokens" in caplog.text and word in caplog.text
 
@@ -54,7 +54,9 @@ def test_multi_token_error_rule_refuses(bpe_tokenizer):
 
 def test_words_sharing_a_first_token_are_an_error(bpe_tokenizer):
     with pytest.raises(ValueError, match="same token"):
-        Verbalizer.from_words({"n": ["greatness"], "p": ["greatly"]}, bpe_tokenizer, space_before=True)
+        Verbalizer.from_words(
+            {"n": ["greatness"], "p": ["greatly"]}, bpe_tokenizer, space_before=True, multi_token="first"
+        )
 
 
 def test_unknown_word_is_an_error(wordpiece_tokenizer):

@@ -85,8 +85,13 @@ def label_word_scores(
     aggregation: str = "mean",
 ) -> torch.Tensor:
     """Zero-shot class log-probabilities (N, C) of other label words, from the backbone's cached features."""
+    # scored from the cached vocabulary log-probabilities at the prediction position: first tokens only
     verbalizer = Verbalizer.from_words(
-        label_words, backbone.tokenizer, space_before=backbone.template.space_before_mask, aggregation=aggregation
+        label_words,
+        backbone.tokenizer,
+        space_before=backbone.template.space_before_mask,
+        aggregation=aggregation,
+        multi_token="first",
     )
     ids, mask = verbalizer.id_matrix()
     return label_log_probs(vocab_log_probs(backbone, texts_a, texts_b), ids, mask, aggregation)

@@ -7,14 +7,19 @@ The rule that maps a word to a token (documented in the README, section "Label w
    (BERT) ignore the space. A lone leading space token (SentencePiece's bare `▁`) is dropped. Without a space the
    word is encoded as written.
 2. For a causal LM the prompt ends before the space, so the model itself predicts the space-prefixed token.
-3. A word that becomes several tokens is scored by its first token (the probability of the word's first piece at
-   the prediction position) and a warning names it; `multi_token="error"` refuses such words instead. Two classes
-   whose words share that first token are an error, since they could not be told apart.
+3. A word that becomes several tokens is scored, by default (`multi_token="exact"`), by its exact log-probability
+   as a continuation of the prompt for a causal LM, `log P(w_1 .. w_m | prompt)` (`"exact_mean"`: divided by `m`),
+   computed by `peft_dect.continuations` from the prompt's key/value cache. A masked LM has one mask, where no
+   continuation can be scored: there a word of several pieces scores the mean of its pieces' log-probabilities at
+   the mask (OpenPrompt's "mean" rule) under both exact rules. Two classes may then share a first token; two words
+   of different classes with identical token sequences are an error. `multi_token="first"` scores the first token
+   (with a warning; two classes sharing it are an error) and `"error"` refuses such words.
 4. A word that the tokenizer maps to its unknown token is an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +32,8 @@ from .template import UNICODE_HINT, is_valid_unicode
 logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("mean", "max")
-MULTI_TOKEN_RULES = ("first", "error")
+MULTI_TOKEN_RULES = ("exact", "exact_mean", "first", "error")
+EXACT_RULES = ("exact", "exact_mean")
 
 
 def normalize_label_words(label_words: Mapping[str, Sequence[str] | str]) -> dict[str, list[str]]:
@@ -72,13 +78,94 @@ def word_token_ids(tokenizer, word: str, space_before: bool) -> list[int]:
 
 
 @dataclass(frozen=True)
+class WordPlan:
+    """Every label word as tensors for scoring words of several tokens (see `Verbalizer.plan`).
+
+    Words are numbered in class order. `first` (W,) is each word's first token, `length` (W,) its token count;
+    `class_words` (C, K) / `class_mask` index each class's words. The continuation of a causal LM is every word's
+    tokens after the first, concatenated: `cont_input` (T,) is the token fed at each step (the word's previous
+    token), `cont_target` (T,) the token scored, `cont_word` (T,) and `cont_offset` (T,) the word and its step
+    (0 for the step that scores the second token). `pieces` / `piece_word` list every token of every word.
+    """
+
+    first: torch.Tensor
+    length: torch.Tensor
+    class_words: torch.Tensor
+    class_mask: torch.Tensor
+    cont_input: torch.Tensor
+    cont_target: torch.Tensor
+    cont_word: torch.Tensor
+    cont_offset: torch.Tensor
+    pieces: torch.Tensor
+    piece_word: torch.Tensor
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[Sequence[Sequence[int]]]) -> WordPlan:
+        words = [tuple(seq) for per_class in sequences for seq in per_class]
+        width = max(len(per_class) for per_class in sequences)
+        class_words = torch.zeros(len(sequences), width, dtype=torch.long)
+        class_mask = torch.zeros(len(sequences), width, dtype=torch.bool)
+        start = 0
+        for c, per_class in enumerate(sequences):
+            class_words[c, : len(per_class)] = torch.arange(start, start + len(per_class))
+            class_mask[c, : len(per_class)] = True
+            start += len(per_class)
+        cont = [(w, j, seq[j], seq[j + 1]) for w, seq in enumerate(words) for j in range(len(seq) - 1)]
+        pieces = [(w, t) for w, seq in enumerate(words) for t in seq]
+
+        def column(rows: list, i: int) -> torch.Tensor:
+            return torch.tensor([r[i] for r in rows], dtype=torch.long)
+
+        return cls(
+            first=torch.tensor([seq[0] for seq in words], dtype=torch.long),
+            length=torch.tensor([len(seq) for seq in words], dtype=torch.long),
+            class_words=class_words,
+            class_mask=class_mask,
+            cont_input=column(cont, 2),
+            cont_target=column(cont, 3),
+            cont_word=column(cont, 0),
+            cont_offset=column(cont, 1),
+            pieces=column(pieces, 1),
+            piece_word=column(pieces, 0),
+        )
+
+    @property
+    def num_words(self) -> int:
+        return int(self.first.numel())
+
+    @property
+    def longest(self) -> int:
+        return int(self.length.max())
+
+    def to(self, device) -> WordPlan:
+        return WordPlan(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+
+
+def check_word_text(word: str, cls: str, tokenizer) -> None:
+    """Refuse a label word that contains the template's mask placeholder or the tokenizer's mask token."""
+    mask = getattr(tokenizer, "mask_token", None)
+    found = "{mask}" if "{mask}" in word else mask if mask and mask in word else None
+    if found:
+        raise ValueError(
+            f"Label word {word!r} of class {cls!r} contains the mask token {found!r}; "
+            "a label word is what the model predicts at the mask, so it cannot contain one. Choose another word."
+        )
+
+
+@dataclass(frozen=True)
 class Verbalizer:
-    """Label words resolved to token ids, one list per class, in class order."""
+    """Label words resolved to token ids, one list per class, in class order.
+
+    `token_ids` are the tokens scored at the prediction position (each word's first token); `sequences` every
+    word's whole token sequence, which the exact rules (`multi_token="exact"` / `"exact_mean"`) score.
+    """
 
     classes: tuple[str, ...]
     words: tuple[tuple[str, ...], ...]
     token_ids: tuple[tuple[int, ...], ...]
     aggregation: str = "mean"
+    sequences: tuple[tuple[tuple[int, ...], ...], ...] = ()
+    multi_token: str = "first"
 
     @classmethod
     def from_words(
@@ -88,68 +175,47 @@ class Verbalizer:
         *,
         space_before: bool,
         aggregation: str = "mean",
-        multi_token: str = "first",
+        multi_token: str = "exact",
     ) -> Verbalizer:
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"label_word_aggregation must be one of {AGGREGATIONS}, got {aggregation!r}.")
         if multi_token not in MULTI_TOKEN_RULES:
             raise ValueError(f"multi_token must be one of {MULTI_TOKEN_RULES}, got {multi_token!r}.")
         label_words = normalize_label_words(label_words)
-        unk = getattr(tokenizer, "unk_token_id", None)
-        token_ids: list[tuple[int, ...]] = []
-        first_owner: dict[int, tuple[str, str]] = {}
-        for name, words in label_words.items():
-            ids_for_class = []
-            for word in words:
-                ids = word_token_ids(tokenizer, word, space_before)
-                if not ids or (unk is not None and unk in ids):
-                    raise ValueError(
-                        f"Label word {word!r} (class {name!r}) is not in the tokenizer's vocabulary "
-                        "(it encodes to the unknown token); choose another word."
-                    )
-                if len(ids) > 1:
-                    pieces = tokenizer.convert_ids_to_tokens(ids)
-                    if multi_token == "error":
-                        raise ValueError(
-                            f"Label word {word!r} (class {name!r}) splits into {len(ids)} tokens {pieces}; choose a "
-                            "single-token word or set multi_token='first' to score its first token."
-                        )
-                    logger.warning(
-                        "Label word %r (class %r) splits into tokens %s; it is scored by its first token %r.",
-                        word,
-                        name,
-                        pieces,
-                        pieces[0],
-                    )
-                tid = ids[0]
-                if tid in first_owner and first_owner[tid][0] == name:
-                    logger.warning(
-                        "Label words %r and %r of class %r share the first token %r; it is counted once.",
-                        first_owner[tid][1],
-                        word,
-                        name,
-                        tokenizer.convert_ids_to_tokens([tid])[0],
-                    )
-                    continue
-                if tid in first_owner:
-                    other_cls, other_word = first_owner[tid]
-                    raise ValueError(
-                        f"Label words {other_word!r} ({other_cls!r}) and {word!r} ({name!r}) map to the same token "
-                        f"{tokenizer.convert_ids_to_tokens([tid])}; they cannot be told apart. Choose other words."
-                    )
-                first_owner[tid] = (name, word)
-                ids_for_class.append(tid)
-            token_ids.append(tuple(ids_for_class))
+        sequences = [
+            [word_ids(tokenizer, w, c, space_before, multi_token) for w in ws] for c, ws in label_words.items()
+        ]
+        if multi_token in EXACT_RULES:
+            kept = exact_sequences(tokenizer, label_words, sequences)
+            token_ids = tuple(tuple(dict.fromkeys(seq[0] for seq in per_class)) for per_class in kept)
+        else:
+            kept, token_ids = first_tokens(tokenizer, label_words, sequences)
         return cls(
             classes=tuple(label_words),
             words=tuple(tuple(w) for w in label_words.values()),
-            token_ids=tuple(token_ids),
+            token_ids=token_ids,
             aggregation=aggregation,
+            sequences=tuple(tuple(tuple(seq) for seq in per_class) for per_class in kept),
+            multi_token=multi_token,
         )
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def scores_sequences(self) -> bool:
+        """Whether some word has several tokens and an exact rule scores all of them (else first tokens only)."""
+        return self.multi_token in EXACT_RULES and any(len(s) > 1 for per in self.sequences for s in per)
+
+    @property
+    def longest_word(self) -> int:
+        """Tokens of the longest label word."""
+        return max((len(s) for per in self.sequences for s in per), default=1)
+
+    def plan(self) -> WordPlan:
+        """The words as tensors for `word_class_scores`."""
+        return WordPlan.from_sequences(self.sequences)
 
     def id_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, W) token ids padded with 0 and the (C, W) boolean mask of real entries."""
@@ -160,6 +226,92 @@ class Verbalizer:
             ids[c, : len(row)] = torch.tensor(row)
             mask[c, : len(row)] = True
         return ids, mask
+
+
+def word_ids(tokenizer, word: str, cls: str, space_before: bool, multi_token: str) -> list[int]:
+    """Token ids of one label word, checked: in the vocabulary, no mask token, several tokens only if allowed."""
+    check_word_text(word, cls, tokenizer)
+    ids = word_token_ids(tokenizer, word, space_before)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if not ids or (unk is not None and unk in ids):
+        raise ValueError(
+            f"Label word {word!r} (class {cls!r}) is not in the tokenizer's vocabulary "
+            "(it encodes to the unknown token); choose another word."
+        )
+    if len(ids) > 1 and multi_token in ("first", "error"):
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        if multi_token == "error":
+            raise ValueError(
+                f"Label word {word!r} (class {cls!r}) splits into {len(ids)} tokens {pieces}; choose a "
+                "single-token word, set multi_token='first' to score its first token, or multi_token='exact' to "
+                "score the whole word."
+            )
+        logger.warning(
+            "Label word %r (class %r) splits into tokens %s; it is scored by its first token %r.",
+            word,
+            cls,
+            pieces,
+            pieces[0],
+        )
+    return ids
+
+
+def first_tokens(tokenizer, label_words: dict[str, list[str]], sequences: list[list[list[int]]]):
+    """The `"first"` rule: each word's first token; two classes sharing one are an error, one class's repeats count
+    once. Returns the kept sequences (cut to their first token) and the token ids per class."""
+    first_owner: dict[int, tuple[str, str]] = {}
+    token_ids = []
+    for (name, words), seqs in zip(label_words.items(), sequences):
+        ids_for_class = []
+        for word, ids in zip(words, seqs):
+            tid = ids[0]
+            if tid in first_owner and first_owner[tid][0] == name:
+                logger.warning(
+                    "Label words %r and %r of class %r share the first token %r; it is counted once.",
+                    first_owner[tid][1],
+                    word,
+                    name,
+                    tokenizer.convert_ids_to_tokens([tid])[0],
+                )
+                continue
+            if tid in first_owner:
+                other_cls, other_word = first_owner[tid]
+                raise ValueError(
+                    f"Label words {other_word!r} ({other_cls!r}) and {word!r} ({name!r}) map to the same token "
+                    f"{tokenizer.convert_ids_to_tokens([tid])}; they cannot be told apart. Choose other words, or "
+                    "multi_token='exact' to score whole words."
+                )
+            first_owner[tid] = (name, word)
+            ids_for_class.append(tid)
+        token_ids.append(tuple(ids_for_class))
+    return [[(t,) for t in ids] for ids in token_ids], tuple(token_ids)
+
+
+def exact_sequences(tokenizer, label_words: dict[str, list[str]], sequences: list[list[list[int]]]):
+    """The exact rules: whole token sequences; two classes with an identical sequence are an error, one class's
+    repeats count once."""
+    owner: dict[tuple[int, ...], tuple[str, str]] = {}
+    kept = []
+    for (name, words), seqs in zip(label_words.items(), sequences):
+        per_class = []
+        for word, ids in zip(words, seqs):
+            key = tuple(ids)
+            if key in owner and owner[key][0] == name:
+                first = owner[key][1]
+                logger.warning(
+                    "Label words %r and %r of class %r are the same tokens; counted once.", first, word, name
+                )
+                continue
+            if key in owner:
+                other_cls, other_word = owner[key]
+                raise ValueError(
+                    f"Label words {other_word!r} ({other_cls!r}) and {word!r} ({name!r}) are the same token sequence "
+                    f"{tokenizer.convert_ids_to_tokens(list(key))}; they cannot be told apart. Choose other words."
+                )
+            owner[key] = (name, word)
+            per_class.append(key)
+        kept.append(per_class)
+    return kept
 
 
 def label_log_probs(
@@ -174,3 +326,31 @@ def label_log_probs(
     if aggregation == "max":
         return word_scores.masked_fill(~mask, float("-inf")).amax(dim=-1)
     return (word_scores * mask).sum(-1) / mask.sum(-1)
+
+
+def word_class_scores(
+    log_probs: torch.Tensor,
+    plan: WordPlan,
+    aggregation: str,
+    continuation: torch.Tensor | None = None,
+    per_token: bool = False,
+) -> torch.Tensor:
+    """Class scores (N, C) from log-probabilities (N, V) at the prediction position and, for a causal LM, the
+    log-probabilities (N, T) of the plan's continuation targets (`continuations.continuation_log_probs`).
+
+    With `continuation` a word scores `log P(w_1 .. w_m | prompt)` (divided by m when `per_token`); without it
+    (a masked LM) the mean of its pieces' log-probabilities at the mask. Words then combine per class by
+    `aggregation` as in `label_log_probs`.
+    """
+    n = log_probs.shape[0]
+    if continuation is not None:
+        words = log_probs[:, plan.first].index_add(1, plan.cont_word, continuation.to(log_probs.dtype))
+        if per_token:
+            words = words / plan.length.to(words.dtype)
+    else:
+        sums = log_probs.new_zeros(n, plan.num_words).index_add(1, plan.piece_word, log_probs[:, plan.pieces])
+        words = sums / plan.length.to(sums.dtype)
+    per_class = words[:, plan.class_words]  # (N, C, K)
+    if aggregation == "max":
+        return per_class.masked_fill(~plan.class_mask, float("-inf")).amax(dim=-1)
+    return (per_class * plan.class_mask).sum(-1) / plan.class_mask.sum(-1)

@@ -10,7 +10,7 @@ import torch
 
 from ..features import Features
 from ..prompting import Template, normalize_label_words
-from ..prompting.verbalizer import AGGREGATIONS, MULTI_TOKEN_RULES
+from ..prompting.verbalizer import AGGREGATIONS, EXACT_RULES, MULTI_TOKEN_RULES
 from .client import OpenAIEndpoint
 
 
@@ -31,7 +31,9 @@ class RemoteBackbone:
     `label_token_ids` ({label word: id of the token that continues the prompt, i.e. of " great" after "it was"}),
     else `tokenizer` (the served model's, e.g. from `transformers`), else the server's tokenize route. Label words
     should be single tokens: a word of several tokens never matches a candidate's text, so it is always scored
-    through that request, by its first token (`multi_token="error"` refuses such words instead).
+    through that request, by its first token with `multi_token="first"`. The server gives next-token
+    log-probabilities only, so the exact rules (`"exact"`, the default, and `"exact_mean"`) refuse a word found to be
+    several tokens, naming the option, and `"error"` checks every word's token count up front.
     `missing="floor"` gives it the lowest candidate's log-probability instead (an upper bound of its own, no extra
     request, with a warning); `missing="error"` raises. Every such case is counted in `missing_counts`.
     The hidden state is the prompt's embedding (the last token's vector); without embeddings it has width 0.
@@ -47,7 +49,7 @@ class RemoteBackbone:
         missing: str = "exact",
         label_token_ids: dict[str, int] | None = None,
         tokenizer=None,
-        multi_token: str = "first",
+        multi_token: str = "exact",
     ) -> None:
         self.endpoint = endpoint
         self.template = template if isinstance(template, Template) else Template(template)
@@ -67,7 +69,7 @@ class RemoteBackbone:
         if multi_token not in MULTI_TOKEN_RULES:
             raise ValueError(f"multi_token must be one of {MULTI_TOKEN_RULES}, got {multi_token!r}.")
         self.multi_token = multi_token
-        self._checked_words = multi_token == "first"
+        self._checked_words = multi_token != "error"
 
     @classmethod
     def for_config(cls, endpoint: OpenAIEndpoint, config, **options) -> RemoteBackbone:
@@ -99,6 +101,12 @@ class RemoteBackbone:
                 raise ValueError(
                     f"Label word {word!r} is {len(ids)} tokens on the served model, and multi_token='error' refuses "
                     "such words: choose a single-token word, or multi_token='first' to score its first token."
+                )
+            if len(ids) > 1 and self.multi_token in EXACT_RULES:
+                raise ValueError(
+                    f"Label word {word!r} is {len(ids)} tokens on the served model, and the black-box backend reads "
+                    f"next-token log-probabilities only, so multi_token={self.multi_token!r} cannot score it whole: "
+                    "choose a single-token word, or set multi_token='first' to score its first token."
                 )
             if len(ids) > 1:
                 logger.warning(
