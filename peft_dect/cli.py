@@ -46,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     def data(p, split):
         p.add_argument("--task", help="a named task (LM-BFF k-shot layout), e.g. SST-2")
         p.add_argument("--data", default="data/fewshot", help="folder of the k-shot tasks (with --task)")
-        p.add_argument("--k", type=int, default=16, help="shots of the task split (with --task)")
-        p.add_argument("--seed", type=int, default=13, help="data seed of the task split (with --task)")
+        p.add_argument(
+            "--k", type=int, default=None,
+            help="shots per class: of the task split (with --task, default 16), or sampled from --train (its dev "
+            "split of the same size, from the remaining rows, is the eval data unless --eval is given)",
+        )  # fmt: skip
+        p.add_argument("--seed", type=int, default=13, help="data seed of the task split or of the --k sample")
         p.add_argument(f"--{split}", help=f"{split} data file: .csv or .tsv with a header, or .jsonl")
 
     fit = sub.add_parser("fit", help="fit a DecT adapter and save it")
@@ -58,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--eval", help="eval data file for auto mode's choice (default with --task: its dev split)")
     fit.add_argument("--out", required=True, help="folder to save the adapter to")
     fit.add_argument("--template", help="prompt, e.g. '{text_a} In summary, it was {mask}'")
-    fit.add_argument("--label-words", help="'neg=bad,pos=great|good' or a JSON object")
+    fit.add_argument(
+        "--label-words",
+        help="'neg=bad,pos=great|good', a JSON object, or 'names': the class names as words (card_arrival -> card "
+        "arrival)",
+    )
     fit.add_argument("--mode", choices=["auto", "faithful"], default="auto")
     fit.add_argument("--lam", type=float, default=None, help="fusion weight (faithful mode); default 1/shots")
     fit.add_argument("--decoder-seed", type=int, default=0, help="seed of the decoder initialisation")

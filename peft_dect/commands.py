@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import datasets
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
@@ -24,7 +25,7 @@ from .io import check_text_values, read_columns, require_columns
 from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.dect import REMOTE_FILE
-from .tasks import get_task, load_task
+from .tasks import get_task, load_task, sample_k_shot
 
 
 EMBEDDED = "smollm2"
@@ -48,17 +49,40 @@ def _load_base(model: str | None, kind: str | None):
     return cls.from_pretrained(model).eval(), AutoTokenizer.from_pretrained(model)
 
 
-def _data(args, split: str):
-    """A labelled dataset from --task (LM-BFF layout under --data) or from a file."""
+def _file(args, split: str):
+    """The columns of the data file of `split` (--train, --eval, --test), checked, or None."""
     path = getattr(args, split, None)
+    if not path:
+        return None
+    columns = read_columns(path)
+    text = getattr(args, "text_column", None) or next((c for c in TEXT_COLUMNS if c in columns), "text")
+    require_columns(columns, path, [text, getattr(args, "label_column", None) or "label"])
+    check_text_values(columns, path, [text, getattr(args, "text_pair_column", None)])
+    return columns
+
+
+def _k_shot(args) -> dict:
+    """`fit --train FILE --k K --seed S`: K rows per class for training and K more as the eval split (as
+    `peft_dect.tasks.sample_k_shot`), drawn once per command."""
+    if "k_shot" not in vars(args):
+        columns = _file(args, "train")
+        label = args.label_column or "label"
+        table = datasets.Dataset.from_dict({name: list(values) for name, values in columns.items()})
+        split = sample_k_shot(table, args.k, args.seed, label_column=label)
+        args.k_shot = {"train": split["train"].to_dict(), "eval": split["validation"].to_dict()}
+    return args.k_shot
+
+
+def _data(args, split: str):
+    """A labelled dataset from --task (LM-BFF layout under --data), from a file, or a --k sample of --train."""
+    path = getattr(args, split, None)
+    sampled = split in ("train", "eval") and args.k is not None and getattr(args, "train", None) and not args.task
+    if sampled and (split == "train" or not path):
+        return _k_shot(args)[split]
     if path:
-        columns = read_columns(path)
-        text = getattr(args, "text_column", None) or next((c for c in TEXT_COLUMNS if c in columns), "text")
-        require_columns(columns, path, [text, getattr(args, "label_column", None) or "label"])
-        check_text_values(columns, path, [text, getattr(args, "text_pair_column", None)])
-        return columns
+        return _file(args, split)
     if args.task:
-        data = load_task(args.task, args.data, k=args.k, seed=args.seed)
+        data = load_task(args.task, args.data, k=args.k or 16, seed=args.seed)
         name = {"train": "train", "eval": "validation", "test": "test"}[split]
         if name not in data:
             raise ValueError(f"Task {args.task} has no {name} split in {args.data}.")
@@ -86,7 +110,7 @@ def _check_labels(args, config, splits: tuple[str, ...]) -> None:
     for split in splits:
         path = getattr(args, split, None)
         if path:
-            columns = _data(args, split)
+            columns = _file(args, split)
             with _located(path, columns):
                 read_labels(columns, config.classes, config.label_column, warn_missing=False)
 
@@ -113,6 +137,20 @@ def _label_words(text: str | None) -> dict | None:
         name, words = part.split("=", 1)
         out[name.strip()] = [w.strip() for w in words.split("|")]
     return out
+
+
+def _names(args, spec) -> list[str]:
+    """`--label-words names`: the task's classes, or the labels of --train in sorted order, as words."""
+    if spec is not None:
+        return spec.classes
+    labels = _file(args, "train")[args.label_column or "label"]
+    names = sorted({str(v) for v in labels})
+    if all(v.lstrip("-").isdigit() for v in names):
+        raise ValueError(
+            "--label-words names needs class names in the label column, but --train's labels are numbers; give "
+            "the words instead (--label-words 'negative=bad,positive=great')."
+        )
+    return names
 
 
 def _emit(args, payload: dict, human: str) -> None:
@@ -182,7 +220,8 @@ def cmd_fit(args) -> None:
         model, tokenizer = _load_base(args.model, args.kind)
         kind = lm_kind(model)
     template = args.template or (spec.template_for(kind) if spec else None)
-    words = _label_words(args.label_words) or (spec.label_words if spec else None)
+    words = _names(args, spec) if args.label_words == "names" else _label_words(args.label_words)
+    words = words or (spec.label_words if spec else None)
     if template is None or words is None:
         raise ValueError("Give --template and --label-words (or --task for its defaults).")
     config = DecTConfig(

@@ -341,14 +341,15 @@ def sample_k_shot(
     return datasets.DatasetDict({"train": dataset.select(train), "validation": dataset.select(dev)})
 
 
-def label_name_words(name: str) -> str:
-    """A class name as a label word: `card_arrival` -> `card arrival` (snake case and dashes become spaces)."""
-    return " ".join(name.replace("_", " ").replace("-", " ").split())
+# BANKING77's prompt: the intent names themselves are the label words (`card_arrival` -> `card arrival`)
+BANKING77_TEMPLATE = "{text_a} This banking question is about {mask}."
+BANKING77_CAUSAL = "{text_a}\nThis banking question is about {mask}"
 
 
 def load_banking77(data_dir: str | Path) -> datasets.DatasetDict:
     """BANKING77 (PolyAI, CC BY 4.0): `train` and `test` with columns `text` and `label` (a ClassLabel of the 77
-    intent names in `categories.json` order). `data_dir` holds `train.csv`, `test.csv` and `categories.json`."""
+    intent names in `categories.json` order). `data_dir` holds `train.csv`, `test.csv` and `categories.json`.
+    Prompt it with `BANKING77_TEMPLATE` / `BANKING77_CAUSAL` and `label_words_from_names(data["train"])`."""
     folder = Path(data_dir)
     missing = [f for f in ("train.csv", "test.csv", "categories.json") if not (folder / f).is_file()]
     if missing:

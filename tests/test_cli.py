@@ -195,3 +195,23 @@ def test_a_bad_label_in_a_file_names_its_line(workspace, tmp_path):
     train.write_text('sentence,label\n"a ""good"" film",positive\nmeh,neutral\n')
     out = fit_file(model_dir, train, tmp_path / "a")
     assert out.returncode == 2 and "train.csv:3: Row 1 has label 'neutral'" in out.stderr
+
+
+def test_fit_samples_k_per_class_from_a_big_file_and_names_become_words(workspace, tmp_path):
+    root, model_dir, _, _ = workspace
+    out = tmp_path / "k4"
+    run = cli(
+        "fit", "--model", str(model_dir), "--train", str(root / "train.csv"), "--k", "4", "--seed", "21",
+        "--template", TEMPLATE, "--label-words", "names", "--out", str(out), "--json", "--quiet",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    # 4 + 4 rows per class (train and its dev split, which auto mode reads) and the content-free input
+    assert report["model_passes"] == 2 * (4 + 4) + 1
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["label_words"] == {"negative": ["negative"], "positive": ["positive"]}
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("sentence,label\na good film,1\na dull film,0\n")
+    refused = cli("fit", "--model", str(model_dir), "--train", str(numbers), "--template", TEMPLATE,
+                  "--label-words", "names", "--out", str(tmp_path / "n"), "--quiet")  # fmt: skip
+    assert refused.returncode == 2 and "labels are numbers" in refused.stderr

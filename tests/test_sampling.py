@@ -6,7 +6,8 @@ import logging
 import datasets
 import pytest
 
-from peft_dect.tasks import label_name_words, load_banking77, sample_k_shot
+from peft_dect.prompting import label_name_words
+from peft_dect.tasks import load_banking77, sample_k_shot
 
 
 def labelled(counts: dict[str, int]) -> datasets.Dataset:
@@ -70,3 +71,42 @@ def test_macro_f1_matches_scikit_learn():
 
     pred, ref = [0, 2, 1, 1, 3, 0, 2], [0, 1, 1, 2, 2, 0, 2]  # class 3 is only predicted
     assert metric_value("macro_f1", pred, ref) == pytest.approx(f1_score(ref, pred, average="macro"))
+
+
+def test_label_words_from_a_list_of_names_or_a_class_label_column():
+    from peft_dect import DecTConfig
+    from peft_dect.prompting import label_words_from_names
+
+    cfg = DecTConfig(label_words=["card_arrival", "card_linking", "lost_or_stolen_card"])
+    assert cfg.label_words == {
+        "card_arrival": ["card arrival"],
+        "card_linking": ["card linking"],
+        "lost_or_stolen_card": ["lost or stolen card"],
+    }
+    data = labelled({"card_arrival": 2, "verify_top_up": 2})
+    assert label_words_from_names(data) == {"card_arrival": ["card arrival"], "verify_top_up": ["verify top up"]}
+    assert label_words_from_names(data.features) == label_words_from_names(["card_arrival", "verify_top_up"])
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["card_arrival", "card_arrival"], "'card_arrival' is given twice"),
+        (["card_arrival", "  "], "non-empty strings"),
+        (["card_arrival", "__"], "non-empty strings"),
+        ("names", "label_words_from_names"),
+    ],
+)
+def test_bad_class_names_are_refused(names, message):
+    from peft_dect import DecTConfig
+
+    with pytest.raises(ValueError, match=message):
+        DecTConfig(label_words=names)
+
+
+def test_names_need_a_class_label_column():
+    from peft_dect.prompting import label_words_from_names
+
+    plain = datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
+    with pytest.raises(ValueError, match="ClassLabel column"):
+        label_words_from_names(plain)

@@ -36,12 +36,52 @@ MULTI_TOKEN_RULES = ("exact", "exact_mean", "first", "error")
 EXACT_RULES = ("exact", "exact_mean")
 
 
-def normalize_label_words(label_words: Mapping[str, Sequence[str] | str]) -> dict[str, list[str]]:
-    """Check and copy a ``{class: [words]}`` mapping (a single word may be given as a string)."""
+def label_name_words(name: str) -> str:
+    """A class name as a label word: `card_arrival` -> `card arrival` (snake case and dashes become spaces)."""
+    return " ".join(str(name).replace("_", " ").replace("-", " ").split())
+
+
+def label_words_from_names(names) -> dict[str, list[str]]:
+    """Label words derived from class names: a list of names, or a dataset (or its features) with a `label`
+    ClassLabel column, e.g. ``label_words_from_names(dataset)`` for BANKING77's `card_arrival` -> `card arrival`."""
+    features = getattr(names, "features", names)
+    if hasattr(features, "get") and not isinstance(names, (list, tuple)):
+        label = features.get("label")
+        if getattr(label, "names", None) is None:
+            raise ValueError(
+                "Class names need a ClassLabel column `label` (dataset.features['label'].names); this data has "
+                f"{type(label).__name__ if label is not None else 'no label column'}. Pass the list of class names."
+            )
+        names = label.names
+    return names_to_label_words(names)
+
+
+def names_to_label_words(names: Sequence[str]) -> dict[str, list[str]]:
+    """{name: [derived word]} for a list of class names; duplicates and empty names are errors."""
+    out: dict[str, list[str]] = {}
+    for name in names:
+        if not isinstance(name, str) or not label_name_words(name):
+            raise ValueError(f"Class names must be non-empty strings, got {name!r} in {list(names)[:10]}.")
+        if name in out:
+            raise ValueError(f"Class name {name!r} is given twice; each class must be named once.")
+        out[name] = [label_name_words(name)]
+    return out
+
+
+def normalize_label_words(label_words: Mapping[str, Sequence[str] | str] | Sequence[str]) -> dict[str, list[str]]:
+    """Check and copy a ``{class: [words]}`` mapping (a single word may be given as a string); a list of class
+    names becomes ``{name: [name as words]}`` (`label_name_words`)."""
+    if isinstance(label_words, str):
+        raise ValueError(
+            f"label_words={label_words!r}: give a mapping of class -> words, or a list of class names; for the names "
+            "of a ClassLabel column use peft_dect.prompting.label_words_from_names(dataset)."
+        )
+    if isinstance(label_words, (list, tuple)) and label_words:
+        label_words = names_to_label_words(label_words)
     if not isinstance(label_words, Mapping) or not label_words:
         raise ValueError(
             "label_words must be a non-empty mapping from class name to its words, "
-            "e.g. {'negative': ['bad'], 'positive': ['great']}."
+            "e.g. {'negative': ['bad'], 'positive': ['great']}, or a list of class names."
         )
     out: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
