@@ -29,7 +29,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from .backbone import Backbone
 from .cards import RunRecord
 from .introspect import unwrap_peft
-from .metrics import METRICS, metric_value
+from .metrics import metric_value, resolve_metric
+from .prior_shift import adapt_prior
 from .prompting import Template, Verbalizer
 from .saving import CLASSIFIER_FORMAT, adapter_folder, check_adapter_folder, read_json_object, staged_folder
 from .settings import PROMPT_FIELDS, PromptSettings
@@ -49,6 +50,7 @@ class FewShotClassifier:
     """
 
     default_metrics: tuple[str, ...] = ("accuracy",)
+    fit_metric: Metric | None = None  # what the last fit chose by, reported by `evaluate` next to the defaults
     run_record: RunRecord
 
     @property
@@ -76,8 +78,13 @@ class FewShotClassifier:
         """Predicted class names."""
         return self.decide(self.checked_logits(inputs, *args, **kwargs))
 
-    def checked_logits(self, inputs, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """`predict_logits`, refused when a score is NaN: a NaN would give NaN probabilities and the first class."""
+    def checked_logits(self, inputs, *args: Any, prior_shift: bool = False, **kwargs: Any) -> torch.Tensor:
+        """`predict_logits`, refused when a score is NaN: a NaN would give NaN probabilities and the first class.
+
+        `prior_shift=True` (also accepted by `predict`, `predict_proba` and `evaluate`) re-estimates the class
+        priors from the inputs themselves by EM (`peft_dect.prior_shift.adapt_prior`): for a batch of inputs whose
+        class frequencies differ from the balanced training data's.
+        """
         logits = self.predict_logits(inputs, *args, **kwargs)
         if bool(torch.isnan(logits).any()):
             rows = torch.isnan(logits).any(-1).nonzero()[:, 0].tolist()
@@ -85,6 +92,8 @@ class FewShotClassifier:
                 f"{type(self).__name__} gave NaN class scores for {len(rows)} input(s), the first at index {rows[0]}: "
                 "its weights or the model's features hold NaN or infinite values; fit it again or load an intact copy."
             )
+        if prior_shift:
+            logits, _ = adapt_prior(logits)
         return logits
 
     def decide(self, logits: torch.Tensor) -> list:
@@ -105,23 +114,24 @@ class FewShotClassifier:
         split: str = "test",
         **kwargs: Any,
     ) -> dict[str, float]:
-        """Metrics on a labelled dataset (accuracy by default), recorded with `name` and `split` for the model card."""
+        """Metrics on a labelled dataset (accuracy, and the metric the fit chose by, by default), recorded with `name`
+        and `split` for the model card."""
         targets = self.read_targets(dataset)
-        metrics = self.score(self.checked_logits(dataset, *args, **kwargs), targets, metric)
+        logits = self.checked_logits(dataset, *args, **kwargs)
+        metrics = self.score(logits, targets, metric)
+        if metric is None and self.fit_metric is not None:  # the metric the fit chose by, next to the defaults
+            metrics |= self.score(logits, targets, self.fit_metric)
         self.run_record.add_evaluation(name, split, len(targets), metrics)
         return metrics
 
 
 def compute_metrics(metric: Metric | None, default: Sequence[str], predictions, references) -> dict[str, float]:
-    """{name: value} of `metric` (a name of `peft_dect.metrics.METRICS` or a callable), else of each default."""
+    """{name: value} of `metric` (a name of `peft_dect.metrics.METRICS`, a callable or an `evaluate` metric), else
+    of each default."""
     if metric is None:
         return {name: metric_value(name, predictions, references) for name in default}
-    if callable(metric):
-        name = getattr(metric, "__name__", "metric")
-        return {name: float(metric(predictions, references))}
-    if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}; give one of {', '.join(METRICS)} or a callable.")
-    return {metric: metric_value(metric, predictions, references)}
+    name, fn = resolve_metric(metric)
+    return {name: fn(predictions, references)}
 
 
 class AdapterHook(Protocol):

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "arrival)",
     )
     fit.add_argument("--mode", choices=["auto", "faithful"], default="auto")
+    fit.add_argument(
+        "--metric",
+        choices=["accuracy", "f1", "macro_f1", "matthews_correlation"],
+        help="what auto mode maximises on held-out data (default: the task's metric, else accuracy)",
+    )
     fit.add_argument("--lam", type=float, default=None, help="fusion weight (faithful mode); default 1/shots")
     fit.add_argument("--decoder-seed", type=int, default=0, help="seed of the decoder initialisation")
     fit.add_argument("--text-column", help="column of the first text (default: text, sentence, ...)")

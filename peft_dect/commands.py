@@ -22,6 +22,7 @@ from .embedded import load_smollm2, smollm2_gguf
 from .hub import push_adapter_folder
 from .introspect import lm_kind
 from .io import check_text_values, read_columns, require_columns
+from .metrics import METRICS
 from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.dect import REMOTE_FILE
@@ -194,9 +195,16 @@ def _fit_and_save(args, classifier, train, **fit_options) -> dict:
     return {k: v for k, v in report.items() if k != "grid"} | {"adapter": str(args.out)}
 
 
-def _fit_remote(args, train, config) -> None:
+def _metric(args, spec) -> str | None:
+    """What auto mode maximises: --metric, else the task's classification metric (F1 for MRPC, MCC for CoLA)."""
+    if args.metric:
+        return args.metric
+    return spec.metric if spec is not None and spec.metric in METRICS and spec.metric != "accuracy" else None
+
+
+def _fit_remote(args, train, config, metric) -> None:
     clf = BlackBoxDecT(config, _endpoint(args), missing_label_words=args.missing_label_words or "exact")
-    report = _fit_and_save(args, clf, train)
+    report = _fit_and_save(args, clf, train, metric=metric)
     _emit(
         args,
         report,
@@ -236,9 +244,10 @@ def cmd_fit(args) -> None:
     )
     _check_labels(args, config, ("train", "eval"))
     if args.endpoint:
-        _fit_remote(args, train, config)
+        _fit_remote(args, train, config, _metric(args, spec))
         return
     options = {"tokenizer": tokenizer, "cache_dir": args.cache_dir, "show_progress": not args.quiet}
+    options["metric"] = _metric(args, spec)
     report = _fit_and_save(args, get_peft_model(model, config), train, **options)
     _emit(
         args,

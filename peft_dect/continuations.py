@@ -1,9 +1,10 @@
 """Exact scores of label words of several tokens under a causal LM: one batched pass over every word's continuation.
 
-After the prompt's pass (which keeps its key/value cache), every word's tokens after the first are fed at once,
-as one sequence per input of `T` tokens in all (the sum over words of their lengths minus one), with an attention
-mask in which a token sees the prompt and the earlier tokens of its own word only, and positions that continue the
-prompt. The extra cost grows with the total number of label tokens, not with one model pass per class.
+After the prompt's pass (which keeps its key/value cache), the words' prefix tree is fed at once: one sequence per
+input of `T` steps, one per distinct proper prefix of a word (words that start alike share their steps, so `T` is
+at most the number of label tokens minus the number of words), with an attention mask in which a step sees the
+prompt and its own prefix only, and positions that continue the prompt. The extra cost grows with the number of
+label tokens, not with one model pass per class.
 """
 
 from __future__ import annotations
@@ -33,14 +34,13 @@ def cache_keyword(run) -> str:
 
 
 def continuation_mask(prompt_mask: torch.Tensor, plan: WordPlan, dtype: torch.dtype) -> torch.Tensor:
-    """Additive attention mask (N, 1, T, L + T): a continuation step sees the prompt's real tokens and its own
-    word's steps up to itself (0 where it may attend, the dtype's minimum elsewhere)."""
-    same_word = plan.cont_word[:, None] == plan.cont_word[None, :]
-    causal = plan.cont_offset[None, :] <= plan.cont_offset[:, None]
+    """Additive attention mask (N, 1, T, L + T): a continuation step sees the prompt's real tokens and the steps of
+    its own prefix (0 where it may attend, the dtype's minimum elsewhere)."""
+    steps = plan.cont_input.numel()
     allowed = torch.cat(
         (
-            prompt_mask.bool()[:, None, :].expand(-1, plan.cont_word.numel(), -1),
-            (same_word & causal)[None].expand(prompt_mask.shape[0], -1, -1),
+            prompt_mask.bool()[:, None, :].expand(-1, steps, -1),
+            plan.cont_allowed[None].expand(prompt_mask.shape[0], -1, -1),
         ),
         dim=-1,
     )
@@ -58,8 +58,8 @@ def continuation_log_probs(
     dtype: torch.dtype,
     vocab_size: int,
 ) -> torch.Tensor:
-    """Log-probabilities (N, T) of the plan's continuation targets, reusing the key/value cache of the prompt's
-    pass `prompt_out`.
+    """Log-probabilities (N, S) of the plan's continuation targets (`step_target` at `step_node`), reusing the
+    key/value cache of the prompt's pass `prompt_out`.
 
     `run(input_ids=, attention_mask=, position_ids=, past_key_values=)` is the model (its body when `head` is
     given, which then maps hidden states to vocabulary logits in chunks); `positions` (N,) are the prediction
@@ -77,12 +77,12 @@ def continuation_log_probs(
     mask = continuation_mask(prompt_mask, plan.to(device), dtype)
     out = run(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **{cache_keyword(run): past})
     states = out[0] if head is not None else out.logits
-    targets = plan.cont_target.to(device)
+    node, target = plan.step_node.to(device), plan.step_target.to(device)
     steps = max(1, HEAD_CHUNK // max(1, n * vocab_size))
     parts = []
-    for start in range(0, targets.numel(), steps):
+    for start in range(0, states.shape[1], steps):  # the steps are sorted by node: each chunk is contiguous
         chunk = states[:, start : start + steps]
-        logits = head(chunk) if head is not None else chunk
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        parts.append(log_probs.gather(-1, targets[start : start + steps][None, :, None].expand(n, -1, 1))[..., 0])
+        log_probs = torch.log_softmax((head(chunk) if head is not None else chunk).float(), dim=-1)
+        here = (node >= start) & (node < start + steps)
+        parts.append(log_probs[:, node[here] - start, target[here]])
     return torch.cat(parts, dim=1)

@@ -6,6 +6,10 @@ are computed here; the tests check them against scikit-learn and scipy.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 
@@ -61,3 +65,52 @@ def metric_value(name: str, predictions, references) -> float:
     if name == "spearman":
         return _pearson(_ranks(pred), _ranks(ref))
     raise ValueError(f"Unknown metric {name!r}; known metrics: {', '.join(METRICS)}.")
+
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+def resolve_metric(metric: Any) -> tuple[str, MetricFn]:
+    """(name, fn(predictions, references) -> float) of a metric given as a name of `METRICS`, a callable, or an
+    `evaluate` metric module (anything with `compute(predictions=, references=)`); None is accuracy.
+
+    A callable that raises or returns something other than a finite number is reported by name.
+    """
+    if metric is None:
+        return "accuracy", lambda p, r: metric_value("accuracy", p, r)
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"Unknown metric {metric!r}; give one of {', '.join(METRICS)} or a callable.")
+        return metric, lambda p, r: metric_value(metric, p, r)
+    if hasattr(metric, "compute"):  # an `evaluate` module: its result is a dict of one or more values
+        name = str(getattr(metric, "name", None) or type(metric).__name__)
+
+        def compute(p, r):
+            out = metric.compute(predictions=list(p), references=list(r))
+            if isinstance(out, dict):
+                out = out.get(name, next(iter(out.values())) if len(out) == 1 else None)
+            return out
+
+        return name, checked(name, compute)
+    if callable(metric):
+        name = getattr(metric, "__name__", None) or type(metric).__name__
+        return name, checked(name, metric)
+    raise TypeError(
+        f"metric must be a name ({', '.join(METRICS)}), a callable (predictions, references) -> float or an "
+        f"`evaluate` metric, got {type(metric).__name__}."
+    )
+
+
+def checked(name: str, fn: Callable) -> MetricFn:
+    """`fn` whose failures and non-numeric results raise a ValueError naming the metric."""
+
+    def run(predictions, references) -> float:
+        try:
+            value = fn(predictions, references)
+        except Exception as err:
+            raise ValueError(f"The metric {name!r} raised {type(err).__name__}: {err}") from err
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+            raise ValueError(f"The metric {name!r} must return a finite number, got {value!r}.")
+        return float(value)
+
+    return run

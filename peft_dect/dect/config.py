@@ -19,6 +19,11 @@ from .decoder import RADIUS_INITS
 MODES = ("auto", "faithful")
 
 
+def default_decoder_dim(num_classes: int) -> int:
+    """The paper's 128, or the next multiple of 64 above `num_classes` when there are more classes than that."""
+    return 128 if num_classes <= 128 else 64 * (num_classes // 64 + 1)
+
+
 @dataclass
 class RecordedValues:
     """What peft-dect records in an adapter, not the user: facts of the base model and tokenizer it was made with.
@@ -57,7 +62,9 @@ class DecTConfig(PromptSettings, PeftConfig):
     Args:
         template, label_words, label_word_aggregation, multi_token, max_length, text_column, text_pair_column,
             label_column: the prompt and the data columns (see `PromptSettings`).
-        decoder_dim: dimension of the projection `W` and of the class prototypes.
+        decoder_dim: dimension of the projection `W` and of the class prototypes. None (default) is the paper's 128
+            up to 128 classes and the next multiple of 64 above the class count beyond (`default_decoder_dim`), so
+            that the prototypes can stay linearly independent; the resolved number is what the config saves.
         mode: ``"auto"`` chooses lam, epochs and calibration on held-out data (cross-validation of the training set
             plus the fit's `eval_dataset`); ``"faithful"`` uses the paper's settings.
         lam: weight of the calibrated label-word probabilities in faithful mode; None means 1/shots.
@@ -77,7 +84,10 @@ class DecTConfig(PromptSettings, PeftConfig):
         format_version: peft-dect adapter format that wrote this config; a newer major format is refused.
     """
 
-    decoder_dim: int = field(default=128, metadata={"help": "Dimension of the projection W and class prototypes."})
+    decoder_dim: int | None = field(
+        default=None,
+        metadata={"help": "Dimension of the projection W and class prototypes; None: 128, or more for many classes."},
+    )
     mode: str = field(
         default="auto",
         metadata={
@@ -148,6 +158,8 @@ class DecTConfig(PromptSettings, PeftConfig):
         self.check_prompt_settings()
         check_choice("mode", self.mode, MODES)
         check_choice("radius_init", self.radius_init, RADIUS_INITS)
+        if self.decoder_dim is None:
+            self.decoder_dim = default_decoder_dim(len(self.label_words))
         check_int("decoder_dim", self.decoder_dim, 1)
         check_int("epochs", self.epochs, 0)
         check_int("seed", self.seed, 0, 2**63 - 1)

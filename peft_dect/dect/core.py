@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 
 from ..features import Features
+from ..metrics import resolve_metric
 from ..prompting import Template, calibrated_probs, content_free_texts
 from . import decoder
 from .fit import FitResult, fit_decoder, shots_of
@@ -173,14 +174,17 @@ class DecTCore:
             self.state.content_free = parts.pop().label_logits[0].clone()
         return parts
 
-    def fit(self, train_dataset, eval_dataset=None, *, with_decoder: bool = True) -> dict:
+    def fit(self, train_dataset, eval_dataset=None, *, with_decoder: bool = True, metric=None) -> dict:
         """Extract the training (and, in auto mode, eval) features, fit the decoder and store it in the state.
 
+        Auto mode chooses by `metric` (a name of `peft_dect.metrics.METRICS`, a callable or an `evaluate` metric;
+        accuracy when None), checked before any model pass.
         Without a decoder (a server without embeddings) the state keeps the calibrated prior alone. Returns the
         fit's report: the choice, shots, timings.
         """
         cfg = self.config
         t0 = time.perf_counter()
+        resolve_metric(metric)  # an unknown metric fails before the model runs
         labels = cfg.read_labels(train_dataset)
         use_eval = eval_dataset is not None and cfg.mode == "auto"
         eval_labels = cfg.read_labels(eval_dataset) if use_eval else None
@@ -191,7 +195,8 @@ class DecTCore:
         content_free = self.state.content_free
         content_free = content_free.detach().clone().cpu() if (cfg.calibrate or cfg.mode == "auto") else None
         if with_decoder:
-            result = fit_decoder(train, labels, content_free, cfg, rest[0] if use_eval else None, eval_labels)
+            evaluated = rest[0] if use_eval else None
+            result = fit_decoder(train, labels, content_free, cfg, evaluated, eval_labels, metric)
         else:
             result = FitResult(None, 0.0, cfg.calibrate, 0, {"mode": "logits", "lam": 0.0, "calibrate": cfg.calibrate})
         self.state.write(result)

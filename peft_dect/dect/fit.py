@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..features import Features
+from ..metrics import resolve_metric
 from ..prompting import calibrated_probs
 from . import decoder
 
@@ -69,13 +70,15 @@ def fit_decoder(
     cfg,
     eval_features: Features | None = None,
     eval_labels: torch.Tensor | None = None,
+    metric=None,
 ) -> FitResult:
-    """The configured mode: `fit_faithful`, or `fit_auto` (which also reads the eval features, when given)."""
+    """The configured mode: `fit_faithful`, or `fit_auto` (which also reads the eval features, when given, and
+    maximises `metric`: a name of `peft_dect.metrics.METRICS`, a callable or an `evaluate` metric; None: accuracy)."""
     if cfg.mode == "faithful":
         return fit_faithful(train, labels, content_free, cfg, len(cfg.classes))
     if cfg.lam is not None:
         logger.warning("Auto mode chooses lam itself; the configured lam=%g is used by faithful mode only.", cfg.lam)
-    return fit_auto(train, labels, content_free, cfg, len(cfg.classes), eval_features, eval_labels)
+    return fit_auto(train, labels, content_free, cfg, len(cfg.classes), eval_features, eval_labels, metric)
 
 
 def train_one(train: Features, labels, q, lam: float, cfg, num_classes: int, epochs: int) -> decoder.DecoderWeights:
@@ -126,6 +129,14 @@ def held_out_correct(weights, hidden, q, labels, fusion: list[float], held: torc
     return correct.sum(-1)
 
 
+def held_out_predictions(weights, hidden, q, fusion: list[float]) -> torch.Tensor:
+    """Predicted classes (G, L, N) of G members under L fusion weights."""
+    with torch.no_grad():
+        base = decoder.scores(weights, hidden, torch.zeros_like(q), 0.0)
+        lam = torch.tensor(fusion).view(1, -1, 1, 1)
+        return (base.unsqueeze(1) + lam * q.unsqueeze(1)).argmax(-1)
+
+
 def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
     """Boolean masks of k stratified folds."""
     gen = torch.Generator().manual_seed(seed)
@@ -146,6 +157,18 @@ class AutoTable:
     sources: list[str]  # "4-fold cross-validation", "eval_dataset"
     members: list[tuple[bool, torch.Tensor, torch.Tensor | None]]  # (calibrate, training rows, held-out rows)
     snapshots: dict[int, decoder.DecoderWeights]  # epoch -> weights of every member
+    metric: str = "accuracy"
+    values: dict[Candidate, float] | None = None  # the metric on all held-out rows, when it is not accuracy
+
+    @property
+    def scores(self) -> dict[Candidate, float]:
+        """What the choice maximises: correct counts for accuracy, else the metric's values."""
+        return self.correct if self.values is None else self.values
+
+    @property
+    def margin(self) -> float:
+        """The low-shot rule's margin in the units of `scores` (AUTO_LOW_SHOT_MARGIN held-out examples)."""
+        return AUTO_LOW_SHOT_MARGIN if self.values is None else AUTO_LOW_SHOT_MARGIN / max(1, self.held_out)
 
 
 def auto_table(train, labels, q_train, cfg, num_classes, folds, eval_features, eval_labels, content_free):
@@ -189,9 +212,39 @@ def auto_table(train, labels, q_train, cfg, num_classes, folds, eval_features, e
     return AutoTable(correct, held_out, sources, members, snaps)
 
 
+def metric_values(table: AutoTable, train, labels, q_train, fusion, eval_features, eval_labels, q_eval, fn):
+    """The metric of every candidate on all its held-out rows at once (the CV folds' rows, then the eval rows):
+    F1 or MCC, unlike accuracy, is not a sum over folds."""
+    values: dict[Candidate, float] = {}
+    for epochs, weights in table.snapshots.items():
+        for calibrate in q_train:
+            group = [g for g, (c, _, h) in enumerate(table.members) if c == calibrate]
+            pred_parts, ref_parts = [], []
+            cv = [g for g in group if table.members[g][2] is not None]
+            if cv:
+                rows = torch.full((len(fusion), labels.numel()), -1, dtype=torch.long)
+                sub = decoder.DecoderWeights(weights.W[cv], weights.radii[cv], weights.prototypes)
+                preds = held_out_predictions(sub, train.hidden, q_train[calibrate].expand(len(cv), -1, -1), fusion)
+                for i, g in enumerate(cv):
+                    held = table.members[g][2]
+                    rows[:, held] = preds[i][:, held]
+                pred_parts.append(rows)
+                ref_parts.append(labels)
+            full = [g for g in group if table.members[g][2] is None]
+            if full and eval_features is not None:
+                sub = decoder.DecoderWeights(weights.W[full[:1]], weights.radii[full[:1]], weights.prototypes)
+                pred_parts.append(held_out_predictions(sub, eval_features.hidden, q_eval[calibrate][None], fusion)[0])
+                ref_parts.append(eval_labels)
+            preds, refs = torch.cat(pred_parts, 1).numpy(), torch.cat(ref_parts).numpy()
+            for j, lam in enumerate(fusion):
+                values[(calibrate, epochs, lam)] = fn(preds[j], refs)
+    return values
+
+
 def preference(key: Candidate, correct: float) -> tuple:
-    """Order of candidates: held-out accuracy first; among equals, the one that leans most on the calibrated prior
-    (largest fusion weight), then calibration on, then fewer epochs: the simplest explanation of the held-out data.
+    """Order of candidates: held-out accuracy (or the chosen metric) first; among equals, the one that leans most
+    on the calibrated prior (largest fusion weight), then calibration on, then fewer epochs: the simplest
+    explanation of the held-out data.
 
     On the dev splits of 11 LM-BFF tasks (SmolLM2, 5 seeds) this tie-break beat breaking ties by cross-entropy.
     """
@@ -201,10 +254,11 @@ def preference(key: Candidate, correct: float) -> tuple:
 
 def choose(table: AutoTable, shots: int, has_prior: bool) -> tuple[Candidate, str | None]:
     """The best candidate, and the low-shot rule's text when it kept the calibrated prior instead."""
-    best = max(table.correct, key=lambda key: preference(key, table.correct[key]))
+    scores = table.scores
+    best = max(scores, key=lambda key: preference(key, scores[key]))
     if shots < AUTO_MIN_SHOTS and has_prior:
         prior = (True, min(AUTO_EPOCHS), max(fusion_grid(shots)))  # the calibrated prior alone (lam = 1000)
-        if table.correct[best] < table.correct[prior] + AUTO_LOW_SHOT_MARGIN:
+        if scores[best] < scores[prior] + table.margin:
             return prior, low_shot_rule()
     return best, None
 
@@ -225,9 +279,14 @@ def auto_report(table: AutoTable, best: Candidate, rule: str | None) -> dict:
         "calibrate": calibrate,
         "epochs": epochs,
         "lam": lam,
+        "selected_by": table.metric,
         "heldout_accuracy": table.correct[best] / n,
         "grid": {f"calibrate={c},epochs={e},lam={lm:g}": v / n for (c, e, lm), v in sorted(table.correct.items())},
     }
+    if table.values is not None:
+        report[f"heldout_{table.metric}"] = table.values[best]
+        report[f"grid_{table.metric}"] = {f"calibrate={c},epochs={e},lam={lm:g}": v
+                                          for (c, e, lm), v in sorted(table.values.items())}  # fmt: skip
     if rule:
         report["rule"] = rule
     logger.info(
@@ -249,8 +308,10 @@ def fit_auto(
     num_classes: int,
     eval_features: Features | None = None,
     eval_labels: torch.Tensor | None = None,
+    metric=None,
 ) -> FitResult:
-    """Choose calibration, epochs and fusion weight on held-out data, then return the decoder that uses them.
+    """Choose calibration, epochs and fusion weight on held-out data by `metric` (accuracy when None; see
+    `peft_dect.metrics.resolve_metric`), then return the decoder that uses them.
 
     Held-out data are the folds of a stratified k-fold split of the training set and, when given, the eval set:
     every candidate is scored on all of them, which halves the noise of choosing on a 32-example dev split alone.
@@ -268,6 +329,12 @@ def fit_auto(
             result.report.update(lam=result.lam, calibrate=True, rule=low_shot_rule())
         return result
     table = auto_table(train, labels, q_train, cfg, num_classes, folds, eval_features, eval_labels, content_free)
+    name, fn = resolve_metric(metric)
+    if metric is not None and metric != "accuracy":  # accuracy: the correct counts themselves
+        q_eval = {c: probs(eval_features.label_logits, content_free, c) for c in q_train} if eval_features else {}
+        fusion = fusion_grid(shots)
+        table.metric = name
+        table.values = metric_values(table, train, labels, q_train, fusion, eval_features, eval_labels, q_eval, fn)
     best, rule = choose(table, shots, content_free is not None)
     calibrate, epochs, lam = best
     report = auto_report(table, best, rule)

@@ -283,11 +283,14 @@ class DecTModel(BaseTuner, FewShotClassifier):
         cache_dir=None,
         batch_size: int | None = None,
         show_progress: bool = True,
+        metric=None,
     ) -> dict[str, Any]:
         """Train the decoder of the active adapter: one model pass per new input, then decoder fitting.
 
         `train_dataset` (and `eval_dataset`) is a `datasets.Dataset` or a dict of columns with the text column(s)
-        and labels. In auto mode cross-validation (plus the eval split, if given) chooses lam, epochs, calibration.
+        and labels. In auto mode cross-validation (plus the eval split, if given) chooses lam, epochs, calibration
+        by `metric` (accuracy, f1, macro_f1, matthews_correlation, a callable or an `evaluate` metric), which
+        `evaluate()` then reports next to accuracy.
         Returns a report with the choice, timings and the number of model passes.
         """
         cfg = self.config_of_active
@@ -302,8 +305,9 @@ class DecTModel(BaseTuner, FewShotClassifier):
         if batch_size is not None:
             core.source.batch_size = batch_size
         passes = core.source.passes
-        report = core.fit(train_dataset, eval_dataset)
+        report = core.fit(train_dataset, eval_dataset, metric=metric)
         report["model_passes"] = core.source.passes - passes
+        self.fit_metric = metric
         self.run_record.start_fit(report)
         return report
 

@@ -122,10 +122,13 @@ class WordPlan:
     """Every label word as tensors for scoring words of several tokens (see `Verbalizer.plan`).
 
     Words are numbered in class order. `first` (W,) is each word's first token, `length` (W,) its token count;
-    `class_words` (C, K) / `class_mask` index each class's words. The continuation of a causal LM is every word's
-    tokens after the first, concatenated: `cont_input` (T,) is the token fed at each step (the word's previous
-    token), `cont_target` (T,) the token scored, `cont_word` (T,) and `cont_offset` (T,) the word and its step
-    (0 for the step that scores the second token). `pieces` / `piece_word` list every token of every word.
+    `class_words` (C, K) / `class_mask` index each class's words. A causal LM continues the prompt through the
+    prefix tree of the words: every distinct proper prefix of a word (`card` for `card arrival` and `card
+    linking`) is one continuation step, fed once. `cont_input` (T,) is the last token of each step's prefix,
+    `cont_offset` (T,) its depth (0 right after the prompt) and `cont_allowed` (T, T) whether step i may attend to
+    step k (k is i's prefix or i itself). Each word's tokens after the first are then scored at a step: `step_node`
+    (S,), `step_target` (S,) and `step_word` (S,), sorted by step. `pieces` / `piece_word` list every token of every
+    word (a masked LM's rule).
     """
 
     first: torch.Tensor
@@ -133,9 +136,11 @@ class WordPlan:
     class_words: torch.Tensor
     class_mask: torch.Tensor
     cont_input: torch.Tensor
-    cont_target: torch.Tensor
-    cont_word: torch.Tensor
     cont_offset: torch.Tensor
+    cont_allowed: torch.Tensor
+    step_node: torch.Tensor
+    step_target: torch.Tensor
+    step_word: torch.Tensor
     pieces: torch.Tensor
     piece_word: torch.Tensor
 
@@ -150,7 +155,15 @@ class WordPlan:
             class_words[c, : len(per_class)] = torch.arange(start, start + len(per_class))
             class_mask[c, : len(per_class)] = True
             start += len(per_class)
-        cont = [(w, j, seq[j], seq[j + 1]) for w, seq in enumerate(words) for j in range(len(seq) - 1)]
+        nodes: dict[tuple[int, ...], int] = {}  # proper prefix -> step, parents before children
+        for seq in words:
+            for j in range(1, len(seq)):
+                nodes.setdefault(seq[:j], len(nodes))
+        allowed = torch.zeros(len(nodes), len(nodes), dtype=torch.bool)
+        for prefix, i in nodes.items():
+            for j in range(1, len(prefix) + 1):
+                allowed[i, nodes[prefix[:j]]] = True
+        steps = sorted((nodes[seq[:j]], seq[j], w) for w, seq in enumerate(words) for j in range(1, len(seq)))
         pieces = [(w, t) for w, seq in enumerate(words) for t in seq]
 
         def column(rows: list, i: int) -> torch.Tensor:
@@ -161,10 +174,12 @@ class WordPlan:
             length=torch.tensor([len(seq) for seq in words], dtype=torch.long),
             class_words=class_words,
             class_mask=class_mask,
-            cont_input=column(cont, 2),
-            cont_target=column(cont, 3),
-            cont_word=column(cont, 0),
-            cont_offset=column(cont, 1),
+            cont_input=torch.tensor([p[-1] for p in nodes], dtype=torch.long),
+            cont_offset=torch.tensor([len(p) - 1 for p in nodes], dtype=torch.long),
+            cont_allowed=allowed,
+            step_node=column(steps, 0),
+            step_target=column(steps, 1),
+            step_word=column(steps, 2),
             pieces=column(pieces, 1),
             piece_word=column(pieces, 0),
         )
@@ -376,7 +391,7 @@ def word_class_scores(
     per_token: bool = False,
 ) -> torch.Tensor:
     """Class scores (N, C) from log-probabilities (N, V) at the prediction position and, for a causal LM, the
-    log-probabilities (N, T) of the plan's continuation targets (`continuations.continuation_log_probs`).
+    log-probabilities (N, S) of the plan's continuation steps (`continuations.continuation_log_probs`).
 
     With `continuation` a word scores `log P(w_1 .. w_m | prompt)` (divided by m when `per_token`); without it
     (a masked LM) the mean of its pieces' log-probabilities at the mask. Words then combine per class by
@@ -384,7 +399,7 @@ def word_class_scores(
     """
     n = log_probs.shape[0]
     if continuation is not None:
-        words = log_probs[:, plan.first].index_add(1, plan.cont_word, continuation.to(log_probs.dtype))
+        words = log_probs[:, plan.first].index_add(1, plan.step_word, continuation.to(log_probs.dtype))
         if per_token:
             words = words / plan.length.to(words.dtype)
     else:

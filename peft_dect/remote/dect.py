@@ -98,8 +98,9 @@ class BlackBoxDecT(FewShotClassifier):
         return self.config.read_labels(data)
 
     # ---------------------------------------------------------------- fitting and prediction
-    def fit(self, train_dataset, eval_dataset=None) -> dict[str, Any]:
-        """Query the server once per new training input (plus the content-free prompt), then fit the decoder.
+    def fit(self, train_dataset, eval_dataset=None, *, metric=None) -> dict[str, Any]:
+        """Query the server once per new training input (plus the content-free prompt), then fit the decoder
+        (auto mode chooses by `metric`, as `DecTModel.fit`).
 
         Returns DecT's fit report plus what it cost: requests by kind, retries, prompts answered from the cache,
         prompt tokens (as the server counts them) and wall seconds.
@@ -107,7 +108,8 @@ class BlackBoxDecT(FewShotClassifier):
         before = self.endpoint.stats.copy()
         missing_before = dict(self.backbone.missing_counts)
         self.state.content_free = None  # recomputed (from the cache when known): the server may have changed models
-        report = self.core.fit(train_dataset, eval_dataset, with_decoder=self.uses_hidden)
+        report = self.core.fit(train_dataset, eval_dataset, with_decoder=self.uses_hidden, metric=metric)
+        self.fit_metric = metric
         self.config.recorded.hidden_size = int(self.state.weights.W.shape[-1]) if self.uses_hidden else None
         cost = self.endpoint.stats.since(before)
         missing = {w: n - missing_before.get(w, 0) for w, n in self.backbone.missing_counts.items()}
