@@ -207,6 +207,14 @@ class Backbone:
     def _cache_option(self) -> dict:
         return {"use_cache": True} if self.continues else {}
 
+    def _split_pass(self, inputs: dict, attention_mask, positions: torch.Tensor) -> Features:
+        """The body over the batch, the head at `positions` only (and the label words' continuations)."""
+        body, head = self.head_split
+        out = body(**inputs, attention_mask=attention_mask, **self._cache_option)
+        hidden = out[0][torch.arange(positions.shape[0], device=positions.device), positions]
+        cont = self._continuation(body, head, out, hidden, attention_mask, positions)
+        return Features(hidden.float(), self.label_scores(head(hidden), cont))
+
     def from_embeddings(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
     ) -> Features:
@@ -215,21 +223,15 @@ class Backbone:
         The transformers model itself runs (no PEFT prompt is added); the head runs at the positions only when it
         is separable from the body.
         """
-        rows = torch.arange(inputs_embeds.shape[0], device=inputs_embeds.device)
         if self.head_split is not None:
-            body, head = self.head_split
-            out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **self._cache_option)
-            hidden = out[0][rows, positions]
-            vocab_logits = head(hidden)
-            cont = self._continuation(body, head, out, hidden, attention_mask, positions)
-        else:
-            base = unwrap_peft(self.model)
-            out = base(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True,
-                **self._cache_option,
-            )  # fmt: skip
-            hidden, vocab_logits = out.hidden_states[-1][rows, positions], out.logits[rows, positions]
-            cont = self._continuation(base, None, out, hidden, attention_mask, positions)
+            return self._split_pass({"inputs_embeds": inputs_embeds}, attention_mask, positions)
+        rows = torch.arange(inputs_embeds.shape[0], device=inputs_embeds.device)
+        base = unwrap_peft(self.model)
+        out = base(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True, **self._cache_option
+        )
+        hidden, vocab_logits = out.hidden_states[-1][rows, positions], out.logits[rows, positions]
+        cont = self._continuation(base, None, out, hidden, attention_mask, positions)
         return Features(hidden.float(), self.label_scores(vocab_logits, cont))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Features:
@@ -247,25 +249,20 @@ class Backbone:
             return self.from_embeddings(torch.cat((prompts, embeds), 1), attention_mask, pos + virtual)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         if self.head_split is not None and not prepends_virtual_tokens(self.model):
-            body, head = self.head_split
-            out = body(input_ids=input_ids, attention_mask=attention_mask, **self._cache_option)
-            hidden = out[0][rows, pos]
-            vocab_logits = head(hidden)
-            cont = self._continuation(body, head, out, hidden, attention_mask, pos)
-        else:
-            if self.continues and prepends_virtual_tokens(self.model):
-                raise ValueError(
-                    "Label words of several tokens are scored whole by continuing the prompt's key/value cache, "
-                    f"which a {self.model.active_peft_config.peft_type} adapter's own prefix does not allow here; "
-                    "set multi_token='first' (or use single-token label words)."
-                )
-            out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **self._cache_option
+            return self._split_pass({"input_ids": input_ids}, attention_mask, pos)
+        if self.continues and prepends_virtual_tokens(self.model):
+            raise ValueError(
+                "Label words of several tokens are scored whole by continuing the prompt's key/value cache, "
+                f"which a {self.model.active_peft_config.peft_type} adapter's own prefix does not allow here; "
+                "set multi_token='first' (or use single-token label words)."
             )
-            # Prompt-learning adapters prepend virtual tokens: the outputs are longer than the inputs by that many.
-            pos = pos + (out.logits.shape[1] - input_ids.shape[1])
-            hidden, vocab_logits = out.hidden_states[-1][rows, pos], out.logits[rows, pos]
-            cont = self._continuation(self.model, None, out, hidden, attention_mask, pos)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **self._cache_option
+        )
+        # Prompt-learning adapters prepend virtual tokens: the outputs are longer than the inputs by that many.
+        pos = pos + (out.logits.shape[1] - input_ids.shape[1])
+        hidden, vocab_logits = out.hidden_states[-1][rows, pos], out.logits[rows, pos]
+        cont = self._continuation(self.model, None, out, hidden, attention_mask, pos)
         return Features(hidden.float(), self.label_scores(vocab_logits, cont))
 
     def keys(

@@ -341,6 +341,20 @@ def sample_k_shot(
     return datasets.DatasetDict({"train": dataset.select(train), "validation": dataset.select(dev)})
 
 
+def read_rfc4180(path: Path) -> dict[str, list[str]]:
+    """Columns of a CSV file with a header row, quoted fields spanning lines allowed (BANKING77 has some: their line
+    breaks become spaces, as a prompt has no use for them)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise ValueError(f"{path} is empty; it needs a header row and data rows.")
+    head, body = rows[0], [r for r in rows[1:] if r]
+    bad = next((i for i, r in enumerate(body) if len(r) != len(head)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: data row {bad + 1} has {len(body[bad])} fields, the header {len(head)}.")
+    return {name: [" ".join(r[j].split()) for r in body] for j, name in enumerate(head)}
+
+
 # BANKING77's prompt: the intent names themselves are the label words (`card_arrival` -> `card arrival`)
 BANKING77_TEMPLATE = "{text_a} This banking question is about {mask}."
 BANKING77_CAUSAL = "{text_a}\nThis banking question is about {mask}"
@@ -358,7 +372,7 @@ def load_banking77(data_dir: str | Path) -> datasets.DatasetDict:
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
     splits = {}
     for split in ("train", "test"):
-        columns = read_columns(str(folder / f"{split}.csv"))
+        columns = read_rfc4180(folder / f"{split}.csv")
         require_columns(columns, str(folder / f"{split}.csv"), ["text", "category"])
         unknown = sorted(set(columns["category"]) - set(names))
         if unknown:
