@@ -216,6 +216,9 @@ class LinearProbe(ZeroShot):
         return MethodResult(pred, feature_seconds + fit_seconds, train_passes, len(data.test), extra)
 
 
+CHOICE_KEYS = ("calibrate", "epochs", "lam", "heldout_accuracy", "selected_on", "selected_by")
+
+
 class DecT(ZeroShot):
     """DecT in auto mode, the default config, fitted through the public `fit` (dev split as its eval set).
 
@@ -230,6 +233,7 @@ class DecT(ZeroShot):
         from benchmarks.dect_bench import plain_inference
         from peft_dect import FeatureCache
         from peft_dect.prompting import content_free_texts
+        from peft_dect.tasks import get_task
 
         tuner = self.lm.activate(data.task)
         tok = self.lm.tokenizer
@@ -249,10 +253,12 @@ class DecT(ZeroShot):
             extra["plain_inference_inputs"] = len(prompts)
         bb.cache = FeatureCache() if cold else self.lm.cache  # cold: the fit pays for its own model passes
         tuner.reset_adapter()  # forget the previous cell's fit and content-free scores
+        spec = get_task(data.task)  # auto mode chooses by the task's metric (F1 for MRPC and QQP, MCC for CoLA)
+        metric = spec.metric if spec.metric in ("f1", "matthews_correlation") else None
         try:
             start = time.perf_counter()
             report = self.lm.peft_model.fit(
-                data.train, tok, data.dev, batch_size=self.lm.batch_size, show_progress=False
+                data.train, tok, data.dev, batch_size=self.lm.batch_size, show_progress=False, metric=metric
             )
             fit_seconds = time.perf_counter() - start
         finally:
@@ -262,7 +268,9 @@ class DecT(ZeroShot):
             pred = tuner.class_logits(test).argmax(-1).tolist()
         extra.update(
             mode=report["mode"],
-            choice={k: report[k] for k in ("calibrate", "epochs", "lam", "heldout_accuracy", "selected_on")},
+            choice={
+                k: report[k] for k in ("calibrate", "epochs", "lam", "heldout_accuracy", "selected_on", "selected_by")
+            },
             feature_seconds=report["feature_seconds"],
             decoder_seconds=report["decoder_seconds"],
         )
