@@ -64,6 +64,16 @@ def test_banking77_loader_reads_polyai_csvs(tmp_path):
         load_banking77(tmp_path / "nope")
 
 
+def test_banking77_quoted_fields_may_span_lines(tmp_path):
+    """PolyAI's train.csv has a few texts with line breaks inside quotes (RFC 4180); they become spaces."""
+    (tmp_path / "categories.json").write_text(json.dumps(["card_not_working", "card_linking"]))
+    train = 'text,category\r\n"\nI can\'t seem to use my card\n\n",card_not_working\r\nLink it,card_linking\r\n'
+    (tmp_path / "train.csv").write_text(train, newline="")
+    (tmp_path / "test.csv").write_text("text,category\nhas my card shipped,card_linking\n")
+    data = load_banking77(tmp_path)
+    assert data["train"]["text"] == ["I can't seem to use my card", "Link it"] and data["train"]["label"] == [0, 1]
+
+
 def test_macro_f1_matches_scikit_learn():
     from sklearn.metrics import f1_score
 
