@@ -18,10 +18,10 @@ SmolLM2-135M-Instruct reads `tasks.BANKING77_CAUSAL` with each intent's name as 
   the budget is said in the results, as setfit's own default over-samples every negative pair, about 1.5 million
   pairs at 16 shots, which this 2-core machine cannot train).
 
-Cost (seed 13, 16 shots, cold caches, measured within one run): DecT's fit time against one plain inference pass
-of the model over the same inputs plus the label-continuation cost, and exact multi-token scoring against the
-first-token path on the same prompts. Results: `benchmarks/results/banking77.json` (written after every cell, and
-read back: the run resumes).
+Cost (seed 13, `--cost-shots` per class, 4 by default; cold caches, measured within one run): DecT's fit time
+against one plain inference pass of the model over the same inputs plus the label-continuation cost, and exact
+multi-token scoring against the first-token path on the same prompts. Results: `benchmarks/results/banking77.json`
+(written after every cell, and read back: the run resumes).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def setfit(train, test_texts, seed: int, iterations: int):
     return np.asarray(pred), extra
 
 
-def cost(peft_model, model, tokenizer, train, dev) -> dict:
+def cost(peft_model, model, tokenizer, train, dev, repeats: int = 1) -> dict:
     """Seed 13's costs, cold: DecT's fit against plain inference plus the continuation cost, exact vs first."""
     from benchmarks.dect_bench import plain_inference
     from peft_dect.features import FeatureCache
@@ -133,7 +133,7 @@ def cost(peft_model, model, tokenizer, train, dev) -> dict:
     prompts = [bb.render(t) for t in texts]
     first = first_token_backbone(bb)
     timings: dict[str, list[float]] = {"plain": [], "first": [], "exact": []}
-    for _ in range(2):  # alternated, the faster of two runs each
+    for _ in range(repeats):  # alternated, the faster of the runs each
         start = time.perf_counter()
         plain_inference(model, tokenizer, prompts, [bb.verbalizer.token_ids[0][0]], bb.batch_size)
         timings["plain"].append(time.perf_counter() - start)
@@ -189,8 +189,9 @@ def run(args) -> dict:
 
     peft_model = get_peft_model(model, dect_cfg)
     if "cost" not in results and args.cost:
-        split = sample_k_shot(data["train"], max(args.shots), min(args.seeds))
+        split = sample_k_shot(data["train"], args.cost_shots, min(args.seeds))
         results["cost"] = cost(peft_model, model, tokenizer, split["train"], split["validation"])
+        results["cost"]["shots"] = args.cost_shots
         save()
         logging.info("cost: %s", {k: v for k, v in results["cost"].items() if k != "fit_report"})
     peft_model.base_model.use_cache_dir(args.cache)
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-size", type=int, default=None, help="a seeded sample of the test set (quick runs)")
     parser.add_argument("--setfit-iterations", type=int, default=5)
     parser.add_argument("--no-cost", dest="cost", action="store_false", help="skip the cold timing of seed 13")
+    parser.add_argument("--cost-shots", type=int, default=4, help="shots per class of the cold timing")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"))
     parser.add_argument("--out", default=str(OUT))

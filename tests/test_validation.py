@@ -51,7 +51,10 @@ def test_bad_config_is_refused_when_built(case):
 def test_same_first_token_for_two_classes_is_refused(bpe_tokenizer):
     words = {"negative": ["greatly"], "positive": ["greatness"]}  # both start with the token 'Ġgreat'
     with pytest.raises(ValueError, match="cannot be told apart"):
-        make("causal", bpe_tokenizer, label_words=words).predict(["a film"], tokenizer=bpe_tokenizer)
+        # the rule that scores first tokens only (the default scores whole words, which tells them apart)
+        make("causal", bpe_tokenizer, label_words=words, multi_token="first").predict(
+            ["a film"], tokenizer=bpe_tokenizer
+        )
 
 
 @pytest.mark.parametrize(
