@@ -78,7 +78,8 @@ def run_seed(task: str, seed: int, data, test, model, tokenizer, args) -> dict:
     )  # fmt: skip
     rec["auto_label_words_seconds"] = time.perf_counter() - t0
     ta, tb = list(test["text_a"]), (list(test["text_b"]) if bb.template.is_pair else None)
-    rec["auto_label_words"] = _metric(task, label_word_scores(bb, ta, tb, found.label_words), labels)
+    inputs = ta if tb is None else list(zip(ta, tb))
+    rec["auto_label_words"] = _metric(task, label_word_scores(bb, inputs, found.label_words), labels)
     rec["auto_label_words_choice"] = found.label_words
     rec["auto_label_words_top"] = found.candidates[:5]
 

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = sorted(random.Random(0).sample(range(len(test)), min(args.test_size, len(test))))
         test = test.select(rows)
         common = {"cache": cache, "max_length": 256}  # the budget of lmbff_bench, so its cached features serve
-        ranked = rank_templates(model, tokenizer, CANDIDATES, spec.label_words, data["validation"], **common)
+        ranked = rank_templates(model, tokenizer, data["validation"], spec.label_words, CANDIDATES, **common)
         pair = [ranked.template, spec.causal_template]
-        on_test = rank_templates(model, tokenizer, pair, spec.label_words, test, **common)
+        on_test = rank_templates(model, tokenizer, test, spec.label_words, pair, **common)
         scores = {c["template"]: c["dev_score"] for c in on_test.candidates}
         records.append(
             {

@@ -25,7 +25,7 @@ from .io import check_text_values, read_columns, require_columns
 from .metrics import METRICS
 from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
-from .remote.dect import REMOTE_FILE
+from .remote.saved import REMOTE_FILE
 from .tasks import get_task, load_task, sample_k_shot
 
 

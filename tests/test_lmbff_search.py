@@ -129,3 +129,21 @@ def test_t5_pair_templates_put_the_mask_between_the_sentences():
         t5, t5_tok, pairs, {"no": ["no"], "yes": ["yes"]}, pair=True, beam=2, max_new_tokens=5
     )
     assert templates and all(t.startswith("{text_a}") and t.endswith(" {text_b}") and "{mask}" in t for t in templates)
+
+
+def test_search_functions_share_one_argument_convention_and_accept_the_older_forms(bpe_tokenizer, sentiment_test):
+    model = tiny_llama(bpe_tokenizer)
+    bb = backbone(model, bpe_tokenizer)
+    texts = list(sentiment_test["sentence"])
+    # (backbone, data, label words): texts or a dict of columns, as the classifiers' predict_logits take them
+    new = label_word_scores(bb, sentiment_test, LABEL_WORDS)
+    torch.testing.assert_close(new, label_word_scores(bb, texts, LABEL_WORDS))
+    torch.testing.assert_close(vocab_log_probs(bb, sentiment_test), vocab_log_probs(bb, texts))
+    with pytest.deprecated_call():
+        torch.testing.assert_close(new, label_word_scores(bb, texts, None, LABEL_WORDS, "mean"))
+    # (model, tokenizer, data, label words, candidates), and the older (model, tokenizer, candidates, words, data)
+    candidates = ["{text_a} In summary, it was {mask}.", "{text_a} It was {mask}"]
+    ranked = rank_templates(model, bpe_tokenizer, sentiment_test, LABEL_WORDS, candidates, show_progress=False)
+    with pytest.deprecated_call():
+        older = rank_templates(model, bpe_tokenizer, candidates, LABEL_WORDS, sentiment_test)
+    assert ranked == older

@@ -1,22 +1,19 @@
-"""DecT as a PEFT tuner: the PEFT plumbing, the tokenizer / soft-prompt / demonstration state and the Trainer path.
+"""DecT as a PEFT tuner: the PEFT plumbing and the tokenizer / soft-prompt / demonstration state.
 
 The DecT work itself (features with the content-free input, fitting, fusion) is `peft_dect.dect.core`'s, shared with
-the black-box front-end; predictions and evaluation come from the classifier interface.
+the black-box front-end; predictions and evaluation come from the classifier interface, and the Trainer path
+(`prepare_dataset`, `collate`, `forward`) from `peft_dect.dect.trainer_path`.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
-import datasets
 import torch
-import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTuner
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..backbone import Backbone
 from ..cards import RunRecord
@@ -28,28 +25,18 @@ from ..saving import inside_folder
 from .card import dect_card, dect_record
 from .checks import check_base_model, check_label_token_ids, output_embedding_name
 from .core import DecTCore, class_logits
-from .fit import shots_of
 from .layer import AdapterState, DecTLayer
+from .locking import serialized
 from .sources import AdapterSources, load_recorded_tokenizer, tokenizer_record
+from .trainer_path import DecTTrainerPath
 
 
-def serialized(method):
-    """Run `method` under the model's lock: its feature cache, tokenizer state and decoder tensors are shared, so
-    `fit`/`predict`/`evaluate` called from several threads run one at a time (results equal sequential calls)."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self.lock:
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
-class DecTModel(BaseTuner, FewShotClassifier):
+class DecTModel(DecTTrainerPath, BaseTuner, FewShotClassifier):
     """Decoder Tuning (Cui et al., ACL 2023) on a frozen masked or causal LM.
 
     Use it through `peft.get_peft_model(model, DecTConfig(...))`. The fast path is `fit()`, which extracts features
-    once (cached) and trains the decoder in well under a second; `forward()` serves the `transformers.Trainer`.
+    once (cached) and trains the decoder in well under a second; `prepare_dataset()`, `collate()` and `forward()`
+    serve the `transformers.Trainer` (`peft_dect.dect.trainer_path`).
     """
 
     prefix: str = "dect_"
@@ -335,56 +322,3 @@ class DecTModel(BaseTuner, FewShotClassifier):
     def class_logits(self, features, adapter_name: str | None = None) -> torch.Tensor:
         """Class logits (N, C) of an adapter for extracted features (zero-shot while adapters are disabled)."""
         return class_logits(self.state(adapter_name), features, zero_shot=self.dect_layer.disable_adapters)
-
-    # ---------------------------------------------------------------- the Trainer path
-    @serialized
-    def prepare_dataset(self, dataset, tokenizer=None) -> datasets.Dataset:
-        """Prompted, tokenised copy of `dataset` for `transformers.Trainer`: input_ids, attention_mask, labels.
-
-        Also computes the content-free calibration and, unless `lam` is configured, sets lam = 1/shots from the
-        labels of the first dataset prepared: prepare the training data first.
-        """
-        cfg = self.config_of_active
-        core = self.core(tokenizer, refit=True)
-        check_label_token_ids(cfg, core.source.verbalizer, record=True)
-        texts_a, texts_b = cfg.read_texts(dataset)
-        labels = cfg.read_labels(dataset)
-        ids = core.source.tokenize(texts_a, texts_b)
-        state = core.state
-        if cfg.calibrate and state.content_free is None:
-            core.features([], desc="calibration")
-        if cfg.lam is None and not state.fitted and state.lam != state.lam:  # lam is NaN: not set yet
-            state.lam = 1.0 / shots_of(labels, len(cfg.classes))
-        columns = {"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids], "labels": labels.tolist()}
-        return datasets.Dataset.from_dict(columns)
-
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """Data collator for prepared datasets: pads input ids (right) and stacks labels."""
-        batch = self.backbone().collate([list(r["input_ids"]) for r in rows])
-        if "labels" in rows[0]:
-            batch["labels"] = torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long)
-        return batch
-
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> SequenceClassifierOutput:
-        """Class logits (and cross-entropy loss with `labels`) for prompted inputs made by `prepare_dataset`.
-
-        The frozen model runs without gradient; only the decoder (W, radii) trains. On the first training batch
-        the radii get the paper's data-dependent initialisation.
-        """
-        if input_ids is None:
-            raise ValueError("DecT's forward needs input_ids made by model.prepare_dataset(...).")
-        bb = self.backbone()
-        was_training = self.model.training
-        self.model.eval()  # the frozen backbone gives deterministic features: no dropout, as in fit()
-        try:
-            with torch.no_grad():
-                feats = bb.forward(input_ids, attention_mask)
-        finally:
-            self.model.train(was_training)
-        feats.check_finite()  # a NaN here would silently poison the decoder's gradients
-        state = self.state()
-        if self.training and labels is not None and not state.fitted and not self.dect_layer.disable_adapters:
-            state.start_training(feats.hidden, labels)
-        logits = self.class_logits(feats)
-        loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -12,13 +12,21 @@
 
 Every function reuses `Backbone`: one model pass per example, cached; the vocabulary scores are recomputed from the
 cached hidden states by the LM head, so scoring thousands of candidate words costs no extra model pass.
+
+One argument convention for all of them: what runs first (a `Backbone`, or `model, tokenizer` where the function
+builds its own prompts), then the data (`train_dataset`, then `dev_dataset`: a `datasets.Dataset` or a dict of
+columns; the scoring functions also take texts or (text_a, text_b) pairs), then what names the classes (`classes`
+or `label_words`), then the candidates; options are keyword-only, shared ones in one order: `metric`, `cache`,
+`max_length`, `show_progress`, then the function's own. The older positional forms of `vocab_log_probs`,
+`label_word_scores` and `rank_templates` are still accepted (with a DeprecationWarning for the latter two).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,13 +60,28 @@ def _texts_labels(
     return texts_a, texts_b, labels
 
 
-def vocab_log_probs(backbone: Backbone, texts_a: Sequence[str], texts_b: Sequence[str] | None = None) -> torch.Tensor:
+def _texts(backbone: Backbone, data, texts_b: Sequence[str] | None = None) -> tuple[list[str], list[str] | None]:
+    """The texts of `data` (texts, pairs, a dict of columns or a Dataset) for the backbone's template; with `texts_b`
+    (the older form) `data` holds the first texts."""
+    if texts_b is not None:
+        return list(data), list(texts_b)
+    return read_texts(data, needs_pair=backbone.template.is_pair)
+
+
+def _deprecated_form(name: str, new: str) -> None:
+    message = f"This argument order of {name} is deprecated; call {name}({new})."
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+
+
+def vocab_log_probs(backbone: Backbone, data, texts_b: Sequence[str] | None = None) -> torch.Tensor:
     """Log-probabilities (N, V) of the whole vocabulary at each prompt's prediction position.
 
-    With a separable LM head the hidden states come from the backbone's feature cache (one pass per prompt, ever)
-    and only the head runs; otherwise the model runs once more on the prompts. With demonstrations the head sees the
-    hidden state averaged over the demonstration sets.
+    `data` is texts, (text_a, text_b) pairs, a dict of columns or a Dataset (the older form `(backbone, texts_a,
+    texts_b)` is accepted too). With a separable LM head the hidden states come from the backbone's feature cache
+    (one pass per prompt, ever) and only the head runs; otherwise the model runs once more on the prompts. With
+    demonstrations the head sees the hidden state averaged over the demonstration sets.
     """
+    texts_a, texts_b = _texts(backbone, data, texts_b)
     split = backbone.head_split
     device = backbone.device
     if split is not None:
@@ -78,13 +101,20 @@ def vocab_log_probs(backbone: Backbone, texts_a: Sequence[str], texts_b: Sequenc
 
 
 def label_word_scores(
-    backbone: Backbone,
-    texts_a: Sequence[str],
-    texts_b: Sequence[str] | None,
-    label_words: dict[str, list[str]],
-    aggregation: str = "mean",
+    backbone: Backbone, data, label_words: dict[str, list[str]], *older_form: Any, aggregation: str = "mean"
 ) -> torch.Tensor:
-    """Zero-shot class log-probabilities (N, C) of other label words, from the backbone's cached features."""
+    """Zero-shot class log-probabilities (N, C) of other label words for `data` (texts, pairs, a dict of columns or
+    a Dataset), from the backbone's cached features.
+
+    The older form `(backbone, texts_a, texts_b, label_words[, aggregation])` is still accepted.
+    """
+    texts_b = None
+    if older_form:  # (texts_a, texts_b, label_words[, aggregation]): the second and third are shifted by one
+        if len(older_form) > 2:
+            raise TypeError(f"label_word_scores takes at most 5 positional arguments, got {3 + len(older_form)}.")
+        _deprecated_form("label_word_scores", "backbone, data, label_words, *, aggregation=...")
+        texts_b, label_words, aggregation = label_words, older_form[0], (*older_form[1:], aggregation)[0]
+    texts_a, texts_b = _texts(backbone, data, texts_b)
     # scored from the cached vocabulary log-probabilities at the prediction position: first tokens only
     verbalizer = Verbalizer.from_words(
         label_words,
@@ -132,9 +162,9 @@ def search_label_words(
     dev_dataset,
     classes: Sequence[str],
     *,
+    metric: Metric = accuracy,
     k_likely: int = 30,
     n_pairs: int = 32,
-    metric: Metric = accuracy,
 ) -> LabelWordSearch:
     """LM-BFF's automatic label words (see the module docstring); returns label words usable by every method.
 
@@ -210,12 +240,19 @@ class TemplateSearch:
     candidates: list[dict] = field(default_factory=list)  # {"template", "dev_score"} ranked
 
 
+def _is_templates(value) -> bool:
+    """Whether `value` is a list of template strings (never a dataset: a dev set needs labels)."""
+    if isinstance(value, (str, Mapping)) or hasattr(value, "column_names") or not isinstance(value, Sequence):
+        return False
+    return all(isinstance(t, str) for t in value)
+
+
 def rank_templates(
     model,
     tokenizer,
-    templates: Sequence[str],
-    label_words: dict[str, list[str]],
     dev_dataset,
+    label_words: dict[str, list[str]],
+    templates: Sequence[str],
     *,
     metric: Metric = accuracy,
     cache=None,
@@ -225,8 +262,12 @@ def rank_templates(
     """Rank candidate templates (peft-dect syntax) by the zero-shot dev score of their label words on `model`.
 
     Model-agnostic: works for any masked or causal LM the `Backbone` supports. Templates that do not suit the model
-    (e.g. text after the mask for a causal LM) are skipped with a warning.
+    (e.g. text after the mask for a causal LM) are skipped with a warning. The older order `(model, tokenizer,
+    templates, label_words, dev_dataset)` is still accepted.
     """
+    if _is_templates(dev_dataset) and not _is_templates(templates):  # the older order: templates third, data last
+        _deprecated_form("rank_templates", "model, tokenizer, dev_dataset, label_words, templates")
+        dev_dataset, templates = templates, dev_dataset
     if not templates:
         raise ValueError("rank_templates needs at least one candidate template.")
     classes = list(label_words)
@@ -391,17 +432,21 @@ def search_templates(
     dev_dataset,
     label_words: dict[str, list[str]],
     *,
-    top: int | None = None,
     metric: Metric = accuracy,
     cache=None,
+    max_length: int | None = None,
+    show_progress: bool = False,
+    top: int | None = None,
     **generation: Any,
 ) -> TemplateSearch:
     """LM-BFF's automatic templates: T5 proposes (`generate_templates`), the actual model ranks by dev score.
 
-    `top` limits how many generated templates (best T5 likelihood first) are scored on the dev set; `generation`
-    options (`pair`, `beam`, `max_new_tokens`, ...) go to `generate_templates`.
+    `metric`, `cache`, `max_length` and `show_progress` go to `rank_templates`; `top` limits how many generated
+    templates (best T5 likelihood first) are scored on the dev set; `generation` options (`pair`, `beam`,
+    `max_new_tokens`, ...) go to `generate_templates`.
     """
     candidates = generate_templates(t5_model, t5_tokenizer, train_dataset, label_words, **generation)
     if not candidates:
         raise ValueError("T5 generated no usable template; raise beam or max_new_tokens.")
-    return rank_templates(model, tokenizer, candidates[:top], label_words, dev_dataset, metric=metric, cache=cache)
+    ranking = {"metric": metric, "cache": cache, "max_length": max_length, "show_progress": show_progress}
+    return rank_templates(model, tokenizer, dev_dataset, label_words, candidates[:top], **ranking)

@@ -7,8 +7,6 @@ A server without embeddings gives DecT its logit term alone: calibrated zero-sho
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,7 @@ from ..saving import WEIGHTS_FILE, staged_folder
 from .card import remote_card
 from .client import OpenAIEndpoint
 from .features import RemoteBackbone
-
-
-REMOTE_FILE = "remote_endpoint.json"
-# What a saved adapter may say about its endpoint: the server and the model, never a key or a path on your disk.
-SAVED_SETTINGS = ("url", "model", "embeddings", "top_logprobs", "embedding_url", "embedding_model")
-
-logger = logging.getLogger(__name__)
+from .saved import REMOTE_FILE, endpoint_arguments, read_endpoint_file, saved_run_record, write_endpoint_file
 
 
 class BlackBoxDecT(FewShotClassifier):
@@ -142,8 +134,7 @@ class BlackBoxDecT(FewShotClassifier):
         with staged_folder(save_directory) as staging:
             save_file(tensors, os.path.join(staging, WEIGHTS_FILE), metadata={"format": "pt"})
             self.config.save_pretrained(staging)
-            with open(os.path.join(staging, REMOTE_FILE), "w", encoding="utf-8") as f:
-                json.dump({"endpoint": self.endpoint.settings(), **settings}, f, indent=2)
+            write_endpoint_file(staging, self.endpoint.settings(), settings)
             Path(staging, "README.md").write_text(remote_card(self.run_record, self.config), encoding="utf-8")
 
     @classmethod
@@ -154,29 +145,20 @@ class BlackBoxDecT(FewShotClassifier):
         (`endpoint_kwargs`, e.g. `url=...` or `cache_file=...`, override the saved settings). Label words are scored
         as at fit time (the saved `missing_label_words` rule and token ids).
 
-        A saved adapter names its server and model only (`SAVED_SETTINGS`); a key or a cache file found in it is
-        ignored with a warning, so that a shared adapter can neither choose where your key goes nor where a file is
-        written. The environment's `OPENAI_API_KEY` is sent only to URLs you give (`url=`, and `embedding_url=`
-        where the adapter saved one): for the saved URL, pass `api_key=` to send a key.
+        A saved adapter names its server and model only (`peft_dect.remote.saved.SAVED_SETTINGS`); a key or a cache
+        file found in it is ignored with a warning, so that a shared adapter can neither choose where your key goes
+        nor where a file is written. The environment's `OPENAI_API_KEY` is sent only to URLs you give (`url=`, and
+        `embedding_url=` where the adapter saved one): for the saved URL, pass `api_key=` to send a key.
         """
         folder = Path(directory)
-        try:
-            saved = json.loads((folder / REMOTE_FILE).read_text(encoding="utf-8"))
-            settings = saved["endpoint"]
-            if not isinstance(settings, dict):
-                raise TypeError(f"'endpoint' is a {type(settings).__name__}, not an object")
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(
-                f"{folder} is not a saved black-box DecT adapter ({REMOTE_FILE} missing or unreadable: {err}); "
-                "save one with BlackBoxDecT.save_pretrained."
-            ) from None
+        saved = read_endpoint_file(folder)
         try:
             tensors = load_file(str(folder / WEIGHTS_FILE))
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file ({err}).") from None
         config = DecTConfig.from_pretrained(str(folder))
         if endpoint is None:
-            endpoint = OpenAIEndpoint(**_endpoint_arguments(settings, endpoint_kwargs, folder / REMOTE_FILE))
+            endpoint = OpenAIEndpoint(**endpoint_arguments(saved["endpoint"], endpoint_kwargs, folder / REMOTE_FILE))
         out = cls(
             config,
             endpoint,
@@ -189,31 +171,5 @@ class BlackBoxDecT(FewShotClassifier):
                 "This adapter has a decoder fitted on embeddings, but the endpoint was created with embeddings=False."
             )
         out.state.lam, out.state.calibrate = float(saved.get("lam", 0.0)), bool(saved.get("calibrate", True))
-        if "record" in saved:
-            out.run_record = RunRecord.from_dict(saved["record"])
-        else:  # saved before run records: the fit report and the evaluations
-            out.run_record = RunRecord.from_dict({**out.run_record.as_dict(), **saved, "fit": saved.get("fit") or {}})
+        out.run_record = saved_run_record(saved, out.run_record)
         return out
-
-
-def _endpoint_arguments(settings: dict, given: dict, source: Path) -> dict:
-    """OpenAIEndpoint arguments from an adapter's saved settings and the caller's: only the server and model come
-    from the file, and the environment's API key goes only to URLs the caller gave."""
-    ignored = sorted(set(settings) - set(SAVED_SETTINGS))
-    if ignored:
-        logger.warning(
-            "Ignoring %s in %s: a saved adapter names its server and model only; keys and cache files come from you "
-            "(api_key=..., cache_file=...).",
-            ", ".join(ignored),
-            source,
-        )
-    out = {k: v for k, v in settings.items() if k in SAVED_SETTINGS} | given
-    saved_urls = [settings[k] for k in ("url", "embedding_url") if k in settings and k not in given]
-    if given.get("api_key") is None and saved_urls and os.environ.get("OPENAI_API_KEY"):
-        out["api_key"] = ""
-        logger.warning(
-            "OPENAI_API_KEY is not sent to %s, the URL saved in the adapter: pass url=... (--endpoint) or "
-            "api_key=... to send a key to it.",
-            " and ".join(sorted({str(u) for u in saved_urls})),
-        )
-    return out

@@ -55,7 +55,10 @@ def shutdown(sock: socket.socket) -> None:
         pass
 
 
-class WatchedHTTPConnection(http.client.HTTPConnection):
+class WatchedConnection:
+    """A connection whose socket its request's `Deadline` watches from the moment it connects; mixed into
+    http.client's HTTP and HTTPS connections (for HTTPS the socket watched is the TLS one)."""
+
     def __init__(self, *args, deadline: Deadline, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.deadline = deadline
@@ -65,30 +68,29 @@ class WatchedHTTPConnection(http.client.HTTPConnection):
         self.deadline.watch(self.sock)
 
 
-class WatchedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, deadline: Deadline, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.watch(self.sock)
+class WatchedHTTPConnection(WatchedConnection, http.client.HTTPConnection):
+    """An HTTP connection under a request deadline."""
 
 
-class WatchedHTTPHandler(urllib.request.HTTPHandler):
+class WatchedHTTPSConnection(WatchedConnection, http.client.HTTPSConnection):
+    """An HTTPS connection under a request deadline."""
+
+
+class DeadlineHandler:
+    """A urllib handler that opens its connections under a request's `Deadline` (mixed into urllib's HTTP and
+    HTTPS handlers, whose `*_open` methods name the connection class)."""
+
     def __init__(self, deadline: Deadline) -> None:
         super().__init__()
         self.deadline = deadline
 
+
+class WatchedHTTPHandler(DeadlineHandler, urllib.request.HTTPHandler):
     def http_open(self, req):
         return self.do_open(WatchedHTTPConnection, req, deadline=self.deadline)
 
 
-class WatchedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
+class WatchedHTTPSHandler(DeadlineHandler, urllib.request.HTTPSHandler):
     def https_open(self, req):
         return self.do_open(WatchedHTTPSConnection, req, deadline=self.deadline)
 
