@@ -147,3 +147,39 @@ def test_search_functions_share_one_argument_convention_and_accept_the_older_for
     with pytest.deprecated_call():
         older = rank_templates(model, bpe_tokenizer, candidates, LABEL_WORDS, sentiment_test)
     assert ranked == older
+
+
+def test_many_classes_are_searched_one_class_at_a_time(bpe_tokenizer, caplog, monkeypatch):
+    """Beyond MAX_ASSIGNMENTS the search does not enumerate k ** C assignments; it climbs class by class and still
+    returns distinct words whose training accuracy is the best of those it visited (here: of the full grid)."""
+    import logging
+
+    from peft_dect.lmbff import search as search_module
+
+    bb = backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer)
+    train = {"sentence": [f"{w} film {i}" for w in ("good", "dull", "long") for i in range(4)],
+             "label": [c for c in range(3) for _ in range(4)]}  # fmt: skip
+    classes = ["a", "b", "c"]
+    full = search_label_words(bb, train, train, classes, k_likely=4, n_pairs=64)
+    monkeypatch.setattr(search_module, "MAX_ASSIGNMENTS", 10)  # 4 ** 3 = 64 assignments are now "too many"
+    with caplog.at_level(logging.WARNING):
+        climbed = search_label_words(bb, train, train, classes, k_likely=4, n_pairs=64)
+    assert "one class at a time" in caplog.text
+    assert len(climbed.candidates) < len(full.candidates)
+    words = [w[0] for w in climbed.label_words.values()]
+    assert len(set(words)) == 3
+    assert max(c["train_accuracy"] for c in climbed.candidates) == max(c["train_accuracy"] for c in full.candidates)
+
+
+def test_coordinate_ascent_finds_words_that_are_not_the_likeliest():
+    from peft_dect.lmbff.search import coordinate_ascent
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    lp = torch.full((6, 6), -5.0)
+    lp[:, 0] = -0.3  # token 0 is every class's likeliest candidate and tells nothing apart
+    for row, c in enumerate(labels.tolist()):
+        lp[row, 1 + c] = -0.5  # tokens 1, 2, 3 each mark one class
+    visited = coordinate_ascent(lp, labels, [[0, 1, 4], [0, 2, 5], [0, 3, 4]])
+    accuracy = {p: float((lp[:, list(p)].argmax(-1) == labels).float().mean()) for p in visited}
+    assert max(accuracy, key=accuracy.get) == (1, 2, 3) and accuracy[(1, 2, 3)] == 1.0
+    assert all(len(set(p)) == 3 for p in visited) and len(visited) < 3**3

@@ -156,6 +156,27 @@ class LabelWordSearch:
     per_class: dict[str, list[str]] = field(default_factory=dict)  # the k_likely candidate words of each class
 
 
+MAX_ASSIGNMENTS = 5_000_000  # label-word assignments enumerated at most; beyond, one class at a time
+
+
+def coordinate_ascent(train_lp: torch.Tensor, labels: torch.Tensor, candidates: list[list[int]], rounds: int = 2):
+    """Assignments of distinct tokens visited by coordinate ascent: from each class's likeliest candidate, each
+    class in turn takes the candidate that maximises training accuracy with the others fixed, for `rounds` passes.
+    Costs rounds x C x k accuracy evaluations instead of k ** C."""
+    current: list[int] = []
+    for options in candidates:  # the likeliest candidate not taken by an earlier class
+        current.append(next((t for t in options if t not in current), options[0]))
+    visited = {tuple(current)}
+    for _ in range(rounds):
+        for c, options in enumerate(candidates):
+            trials = [current[:c] + [t] + current[c + 1 :] for t in options if t == current[c] or t not in current]
+            idx = torch.tensor(trials)
+            acc = (train_lp[:, idx].argmax(-1) == labels.unsqueeze(1)).float().mean(0)
+            current = trials[int(acc.argmax())]
+            visited.update(tuple(t) for t in trials if len(set(t)) == len(t))
+    return sorted(visited)
+
+
 def search_label_words(
     backbone: Backbone,
     train_dataset,
@@ -170,13 +191,12 @@ def search_label_words(
 
     `train_dataset` and `dev_dataset` are datasets or dicts of columns (text column(s) and labels naming
     `classes`). `k_likely` candidates per class give k_likely ** C assignments, all scored on the training set
-    (vectorised, no model pass); the `n_pairs` best are re-ranked by `metric` on the dev set.
+    (vectorised, no model pass) up to `MAX_ASSIGNMENTS`; beyond (tens of classes) the assignments that
+    `coordinate_ascent` visits are scored instead. The `n_pairs` best are re-ranked by `metric` on the dev set.
     """
     classes = list(classes)
     if k_likely < 1 or n_pairs < 1:
         raise ValueError(f"k_likely and n_pairs must be >= 1, got {k_likely} and {n_pairs}.")
-    if k_likely ** len(classes) > 5_000_000:
-        raise ValueError(f"k_likely={k_likely} gives {k_likely ** len(classes)} assignments; lower it.")
     ta, tb, ty = _texts_labels(backbone, train_dataset, classes)
     da, db, dy = _texts_labels(backbone, dev_dataset, classes)
     missing = [c for i, c in enumerate(classes) if not bool((ty == i).any())]
@@ -193,7 +213,15 @@ def search_label_words(
     mean_lp = train_lp.mean(0)
 
     # every assignment (distinct tokens) scored on the training set, in chunks
-    pairings = [p for p in itertools.product(*[[t for t, _ in ws] for ws in per_class]) if len(set(p)) == len(p)]
+    if k_likely ** len(classes) <= MAX_ASSIGNMENTS:
+        pairings = [p for p in itertools.product(*[[t for t, _ in ws] for ws in per_class]) if len(set(p)) == len(p)]
+    else:  # many classes: k ** C assignments cannot be enumerated
+        logger.warning(
+            "Label word search: %d classes x %d candidates give %d**%d assignments, more than %d: searching one "
+            "class at a time instead (coordinate ascent on training accuracy).",
+            len(classes), k_likely, k_likely, len(classes), MAX_ASSIGNMENTS,
+        )  # fmt: skip
+        pairings = coordinate_ascent(train_lp, ty, [[t for t, _ in ws] for ws in per_class])
     if not pairings:
         raise ValueError("The candidate words of all classes coincide; raise k_likely.")
     scored: list[tuple[float, float, tuple[int, ...]]] = []
