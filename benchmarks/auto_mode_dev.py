@@ -1,6 +1,8 @@
 """How DecT's modes do on the dev splits: the study behind auto mode's defaults (no test set is read).
 
-    python -m benchmarks.auto_mode_dev --data ../shared/data/fewshot
+    nice -n 5 env OMP_NUM_THREADS=1 python -m benchmarks.auto_mode_dev --data ../shared/data/fewshot
+
+(One thread: the decoders are small, and on 2 busy cores two threads made each fit about 18 times slower.)
 
 For 11 LM-BFF tasks (16-shot, 5 seeds, SmolLM2-135M-Instruct with each task's causal template) it extracts the
 train and dev features once (cached), then scores on the dev split:
