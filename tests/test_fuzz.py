@@ -50,6 +50,8 @@ NAMED_ERRORS = [
     "not valid Unicode",
     "mask tokens after prompting",
     "alone needs more than max_length",
+    "contains the mask token",
+    "does not fit the model's context",
 ]
 NAMED = re.compile("|".join(NAMED_ERRORS))
 # PEFT_DECT_FUZZ_SCALE=10 runs ten times as many random (not derandomised) cases, for a longer local search.
