@@ -217,13 +217,15 @@ def run(args) -> dict:
                 start = time.perf_counter()
                 report = peft_model.fit(train, tokenizer=tokenizer, eval_dataset=dev, show_progress=args.progress)
                 seconds = time.perf_counter() - start
+                fit_passes = bb.passes - passes
                 pred = peft_model.predict_logits(test, tokenizer=tokenizer, show_progress=args.progress).argmax(-1)
                 cell["dect"] = scores(pred, y_test) | {
-                    "fit_seconds": seconds, "model_passes": bb.passes - passes,
+                    "fit_seconds": seconds, "model_passes": fit_passes, "passes_with_test": bb.passes - passes,
                     "choice": {k: report[k] for k in ("calibrate", "epochs", "lam", "selected_on")},
                 }  # fmt: skip
+            needs = {"": ("zero_shot", "linear_probe"), "_first": ("zero_shot_first", "dect_first")}
             for name, backbone in (("", bb), ("_first", first)):
-                if f"zero_shot{name}" not in todo and f"dect{name}" not in todo and name == "_first":
+                if not any(m in todo for m in needs[name]):
                     continue
                 if "test" + name not in feats:
                     feats["test" + name] = backbone.extract(test["text"], desc="test")
