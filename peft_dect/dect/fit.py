@@ -124,13 +124,9 @@ def held_out_correct(weights, hidden, q, labels, fusion: list[float], held: torc
 
     `held` (G, N) restricts each member to its held-out rows (cross-validation).
     """
-    with torch.no_grad():
-        base = decoder.scores(weights, hidden, torch.zeros_like(q), 0.0)  # (G, N, C) without the prior
-        lam = torch.tensor(fusion).view(1, -1, 1, 1)
-        s = base.unsqueeze(1) + lam * q.unsqueeze(1)  # (G, L, N, C)
-        correct = (s.argmax(-1) == labels).float()
-        if held is not None:
-            correct = correct * held.unsqueeze(1)
+    correct = (held_out_predictions(weights, hidden, q, fusion) == labels).float()
+    if held is not None:
+        correct = correct * held.unsqueeze(1)
     return correct.sum(-1)
 
 
