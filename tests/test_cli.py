@@ -56,8 +56,8 @@ def workspace(tmp_path_factory, bpe_tokenizer):
     return root, model_dir, adapter, json.loads(fit.stdout.strip().splitlines()[-1])
 
 
-def fit_file(model_dir, train, out):
-    """`peft-dect fit` on a data file with the tests' template and label words."""
+def fit_file(model_dir, train, out, *extra, label_words="negative=bad,positive=great"):
+    """`peft-dect fit` on a data file with the tests' template and label words (and `extra` options)."""
     return cli(
         "fit",
         "--model",
@@ -67,10 +67,11 @@ def fit_file(model_dir, train, out):
         "--template",
         TEMPLATE,
         "--label-words",
-        "negative=bad,positive=great",
+        label_words,
         "--out",
         str(out),
         "--quiet",
+        *extra,
     )
 
 
@@ -200,10 +201,7 @@ def test_a_bad_label_in_a_file_names_its_line(workspace, tmp_path):
 def test_fit_samples_k_per_class_from_a_big_file_and_names_become_words(workspace, tmp_path):
     root, model_dir, _, _ = workspace
     out = tmp_path / "k4"
-    run = cli(
-        "fit", "--model", str(model_dir), "--train", str(root / "train.csv"), "--k", "4", "--seed", "21",
-        "--template", TEMPLATE, "--label-words", "names", "--out", str(out), "--json", "--quiet",
-    )  # fmt: skip
+    run = fit_file(model_dir, root / "train.csv", out, "--k", "4", "--seed", "21", "--json", label_words="names")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     # 4 + 4 rows per class (train and its dev split, which auto mode reads) and the content-free input
@@ -212,6 +210,5 @@ def test_fit_samples_k_per_class_from_a_big_file_and_names_become_words(workspac
     assert config["label_words"] == {"negative": ["negative"], "positive": ["positive"]}
     numbers = tmp_path / "numbers.csv"
     numbers.write_text("sentence,label\na good film,1\na dull film,0\n")
-    refused = cli("fit", "--model", str(model_dir), "--train", str(numbers), "--template", TEMPLATE,
-                  "--label-words", "names", "--out", str(tmp_path / "n"), "--quiet")  # fmt: skip
+    refused = fit_file(model_dir, numbers, tmp_path / "n", label_words="names")
     assert refused.returncode == 2 and "labels are numbers" in refused.stderr
