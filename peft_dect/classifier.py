@@ -34,6 +34,7 @@ from .prior_shift import adapt_prior
 from .prompting import Template, Verbalizer
 from .saving import CLASSIFIER_FORMAT, adapter_folder, check_adapter_folder, read_json_object, staged_folder
 from .settings import PROMPT_FIELDS, PromptSettings
+from .uncertainty_methods import UncertaintyMethods
 
 
 CONFIG_NAME = "label_word_classifier.json"
@@ -41,9 +42,11 @@ CONFIG_NAME = "label_word_classifier.json"
 Metric = str | Callable[[np.ndarray, np.ndarray], float]  # a name of `peft_dect.metrics`, or (pred, ref) -> score
 
 
-class FewShotClassifier:
-    """The interface every peft-dect classifier offers; a method implements `classes`, `predict_logits` and
-    `read_targets` (and holds a `run_record`), the rest follows from them.
+class FewShotClassifier(UncertaintyMethods):
+    """The interface every peft-dect classifier offers; a method implements `classes`, `predict_logits`,
+    `read_targets` and `read_inputs` (and holds a `run_record`), the rest follows from them: `predict`,
+    `predict_proba`, `evaluate`, and the uncertainty methods of `peft_dect.uncertainty_methods` (`predict_set`,
+    `unknown_score`, `predict(reject=...)`, `calibrate`, `suggest`).
 
     Extra positional and keyword arguments of `predict`, `predict_proba` and `evaluate` go to `predict_logits`
     (DecT takes the tokenizer and `show_progress` there).
@@ -70,14 +73,6 @@ class FewShotClassifier:
         """The recorded evaluations, as dicts (dataset, split, examples, metrics)."""
         return [e.as_dict() for e in self.run_record.evaluations]
 
-    def predict_proba(self, inputs, *args: Any, **kwargs: Any) -> np.ndarray:
-        """Class probabilities (N, C), columns in the order of the classes."""
-        return torch.softmax(self.checked_logits(inputs, *args, **kwargs).float(), -1).numpy()
-
-    def predict(self, inputs, *args: Any, **kwargs: Any) -> list:
-        """Predicted class names."""
-        return self.decide(self.checked_logits(inputs, *args, **kwargs))
-
     def checked_logits(self, inputs, *args: Any, prior_shift: bool = False, **kwargs: Any) -> torch.Tensor:
         """`predict_logits`, refused when a score is NaN: a NaN would give NaN probabilities and the first class.
 
@@ -92,8 +87,10 @@ class FewShotClassifier:
                 f"{type(self).__name__} gave NaN class scores for {len(rows)} input(s), the first at index {rows[0]}: "
                 "its weights or the model's features hold NaN or infinite values; fit it again or load an intact copy."
             )
-        if prior_shift:
-            logits, _ = adapt_prior(logits)
+        if prior_shift:  # on the calibrated probabilities, scaled back so that predict_proba's 1 / T gives them
+            t = self.temperature
+            logits, _ = adapt_prior(logits / t)
+            logits = logits * t
         return logits
 
     def decide(self, logits: torch.Tensor) -> list:
@@ -257,6 +254,9 @@ class LabelWordClassifier(nn.Module, FewShotClassifier):
     def read_targets(self, data) -> torch.Tensor:
         """Training targets of `data` (class indices), checked to match its texts one for one."""
         return self.prompt.read_labels(data)
+
+    def read_inputs(self, data) -> tuple[list[str], list[str] | None]:
+        return self.prompt.read_texts(data)
 
     def encode_labels(self, data) -> list:
         """The targets of `data` as a list (the `labels` column of `prepare_dataset`)."""

@@ -1,4 +1,4 @@
-"""The `peft-dect` command line: fit, evaluate, predict with and push DecT adapters, and run the demo.
+"""The `peft-dect` command line: fit, evaluate, predict with, suggest for and push DecT adapters, and run the demo.
 
 This module only parses the command line, so that `peft-dect --help` answers at once; the commands themselves are
 `peft_dect.commands`, loaded (with torch, transformers and peft) once a command runs.
@@ -90,8 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="labels and probabilities for texts from a file or stdin")
     pr.add_argument("adapter", help="adapter folder")
     pr.add_argument("input", nargs="?", default="-", help="texts: .txt (one per line), .csv/.tsv/.jsonl, or - (stdin)")
+    pr.add_argument(
+        "--reject", nargs="?", const=True, type=float, default=None,
+        help="answer the adapter's reject label (or '-') for out-of-scope texts: threshold chosen on held-out data "
+        "for its reject_rate, or the number given (an unknown_score threshold)",
+    )  # fmt: skip
+    pr.add_argument("--alpha", type=float, help="also print each text's conformal prediction set at this miscoverage")
     common(pr, "base model (default: the one in the adapter config)")
     remote(pr, fitting=False)
+
+    sg = sub.add_parser("suggest", help="which unlabelled texts to label next (active learning)")
+    sg.add_argument("adapter", help="adapter folder")
+    sg.add_argument("pool", help="unlabelled texts: .txt (one per line), .csv/.tsv/.jsonl, or - (stdin)")
+    sg.add_argument("--k", type=int, default=20, help="how many texts to suggest (default 20)")
+    sg.add_argument("--strategy", choices=["margin", "entropy", "diverse"], default="margin")
+    common(sg, "base model (default: the one in the adapter config)")
+    remote(sg, fitting=False)
 
     push = sub.add_parser("push", help="upload an adapter folder to the Hugging Face Hub")
     push.add_argument("adapter", help="adapter folder")

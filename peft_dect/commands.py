@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import datasets
+import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
@@ -27,6 +28,7 @@ from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.saved import REMOTE_FILE
 from .tasks import get_task, load_task, sample_k_shot
+from .uncertainty import prediction_sets, probabilities
 
 
 EMBEDDED = "smollm2"
@@ -310,16 +312,44 @@ def cmd_predict(args) -> None:
         text_column=cfg.text_column,
         text_pair_column=cfg.text_pair_column,
     )
-    probs = peft_model.predict_proba(columns, **({} if remote else {"show_progress": not args.quiet}))
+    clf = peft_model if remote else peft_model.base_model
+    logits = clf.checked_logits(columns, **({} if remote else {"show_progress": not args.quiet}))
+    probs = probabilities(logits, clf.temperature).numpy()
+    labels = clf.decide(logits)
     classes = cfg.classes
+    extra: dict[str, list] = {}
+    if args.reject is not None:
+        threshold = clf.rejection_threshold(args.reject)
+        scores = clf.unknown_of_logits(logits).tolist()
+        extra["unknown_score"] = scores
+        labels = [clf.reject_label if s > threshold else label for label, s in zip(labels, scores)]
+    if args.alpha is not None:
+        threshold = clf.calibration_or_error("A prediction set").set_threshold(args.alpha)
+        extra["set"] = [[classes[c] for c in row] for row in prediction_sets(torch.as_tensor(probs), threshold)]
     if not args.json:
-        print("\t".join(["label", *classes]))
-    for text, row in zip(texts, probs):
-        label = classes[int(row.argmax())]
+        print("\t".join(["label", *classes, *extra]))
+    for i, (text, label, row) in enumerate(zip(texts, labels, probs)):
         if args.json:
-            print(json.dumps({"text": text, "label": label, "probabilities": dict(zip(classes, map(float, row)))}))
+            record = {"text": text, "label": label, "probabilities": dict(zip(classes, map(float, row)))}
+            print(json.dumps(record | {k: v[i] for k, v in extra.items()}))
         else:
-            print("\t".join([label, *(f"{p:.4f}" for p in row)]))
+            shown = [f"{v[i]:.4f}" if k == "unknown_score" else "|".join(v[i]) for k, v in extra.items()]
+            print("\t".join(["-" if label is None else label, *(f"{p:.4f}" for p in row), *shown]))
+
+
+def cmd_suggest(args) -> None:
+    peft_model = _load_adapter(args)
+    remote = _is_remote(peft_model)
+    clf = peft_model if remote else peft_model.base_model
+    columns = read_columns(args.pool)
+    texts, _ = clf.read_inputs(columns)
+    progress = {} if remote else {"show_progress": not args.quiet}
+    chosen = clf.suggest(columns, args.k, strategy=args.strategy, **progress)
+    if args.json:
+        print(json.dumps({"indices": chosen, "texts": [texts[i] for i in chosen]}))
+        return
+    for i in chosen:
+        print(f"{i}\t{texts[i]}")
 
 
 def _is_remote(model) -> bool:
@@ -340,4 +370,11 @@ def run(args) -> None:
     COMMANDS[args.command](args)
 
 
-COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "push": cmd_push, "demo": cmd_demo}
+COMMANDS = {
+    "fit": cmd_fit,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "suggest": cmd_suggest,
+    "push": cmd_push,
+    "demo": cmd_demo,
+}

@@ -217,3 +217,23 @@ def _read_labels(data: Any, classes: Sequence[str], column: str, warn_missing: b
             missing,
         )
     return labels
+
+
+def split_by_label(data: Any, column: str, label: str) -> tuple[Any, Any]:
+    """(rows whose label is not `label`, rows whose label is `label`) of a Dataset or a dict of columns, each in the
+    type it came in; a ClassLabel column's integers are compared by their names (out-of-scope examples)."""
+    columns = column_names(data)
+    if column not in columns:
+        raise ValueError(f"The label column {column!r} is not in the data (columns: {columns}); set label_column.")
+    names = _label_names(data, column)
+    hits = []
+    for row, value in enumerate(data[column]):
+        value = _scalar(value, row)
+        if names is not None and isinstance(value, int) and 0 <= value < len(names):
+            value = names[value]
+        hits.append(str(value) == label)
+    keep = [i for i, hit in enumerate(hits) if not hit]
+    other = [i for i, hit in enumerate(hits) if hit]
+    if hasattr(data, "select"):
+        return data.select(keep), data.select(other)
+    return ({c: [data[c][i] for i in keep] for c in columns}, {c: [data[c][i] for i in other] for c in columns})

@@ -35,7 +35,8 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
     """`get_peft_model` returns this for peft-dect configs (task type ``FEW_SHOT_CLS``).
 
     It behaves as a sequence classifier for `transformers.Trainer` (forward returns class logits and loss) and adds
-    the fast few-shot API of its tuner: `fit`, `predict`, `predict_proba`, `evaluate`, `prepare_dataset`.
+    the fast few-shot API of its tuner: `fit`, `predict`, `predict_proba`, `evaluate`, `prepare_dataset`, and
+    the uncertainty methods `predict_set`, `unknown_score`, `calibrate`, `suggest` (`predict(reject=True)`).
     """
 
     def fit(self, train_dataset, tokenizer=None, eval_dataset=None, **kwargs) -> dict[str, Any]:
@@ -49,6 +50,22 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
     def predict_proba(self, inputs, tokenizer=None, **kwargs) -> np.ndarray:
         """Class probabilities (N, C), columns in the order of the config's `label_words`."""
         return self.base_model.predict_proba(inputs, tokenizer, **kwargs)
+
+    def predict_set(self, inputs, tokenizer=None, *, alpha: float = 0.1, **kwargs) -> list[list[str]]:
+        """Per input, a conformal prediction set of class names at miscoverage `alpha` (see `FewShotClassifier`)."""
+        return self.base_model.predict_set(inputs, tokenizer, alpha=alpha, **kwargs)
+
+    def unknown_score(self, inputs, tokenizer=None, **kwargs) -> np.ndarray:
+        """One out-of-scope score per input (higher: more likely outside every class)."""
+        return self.base_model.unknown_score(inputs, tokenizer, **kwargs)
+
+    def calibrate(self, dataset, tokenizer=None, **kwargs) -> dict[str, float]:
+        """Fit the active adapter's calibration on labelled held-out data (saved with the adapter)."""
+        return self.base_model.calibrate(dataset, tokenizer, **kwargs)
+
+    def suggest(self, pool, k: int, tokenizer=None, *, strategy: str = "margin", **kwargs) -> list[int]:
+        """Indices of the `k` pool inputs whose labels would help the active adapter most."""
+        return self.base_model.suggest(pool, k, tokenizer, strategy=strategy, **kwargs)
 
     def evaluate(self, dataset, tokenizer=None, **kwargs) -> dict[str, float]:
         """Metrics of the active adapter on a labelled dataset (see `FewShotClassifier.evaluate`)."""

@@ -78,7 +78,7 @@ def fit_file(model_dir, train, out, *extra, label_words="negative=bad,positive=g
 def test_help_documents_every_command():
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("fit", "evaluate", "predict", "push", "demo"):
+    for command in ("fit", "evaluate", "predict", "suggest", "push", "demo"):
         assert command in out.stdout
     fit_help = cli("fit", "--help").stdout
     for option in ("--train", "--task", "--template", "--label-words", "--mode", "--out", "--json", "--quiet"):
@@ -104,6 +104,36 @@ def test_predict_reads_stdin_and_writes_labels_and_probabilities(workspace):
     as_json = cli("predict", str(adapter), "-", "--json", "--quiet", stdin="a lovely film\n")
     row = json.loads(as_json.stdout.strip())
     assert row["text"] == "a lovely film" and set(row["probabilities"]) == {"negative", "positive"}
+
+
+def test_predict_rejects_out_of_scope_texts_and_prints_prediction_sets(workspace):
+    _, _, adapter, _ = workspace
+    texts = "a lovely , moving film\nthe plot was dull\n"
+    out = cli("predict", str(adapter), "-", "--json", "--quiet", "--reject", "--alpha", "0.2", stdin=texts)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert all(set(r) == {"text", "label", "probabilities", "unknown_score", "set"} for r in rows)
+    classes = {"negative", "positive"}
+    assert all((r["label"] in classes or r["label"] is None) and set(r["set"]) <= classes for r in rows)
+    everything = cli("predict", str(adapter), "-", "--quiet", "--reject=-1e9", stdin=texts)
+    assert everything.returncode == 0, everything.stderr
+    lines = everything.stdout.strip().splitlines()
+    assert lines[0].split("\t") == ["label", "negative", "positive", "unknown_score"]
+    assert [line.split("\t")[0] for line in lines[1:]] == ["-", "-"]  # all rejected; no reject label set
+    bad = cli("predict", str(adapter), "-", "--quiet", "--alpha", "1.5", stdin=texts)
+    assert bad.returncode == 2 and "alpha must be a number strictly between 0 and 1" in bad.stderr
+
+
+def test_suggest_names_pool_texts_to_label_next(workspace, tmp_path):
+    root, _, adapter, _ = workspace
+    pool = tmp_path / "pool.txt"
+    pool.write_text("a lovely film\nthe plot was dull\nit was fine\nthe acting , and\n")
+    out = cli("suggest", str(adapter), str(pool), "--k", "2", "--strategy", "diverse", "--json", "--quiet")
+    assert out.returncode == 0, out.stderr
+    picked = json.loads(out.stdout)
+    assert len(set(picked["indices"])) == 2 and all(0 <= i < 4 for i in picked["indices"])
+    too_many = cli("suggest", str(adapter), str(pool), "--k", "9", "--quiet")
+    assert too_many.returncode == 2 and "k must be an integer from 1 to 4" in too_many.stderr
 
 
 def test_evaluate_a_labelled_file(workspace):

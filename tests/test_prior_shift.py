@@ -42,7 +42,8 @@ def test_bad_shapes_are_refused():
 
 
 def test_classifiers_take_prior_shift_at_prediction(bpe_tokenizer):
-    model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, calibrate_probabilities=False)
+    model = get_peft_model(tiny_llama(bpe_tokenizer), config)
     model.fit(sentiment_data(8, seed=3), tokenizer=bpe_tokenizer, show_progress=False)
     test = sentiment_data(6, seed=4)
     plain = model.base_model.predict_logits(test, tokenizer=bpe_tokenizer)
@@ -50,3 +51,16 @@ def test_classifiers_take_prior_shift_at_prediction(bpe_tokenizer):
     expected, _ = adapt_prior(plain)
     assert torch.allclose(torch.as_tensor(shifted), torch.softmax(expected, -1), atol=1e-6)
     assert set(model.evaluate(test, tokenizer=bpe_tokenizer, prior_shift=True)) == {"accuracy"}
+
+
+def test_prior_shift_runs_on_the_calibrated_probabilities(bpe_tokenizer):
+    """With a fitted temperature T, EM starts from softmax(logits / T), and predict_proba returns its posteriors."""
+    model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    model.fit(sentiment_data(8, seed=3), tokenizer=bpe_tokenizer, show_progress=False)
+    t = model.base_model.temperature
+    assert t != 1.0
+    test = sentiment_data(6, seed=4)
+    plain = model.base_model.predict_logits(test, tokenizer=bpe_tokenizer)
+    expected, _ = adapt_prior(plain / t)
+    shifted = model.predict_proba(test, tokenizer=bpe_tokenizer, prior_shift=True)
+    assert torch.allclose(torch.as_tensor(shifted), expected.exp(), atol=1e-5)

@@ -391,3 +391,21 @@ def test_exact_multi_token_rule_is_refused_by_name_over_the_black_box(stub):
     clf = BlackBoxDecT(DecTConfig(template=TEMPLATE, label_words=words), endpoint(stub))  # multi_token="exact"
     with pytest.raises(ValueError, match=r"multi_token='exact' cannot score it whole.*multi_token='first'"):
         clf.fit(sentiment_data(2, seed=17))
+
+
+def test_black_box_calibration_sets_rejection_and_suggest_save_and_load(stub, tmp_path):
+    train, test = sentiment_data(8, seed=21), sentiment_data(10, seed=22)
+    clf = BlackBoxDecT(config(reject_label="unknown"), endpoint(stub))
+    report = clf.fit(train)
+    assert report["temperature"] > 0 and clf.calibration.heldout == len(train["text"])
+    logits = clf.predict_logits(test)
+    np.testing.assert_allclose(clf.predict_proba(test), torch.softmax(logits / clf.temperature, -1).numpy(), atol=1e-6)
+    sets = clf.predict_set(test, alpha=0.1)
+    assert len(sets) == 20 and all(set(s) <= set(WORDS) for s in sets) and any(sets)
+    assert set(clf.predict(test, reject=True)) <= {"negative", "positive", "unknown"}
+    pool = test["text"][:6] + train["text"][:2]
+    assert all(i < 6 for i in clf.suggest(pool, 3))  # training texts are not suggested
+    clf.save_pretrained(tmp_path / "adapter")
+    loaded = BlackBoxDecT.from_pretrained(tmp_path / "adapter", show_progress=False)
+    assert loaded.calibration == clf.calibration and loaded.predict_set(test, alpha=0.1) == sets
+    assert "temperature" in (tmp_path / "adapter" / "README.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..cards import RunRecord, render_card
+from ..uncertainty import Calibration
 
 
 def fit_sentence(fit: dict, config) -> str:
@@ -21,6 +22,26 @@ def fit_sentence(fit: dict, config) -> str:
             f"{100 * fit['heldout_accuracy']:.1f})."
         )
     return text
+
+
+def uncertainty_sentence(config) -> str:
+    """What the adapter knows of its own uncertainty (its saved calibration), in a sentence; "" without one."""
+    if config.uncertainty is None:
+        return ""
+    cal = Calibration.from_dict(config.uncertainty)
+    if not cal.has_heldout:
+        return ""
+    text = (
+        f" Probabilities are calibrated by a temperature of {cal.temperature:.3g} fitted on {cal.heldout} held-out "
+        f"predictions ({cal.sources or 'calibrate()'}; expected calibration error {100 * cal.ece_before:.1f} -> "
+        f"{100 * cal.ece_after:.1f} there); the same rows give conformal prediction sets (`predict_set`) and the "
+        f"rejection threshold of `predict(reject=True)` ({cal.unknown_score} score, at most "
+        f"{100 * config.reject_rate:g}% of in-scope inputs rejected"
+    )
+    if cal.oos_unknown_scores:
+        text += f"; threshold set with {len(cal.oos_unknown_scores)} out-of-scope examples"
+    label = "None" if config.reject_label is None else f"`{config.reject_label}`"
+    return text + f"; rejected inputs are answered {label})."
 
 
 def dect_record(config) -> RunRecord:
@@ -42,7 +63,7 @@ def dect_card(record: RunRecord | None, config, repo: str | None = None) -> str:
         config.template,
         config.label_words,
     )
-    record.training = fit_sentence(record.fit, config)
+    record.training = fit_sentence(record.fit, config) + uncertainty_sentence(config)
     if config.soft_prompt:
         record.training += (
             f" The features are read with a soft prompt prepended (a PEFT prompt-tuning adapter, saved in "

@@ -12,6 +12,7 @@ from .._enums import DECT_TYPE, FEW_SHOT_CLS_TYPE
 from ..hub import local_adapter_folder
 from ..saving import FORMAT_VERSION, check_format_version
 from ..settings import DemonstrationConfig, PromptSettings, check_choice, check_int, check_number
+from ..uncertainty import Calibration, check_alpha
 from .checks import check_saved_shapes
 from .decoder import RADIUS_INITS
 
@@ -80,6 +81,16 @@ class DecTConfig(PromptSettings, PeftConfig):
         demonstrations: LM-BFF demonstrations in every prompt (a `DemonstrationConfig`, a dict of its settings, or
             the number of sets per input); None for none. The training data of `fit` become the pool, saved beside
             the adapter in `demonstration_pool.json`.
+        calibrate_probabilities: fit a temperature for `predict_proba` on auto mode's held-out predictions (True,
+            the default); False keeps softmax(logits) as it is. Prediction sets and rejection use it too.
+        reject_label: what `predict(texts, reject=True)` answers for an input judged out of scope (None by
+            default); not one of the classes.
+        reject_rate: the share of in-scope inputs `predict(reject=True)` may reject, which sets the threshold on
+            held-out in-scope data (0.05).
+        out_of_scope_label: a label of training rows that belong to no class (e.g. ``"oos"``): they are not trained
+            on, and set the rejection threshold instead (see `peft_dect.uncertainty.Calibration.reject_threshold`).
+        uncertainty: written by `fit`: the held-out calibration (temperature, conformal and rejection scores, see
+            `peft_dect.uncertainty.Calibration`), saved with the adapter.
         recorded: values peft-dect writes (base model sizes, label-word token ids); see `RecordedValues`.
         format_version: peft-dect adapter format that wrote this config; a newer major format is refused.
     """
@@ -126,6 +137,23 @@ class DecTConfig(PromptSettings, PeftConfig):
             "per input); None: no demonstrations. fit() records its training data as the demonstration pool."
         },
     )
+    calibrate_probabilities: bool = field(
+        default=True, metadata={"help": "Temperature-scale predict_proba on auto mode's held-out predictions."}
+    )
+    reject_label: str | None = field(
+        default=None, metadata={"help": "What predict(reject=True) answers for out-of-scope inputs (not a class)."}
+    )
+    reject_rate: float = field(
+        default=0.05, metadata={"help": "Share of in-scope inputs predict(reject=True) may reject (held-out)."}
+    )
+    out_of_scope_label: str | None = field(
+        default=None,
+        metadata={"help": "Label of training rows outside every class: not trained on; they set the threshold."},
+    )
+    uncertainty: dict | None = field(
+        default=None,
+        metadata={"help": "Held-out calibration written by fit (temperature, conformal and rejection scores)."},
+    )
     recorded: RecordedValues | dict = field(
         default_factory=RecordedValues,
         metadata={"help": "Values peft-dect records: base model sizes and label-word token ids."},
@@ -166,6 +194,7 @@ class DecTConfig(PromptSettings, PeftConfig):
         check_number("learning_rate", self.learning_rate, minimum=0, strict=True)
         if self.lam is not None:
             check_number("lam", self.lam, minimum=0)
+        self.check_uncertainty_settings()
         self.demonstrations = self._demonstrations(self.demonstrations, demo_per_class, demo_filter)
         self.recorded = RecordedValues.coerce(self.recorded)
         legacy = {"hidden_size": base_hidden_size, "vocab_size": base_vocab_size, "label_token_ids": label_token_ids}
@@ -175,6 +204,20 @@ class DecTConfig(PromptSettings, PeftConfig):
         if demo_pool is not None and not (isinstance(demo_pool, dict) and {"text_a", "label"} <= set(demo_pool)):
             raise ValueError("demo_pool must be a dict with 'text_a', 'label' (and 'text_b' for pairs) lists.")
         self.inline_demo_pool = demo_pool  # format 1.0 kept the pool in the config; saves now write it beside it
+
+    def check_uncertainty_settings(self) -> None:
+        """reject_label and out_of_scope_label must not name a class; reject_rate is a share in (0, 1)."""
+        for name in ("reject_label", "out_of_scope_label"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {type(value).__name__}.")
+            if value is not None and value in self.label_words:
+                raise ValueError(f"{name} {value!r} is one of the classes in label_words; choose another name.")
+        if self.reject_label is None and self.out_of_scope_label is not None:
+            self.reject_label = self.out_of_scope_label  # rejected inputs are answered as the training data name them
+        check_alpha(self.reject_rate, "reject_rate")
+        if self.uncertainty is not None:
+            Calibration.from_dict(self.uncertainty)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, **kwargs) -> DecTConfig:

@@ -21,9 +21,11 @@ from typing import Protocol
 
 import torch
 
+from ..data import split_by_label
 from ..features import Features
 from ..metrics import resolve_metric
 from ..prompting import Template, calibrated_probs, content_free_texts
+from ..uncertainty import Calibration, fit_calibration, text_key
 from . import decoder
 from .fit import FitResult, fit_decoder, shots_of
 
@@ -178,19 +180,26 @@ class DecTCore:
         """Extract the training (and, in auto mode, eval) features, fit the decoder and store it in the state.
 
         Auto mode chooses by `metric` (a name of `peft_dect.metrics.METRICS`, a callable or an `evaluate` metric;
-        accuracy when None), checked before any model pass.
+        accuracy when None), checked before any model pass, and its held-out predictions make the calibration
+        (`config.uncertainty`: temperature, conformal and rejection scores). Rows labelled
+        `config.out_of_scope_label` are not trained on: they set the rejection threshold.
         Without a decoder (a server without embeddings) the state keeps the calibrated prior alone. Returns the
         fit's report: the choice, shots, timings.
         """
         cfg = self.config
         t0 = time.perf_counter()
         resolve_metric(metric)  # an unknown metric fails before the model runs
+        out_of_scope = None
+        if cfg.out_of_scope_label is not None:
+            train_dataset, out_of_scope = split_by_label(train_dataset, cfg.label_column, cfg.out_of_scope_label)
         labels = cfg.read_labels(train_dataset)
         use_eval = eval_dataset is not None and cfg.mode == "auto"
         eval_labels = cfg.read_labels(eval_dataset) if use_eval else None
         if eval_dataset is not None and not use_eval:
             logger.warning("Faithful mode chooses nothing on held-out data: eval_dataset is not used by fit().")
-        train, *rest = self.features([train_dataset] + ([eval_dataset] if use_eval else []), desc="features")
+        extra = [eval_dataset] if use_eval else []
+        extra += [out_of_scope] if out_of_scope is not None and len(out_of_scope[cfg.label_column]) else []
+        train, *rest = self.features([train_dataset] + extra, desc="features")
         t1 = time.perf_counter()
         content_free = self.state.content_free
         content_free = content_free.detach().clone().cpu() if (cfg.calibrate or cfg.mode == "auto") else None
@@ -200,13 +209,44 @@ class DecTCore:
         else:
             result = FitResult(None, 0.0, cfg.calibrate, 0, {"mode": "logits", "lam": 0.0, "calibrate": cfg.calibrate})
         self.state.write(result)
+        oos_logits = class_logits(self.state, rest[-1]).cpu() if len(extra) > int(use_eval) else None
+        report = self.calibrate(result, oos_logits, cfg.read_texts(train_dataset))
         t2 = time.perf_counter()
         return {
             **result.report,
+            **report,
             "shots": shots_of(labels, len(cfg.classes)),
             "train_examples": int(labels.numel()),
             "feature_seconds": t1 - t0,
             "decoder_seconds": t2 - t1,
+        }
+
+    def calibrate(self, result: FitResult, oos_logits: torch.Tensor | None, texts) -> dict:
+        """Write the calibration of a fit into `config.uncertainty` from its held-out predictions; its figures."""
+        cfg = self.config
+        keys = [text_key(a, b) for a, b in zip(texts[0], texts[1] or [None] * len(texts[0]))]
+        if result.heldout is None:
+            cal = Calibration(training_texts=keys)
+        else:
+            sources = result.report.get("selected_on", "")
+            logits, labels, split_rows = result.heldout
+            cal = fit_calibration(
+                logits,
+                labels,
+                split_rows=split_rows,
+                temperature=cfg.calibrate_probabilities,
+                oos_logits=oos_logits,
+                sources=sources,
+                training_texts=keys,
+            )
+        cfg.uncertainty = cal.to_dict()
+        if not cal.has_heldout:
+            return {}
+        return {
+            "temperature": cal.temperature,
+            "heldout_ece_before": cal.ece_before,
+            "heldout_ece_after": cal.ece_after,
+            "out_of_scope_examples": len(cal.oos_unknown_scores),
         }
 
     def logits(self, inputs, *, zero_shot: bool = False) -> torch.Tensor:
@@ -219,3 +259,38 @@ class DecTCore:
         """Zero-shot class log-probabilities (N, C) from the label words alone, calibrated or not."""
         (feats,) = self.features([inputs], desc="predict")
         return zero_shot_logits(feats.label_logits, self.state.content_free if calibrate else None).cpu()
+
+
+class ConfigUncertainty:
+    """The uncertainty state of a DecT front-end, kept in its config so that it saves, loads and pushes with the
+    adapter: `calibration` (`config.uncertainty`), `reject_label`, `reject_rate`; and the inputs' texts."""
+
+    @property
+    def dect_config(self):
+        """The DecT config of the adapter in use."""
+        raise NotImplementedError
+
+    @property
+    def fit_in_use(self) -> bool:
+        """Whether predictions come from the fitted decoder (False while adapters are disabled: zero-shot)."""
+        return True
+
+    @property
+    def calibration(self) -> Calibration | None:
+        saved = self.dect_config.uncertainty
+        return None if saved is None or not self.fit_in_use else Calibration.from_dict(saved)
+
+    @calibration.setter
+    def calibration(self, value: Calibration | None) -> None:
+        self.dect_config.uncertainty = None if value is None else value.to_dict()
+
+    @property
+    def reject_label(self) -> str | None:
+        return self.dect_config.reject_label
+
+    @property
+    def reject_rate(self) -> float:
+        return self.dect_config.reject_rate
+
+    def read_inputs(self, data) -> tuple[list[str], list[str] | None]:
+        return self.dect_config.read_texts(data)

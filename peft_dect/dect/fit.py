@@ -56,6 +56,7 @@ class FitResult:
     calibrate: bool
     epochs: int
     report: dict = field(default_factory=dict)
+    heldout: tuple | None = None  # the choice's held-out class logits, labels and eval-row mask (`held_out_logits`)
 
 
 def shots_of(labels: torch.Tensor, num_classes: int) -> int:
@@ -242,6 +243,29 @@ def metric_values(table: AutoTable, train, labels, q_train, fusion, eval_feature
     return values
 
 
+def held_out_logits(table: AutoTable, best: Candidate, train, labels, q_train, eval_features, eval_labels, q_eval):
+    """The chosen candidate's class logits on every held-out row (each CV fold by the member that did not train on
+    it, the eval rows by the member trained on all the training data), their labels, and which rows are eval rows
+    (scored by the decoder that predicts, so exchangeable with new inputs): for the calibration."""
+    calibrate, epochs, lam = best
+    weights = table.snapshots[epochs]
+    parts, refs, split = [], [], []
+    with torch.no_grad():
+        for g, (c, _, held) in enumerate(table.members):
+            if c != calibrate:
+                continue
+            member = weights.member(g)
+            if held is not None:
+                parts.append(decoder.scores(member, train.hidden[held], q_train[c][held], lam)[0])
+                refs.append(labels[held])
+                split.append(torch.zeros(int(held.sum()), dtype=torch.bool))
+            elif eval_features is not None:
+                parts.append(decoder.scores(member, eval_features.hidden, q_eval[c], lam)[0])
+                refs.append(eval_labels)
+                split.append(torch.ones(len(eval_labels), dtype=torch.bool))
+    return torch.cat(parts), torch.cat(refs), torch.cat(split)
+
+
 def preference(key: Candidate, correct: float) -> tuple:
     """Order of candidates: held-out accuracy (or the chosen metric) first; among equals, the one that leans most
     on the calibrated prior (largest fusion weight), then calibration on, then fewer epochs: the simplest
@@ -331,16 +355,17 @@ def fit_auto(
         return result
     table = auto_table(train, labels, q_train, cfg, num_classes, folds, eval_features, eval_labels, content_free)
     name, fn = resolve_metric(metric)
+    q_eval = {c: probs(eval_features.label_logits, content_free, c) for c in q_train} if eval_features else {}
     if metric is not None and metric != "accuracy":  # accuracy: the correct counts themselves
-        q_eval = {c: probs(eval_features.label_logits, content_free, c) for c in q_train} if eval_features else {}
         fusion = fusion_grid(shots)
         table.metric = name
         table.values = metric_values(table, train, labels, q_train, fusion, eval_features, eval_labels, q_eval, fn)
     best, rule = choose(table, shots, content_free is not None)
     calibrate, epochs, lam = best
     report = auto_report(table, best, rule)
+    heldout = held_out_logits(table, best, train, labels, q_train, eval_features, eval_labels, q_eval)
     on_all = [g for g, (c, _, held) in enumerate(table.members) if held is None and c == calibrate]
     if on_all:  # the member trained on all the training data was kept at this epoch count
-        return FitResult(table.snapshots[epochs].member(on_all[0]), lam, calibrate, epochs, report)
+        return FitResult(table.snapshots[epochs].member(on_all[0]), lam, calibrate, epochs, report, heldout)
     weights = train_one(train, labels, q_train[calibrate], 1.0 / shots, cfg, num_classes, epochs)
-    return FitResult(weights, lam, calibrate, epochs, report)
+    return FitResult(weights, lam, calibrate, epochs, report, heldout)

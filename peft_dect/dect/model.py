@@ -24,14 +24,14 @@ from ..prompting import Template
 from ..saving import inside_folder
 from .card import dect_card, dect_record
 from .checks import check_base_model, check_label_token_ids, output_embedding_name
-from .core import DecTCore, class_logits
+from .core import ConfigUncertainty, DecTCore, class_logits
 from .layer import AdapterState, DecTLayer
 from .locking import serialized
 from .sources import AdapterSources, load_recorded_tokenizer, tokenizer_record
 from .trainer_path import DecTTrainerPath
 
 
-class DecTModel(DecTTrainerPath, BaseTuner, FewShotClassifier):
+class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier):
     """Decoder Tuning (Cui et al., ACL 2023) on a frozen masked or causal LM.
 
     Use it through `peft.get_peft_model(model, DecTConfig(...))`. The fast path is `fit()`, which extracts features
@@ -107,6 +107,14 @@ class DecTModel(DecTTrainerPath, BaseTuner, FewShotClassifier):
     @property
     def config_of_active(self):
         return self.peft_config[self.active_name]
+
+    @property
+    def dect_config(self):
+        return self.config_of_active
+
+    @property
+    def fit_in_use(self) -> bool:
+        return not self.dect_layer.disable_adapters
 
     def state(self, adapter_name: str | None = None) -> AdapterState:
         return self.dect_layer.state(adapter_name or self.active_name)
@@ -229,6 +237,7 @@ class DecTModel(DecTTrainerPath, BaseTuner, FewShotClassifier):
         """Forget an adapter's fit and calibration: back to its seeded initial state (zero-shot predictions)."""
         name = adapter_name or self.active_name
         self.dect_layer.update_layer(name, self.peft_config[name])
+        self.peft_config[name].uncertainty = None
         self.set_adapter(self.active_adapters)
         self.records.pop(name, None)
 
@@ -318,6 +327,14 @@ class DecTModel(DecTTrainerPath, BaseTuner, FewShotClassifier):
         core = self.core(tokenizer)
         core.source.show_progress = show_progress
         return core.zero_shot_logits(inputs, calibrate=calibrate)
+
+    @serialized
+    def embed(self, inputs, tokenizer=None, *, show_progress: bool = False) -> torch.Tensor:
+        """Hidden states (N, H) at the prediction position (from the feature cache when seen): for `suggest`."""
+        core = self.core(tokenizer)
+        core.source.show_progress = show_progress
+        (feats,) = core.features([inputs], desc="predict")
+        return feats.hidden.float().cpu()
 
     def class_logits(self, features, adapter_name: str | None = None) -> torch.Tensor:
         """Class logits (N, C) of an adapter for extracted features (zero-shot while adapters are disabled)."""

@@ -28,6 +28,7 @@ class DecTTrainerPath:
         labels of the first dataset prepared: prepare the training data first.
         """
         cfg = self.config_of_active
+        cfg.uncertainty = None  # a fit's calibration does not describe the decoder the Trainer is about to train
         core = self.core(tokenizer, refit=True)
         check_label_token_ids(cfg, core.source.verbalizer, record=True)
         texts_a, texts_b = cfg.read_texts(dataset)

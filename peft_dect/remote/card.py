@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..cards import RunRecord, render_card
+from ..dect.card import uncertainty_sentence
 
 
 def remote_card(record: RunRecord, config) -> str:
@@ -18,6 +19,7 @@ def remote_card(record: RunRecord, config) -> str:
         )
     else:
         record.training = "Not fitted: the adapter predicts with calibrated label-word scores."
+    record.training += uncertainty_sentence(config)
     decoder_text = (
         f"a small decoder (a {config.decoder_dim}-dimensional projection, fixed class prototypes and learned radii) "
         "reads the prompt's embedding and is fused with them."

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from ..cards import RunRecord
 from ..classifier import FewShotClassifier
 from ..dect import DecTConfig, DecTCore, DecTState
+from ..dect.core import ConfigUncertainty
 from ..saving import WEIGHTS_FILE, staged_folder
 from .card import remote_card
 from .client import OpenAIEndpoint
@@ -25,7 +26,7 @@ from .features import RemoteBackbone
 from .saved import REMOTE_FILE, endpoint_arguments, read_endpoint_file, saved_run_record, write_endpoint_file
 
 
-class BlackBoxDecT(FewShotClassifier):
+class BlackBoxDecT(ConfigUncertainty, FewShotClassifier):
     """DecT on a served model: one log-probability request and one embedding per input, then decoder fitting.
 
     Args:
@@ -80,6 +81,10 @@ class BlackBoxDecT(FewShotClassifier):
     @property
     def classes(self) -> list[str]:
         return self.config.classes
+
+    @property
+    def dect_config(self) -> DecTConfig:
+        return self.config
 
     @property
     def uses_hidden(self) -> bool:
