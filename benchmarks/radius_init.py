@@ -1,6 +1,8 @@
 """DecT's radius initialisation on two hidden-state scales: the reference code's against the scale-invariant one.
 
     python -m benchmarks.radius_init --data ../shared/data/fewshot
+    python -m benchmarks.radius_init --tasks QNLI --test-size 1000 --banking77 ../shared/data/banking77 \
+        --out benchmarks/results/radius_init_qnli_banking77.json
 
 SmolLM2-135M-Instruct, 16 shots, SST-2, CR, sst-5 and SNLI. Features are extracted once per task (train, dev and
 test inputs, cached on disk) and every variant trains on them (a decoder trains in milliseconds):
@@ -153,7 +155,43 @@ def run(args) -> dict:
             records.append(rec)
             print(json.dumps({k: v for k, v in rec.items() if "/" not in k or k.split("/")[0] in MODES}), flush=True)
         write(args, summary(args, records))  # partial results survive an interrupted run
+    if args.banking77:
+        records.append(banking77_record(args, model, tokenizer, peft_model))
+        write(args, summary(args, records))
     return summary(args, records)
+
+
+def banking77_record(args, model, tokenizer, peft_model) -> dict:
+    """BANKING77: seed 13's 16 shots per intent and dev split (`sample_k_shot`), intent names as label words
+    (exact multi-token scores), a seeded sample of `--banking77-test-size` test rows."""
+    from peft import get_peft_model
+
+    from peft_dect import DecTConfig
+    from peft_dect.prompting import label_words_from_names
+    from peft_dect.tasks import BANKING77_CAUSAL, load_banking77, sample_k_shot
+
+    data = load_banking77(args.banking77)
+    words = label_words_from_names(data["train"])
+    cfg = DecTConfig(template=BANKING77_CAUSAL, label_words=words, text_column="text")
+    if peft_model is None:
+        peft_model = get_peft_model(model, cfg, adapter_name="BANKING77")
+        peft_model.base_model.use_cache_dir(args.cache)
+    else:
+        peft_model.add_adapter("BANKING77", cfg)
+    peft_model.set_adapter("BANKING77")
+    bb = peft_model.base_model.backbone(tokenizer)
+    bb.show_progress = False
+    split = sample_k_shot(data["train"], 16, 13)
+    test = data["test"].shuffle(seed=0).select(range(args.banking77_test_size))
+
+    def rows(ds):
+        return list(zip(ds["text"], [None] * len(ds), ds["label"]))
+
+    parts = [extract(bb, rows(ds), False) for ds in (split["train"], split["validation"], test)]
+    content_free = bb.extract([""]).label_logits[0]
+    rec = {"task": "BANKING77", "seed": 13, **evaluate_seed(*parts, content_free, len(words))}
+    print(json.dumps({k: v for k, v in rec.items() if "/" not in k or k.split("/")[0] in MODES}), flush=True)
+    return rec
 
 
 def write(args, result: dict) -> None:
@@ -213,7 +251,9 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/fewshot")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument("--banking77", help="BANKING77 folder: adds its row (seed 13; slow: exact multi-token scores)")
+    parser.add_argument("--banking77-test-size", type=int, default=1500)
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--test-size", type=int, default=500, help="seeded sample of the test set per task")
     parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"))

@@ -11,19 +11,19 @@ SmolLM2-135M-Instruct features (feature caches: `--cache` for the grid tasks, `-
   temperature's softmax(logits / T), and accuracy (which the temperature cannot move).
 - `conformal`: `predict_set`'s empirical test coverage and mean set size at alpha = 0.1 and 0.2 on SST-5, SNLI
   (as above: split conformal on the dev split) and BANKING77 (seed 13's 16 shots per intent, decoder seeds 0, 1, 2,
-  500 test rows; with the 16-per-intent dev split as eval set, and with cross-validation only).
+  `--banking77-test-size` test rows; with the 16-per-intent dev split as eval set, and with cross-validation only).
 - `ood_dev`: which unknown score is the default, on dev data only: BANKING77 seed 13, 10 intents held out of
   training (chosen by seeds 100, 101, 102), AUROC of every score of `peft_dect.uncertainty.UNKNOWN_SCORES` on the
   seed's dev split (in-scope against held-out intents).
 - `ood`: BANKING77, 10 intents held out by seeds 0, 1, 2, seed 13's 16 shots per in-scope intent (BANKING77
   features with exact multi-token scores cost about a second per input here, so one data seed): AUROC of
-  `unknown_score` on the 500 test rows, in-scope accuracy and out-of-scope recall of
-  `predict(reject=True)` at the default reject rate, against the maximum softmax probability of DecT and of the
-  linear probe (logistic regression on the same hidden states).
+  `unknown_score` on `--banking77-test-size` test rows (the README's figures: 1,500), in-scope accuracy and
+  out-of-scope recall of `predict(reject=True)` at the default reject rate, against the maximum softmax
+  probability of DecT and of the linear probe (logistic regression on the same hidden states).
 - `active`: SST-2 (pool: the 16-shot train and dev rows of all five seeds, test: the 200-row sample) and BANKING77
-  (pool: seed 13's 16-shot train and dev rows, 2,464; test: 500 rows): start from one example per class, add
-  `k` = classes examples per round by `suggest` (margin and diverse) or at random, up to 16 per class on average;
-  seeds 0, 1, 2 of the start and the random draws; test accuracy per round.
+  (pool: seed 13's 16-shot train and dev rows, 2,464; test: the sample above, 500 rows in the README's figures):
+  start from one example per class, add `k` = classes examples per round by `suggest` (margin and diverse) or at
+  random, up to 16 per class on average; seeds 0, 1, 2 of the start and the random draws; test accuracy per round.
 
 Results: `benchmarks/results/uncertainty.json` (one entry per part, written after each part).
 """
@@ -260,7 +260,8 @@ def part_ood(args, b77) -> dict:
     test = b77.features(b77.test)
     cells = [ood_cell(b77, B77_DATA_SEED, class_seed, test) for class_seed in B77_SEEDS]
     keys = [k for k, v in cells[0].items() if isinstance(v, float)]
-    return {"cells": cells, "mean": {k: statistics.mean(c[k] for c in cells) for k in keys}}
+    mean = {k: statistics.mean(c[k] for c in cells) for k in keys}
+    return {"cells": cells, "mean": mean, "test_rows": len(b77.test)}
 
 
 def part_conformal(args, lm, b77) -> dict:
@@ -293,7 +294,7 @@ def part_conformal(args, lm, b77) -> dict:
             cov = statistics.mean(r[str(a)]["coverage"] for r in rows)
             size = statistics.mean(r[str(a)]["mean_size"] for r in rows)
             summary[f"{task}@{a}"] = {"coverage": cov, "mean_size": size, "target": 1 - a, "gap": cov - (1 - a)}
-    return {"cells": out, "summary": summary}
+    return {"cells": out, "summary": summary, "banking77_test_rows": None if b77 is None else len(b77.test)}
 
 
 # ---------------------------------------------------------------- active learning
