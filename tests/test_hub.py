@@ -1,5 +1,6 @@
 """Hub push and pull, offline: a fake HfApi records uploads; pulls come from a pre-populated local Hub cache."""
 
+import json
 import shutil
 
 import huggingface_hub
@@ -72,6 +73,9 @@ def test_push_uploads_adapter_and_card_in_one_commit(bpe_tokenizer, fake_api):
     ((repo, files, _),) = fake_api.commits
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
     assert not any(name.endswith((".bin", ".pt")) for name in files)
+    pushed = json.loads(files["adapter_config.json"])  # the held-out calibration travels with the adapter
+    assert pushed["uncertainty"]["temperature"] == model.base_model.calibration.temperature
+    assert b"temperature" in files["README.md"]
 
 
 def test_push_without_credentials_uploads_nothing(bpe_tokenizer, monkeypatch):
@@ -122,6 +126,7 @@ def test_pull_two_task_adapters_onto_one_model(bpe_tokenizer, hub_cache, tmp_pat
 
     alone = PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), "user/dect-b")
     np.testing.assert_allclose(alone.predict_proba(texts, tokenizer=bpe_tokenizer), expected["b"], atol=1e-6)
+    assert alone.base_model.calibration == second.base_model.calibration
 
     shared = PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), "user/dect-a", adapter_name="a")
     shared.load_adapter("user/dect-b", adapter_name="b")
