@@ -1,8 +1,9 @@
 """DecT's radius initialisation on two hidden-state scales: the reference code's against the scale-invariant one.
 
     python -m benchmarks.radius_init --data ../shared/data/fewshot
-    python -m benchmarks.radius_init --tasks QNLI --test-size 1000 --banking77 ../shared/data/banking77 \
-        --out benchmarks/results/radius_init_qnli_banking77.json
+    python -m benchmarks.radius_init --tasks QNLI --test-size 1000 --out benchmarks/results/radius_init_qnli.json
+    python -m benchmarks.radius_init --tasks --banking77 ../shared/data/banking77 \
+        --out benchmarks/results/radius_init_banking77.json
 
 SmolLM2-135M-Instruct, 16 shots, SST-2, CR, sst-5 and SNLI. Features are extracted once per task (train, dev and
 test inputs, cached on disk) and every variant trains on them (a decoder trains in milliseconds):

@@ -302,7 +302,7 @@ class Backbone:
                 ids += self.tokenize([texts_a[i] for i in rows], sub_b, s) if rows else []
             new = self._run_distributed(ids, desc)
             new.check_finite(index=[j % n for j in todo], texts=[texts_a[j % n] for j in todo])
-            self.cache.put([keys[i] for i in todo], new)
+            self.cache.put([keys[i] for i in todo], new, keep=keys)
         feats = self.cache.gather(keys)
         if sets == 1:
             return feats

@@ -8,6 +8,8 @@ import logging
 import os
 import secrets
 import tempfile
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,22 @@ class Features:
             )
 
 
+def check_max_bytes(max_bytes) -> int | None:
+    """A cache bound as a positive number of bytes, or None (no bound); else a ValueError naming the fix."""
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(
+            f"The feature cache's max_bytes must be a positive integer (bytes of memory), or None for no bound; got "
+            f"{max_bytes!r}."
+        )
+    return max_bytes
+
+
+def row_bytes(row: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in row)
+
+
 # More shards than this in a cache folder are merged into one when the cache is opened (one shard is written per
 # extraction with new inputs, so 1,000 predict calls would otherwise leave 1,000 files to open every time).
 COMPACT_ABOVE = 32
@@ -68,12 +86,18 @@ class FeatureCache:
     than `COMPACT_ABOVE` shards are merged into one when the cache is opened, atomically. Rows that are not
     finite (a damaged file) are dropped with a warning and recomputed. A folder that cannot be written (read-only,
     full disk) is a warning, not an error: the features stay in memory and the work goes on.
+
+    `max_bytes` bounds the memory the rows take (None: no bound): past it the least recently used rows are dropped
+    from memory (a folder keeps them on disk until it is reopened), never those of the extraction in progress
+    before they are gathered.
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+    def __init__(self, directory: str | os.PathLike | None = None, *, max_bytes: int | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.writable = self.directory is not None
-        self._store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.max_bytes = check_max_bytes(max_bytes)
+        self.bytes = 0
+        self._store: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         if self.directory is not None:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -126,10 +150,35 @@ class FeatureCache:
                 )
             for i, key in enumerate(keys):
                 if finite[i]:
-                    self._store[key] = (hidden[i], logits[i])
+                    self._add(key, (hidden[i], logits[i]))
             loaded.append(path)
         if len(loaded) > COMPACT_ABOVE and self.writable:
             self._compact(loaded)
+        self._evict(set())
+
+    def _add(self, key: str, row: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self.max_bytes is not None:  # a row of a batch or shard tensor would keep all of it alive
+            row = (row[0].clone(), row[1].clone())
+        old = self._store.pop(key, None)
+        if old is not None:
+            self.bytes -= row_bytes(old)
+        self._store[key] = row
+        self.bytes += row_bytes(row)
+
+    def limit(self, max_bytes: int | None) -> None:
+        """Set the memory bound (None: none) and drop least recently used rows to meet it."""
+        self.max_bytes = check_max_bytes(max_bytes)
+        self._evict(set())
+
+    def _evict(self, keep: set[str]) -> None:
+        """Drop least recently used rows (never those in `keep`) until the rows fit in `max_bytes`."""
+        if self.max_bytes is None:
+            return
+        for key in list(self._store):
+            if self.bytes <= self.max_bytes:
+                return
+            if key not in keep:
+                self.bytes -= row_bytes(self._store.pop(key))
 
     def _compact(self, shards: list[Path]) -> None:
         """Rewrite the features of `shards` as one shard (grouped by width), then delete them."""
@@ -149,7 +198,9 @@ class FeatureCache:
     def absorb(self, other: FeatureCache) -> None:
         """Take over the in-memory features of another cache (not written to this cache's folder)."""
         for key, value in other._store.items():
-            self._store.setdefault(key, value)
+            if key not in self._store:
+                self._add(key, value)
+        self._evict(set())
 
     def missing(self, keys: list[str], widths: tuple[int, int] | None = None) -> list[int]:
         """Indices of the first occurrence of each key that is not cached yet.
@@ -170,18 +221,22 @@ class FeatureCache:
                     *widths,
                 )
                 for k in wrong:
-                    del self._store[k]
+                    self.bytes -= row_bytes(self._store.pop(k))
         seen: set[str] = set()
         out = []
         for i, k in enumerate(keys):
-            if k not in self._store and k not in seen:
+            if k in self._store:
+                self._store.move_to_end(k)  # recently used: evicted last
+            elif k not in seen:
                 seen.add(k)
                 out.append(i)
         return out
 
     def gather(self, keys: list[str]) -> Features:
-        """The features of `keys` (all cached), checked to be finite and of one width."""
+        """The features of `keys` (all cached), checked to be finite and of one width; then, with `max_bytes`, the
+        cache is brought back within its bound (these rows were the last used)."""
         rows = [self._store[k] for k in keys]
+        self._evict(set())
         try:
             feats = Features(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
         except RuntimeError as err:
@@ -198,12 +253,15 @@ class FeatureCache:
             )
         return feats
 
-    def put(self, keys: list[str], features: Features) -> None:
+    def put(self, keys: list[str], features: Features, *, keep: Sequence[str] = ()) -> None:
+        """Add the features of `keys`; with `max_bytes`, older rows make room, except `keys` and `keep` (the rest
+        of the extraction in progress, gathered next)."""
         new = [i for i, k in enumerate(keys) if k not in self._store]
         for i in new:
-            self._store[keys[i]] = (features.hidden[i], features.label_logits[i])
+            self._add(keys[i], (features.hidden[i], features.label_logits[i]))
         if self.directory is not None and self.writable and new:
             self._write_shard([keys[i] for i in new], features[torch.tensor(new)])
+        self._evict(set(keys) | set(keep))
 
     def _write_shard(self, keys: list[str], features: Features) -> bool:
         """Write one shard under a unique name (atomically); False, with a warning, if the folder refuses it."""

@@ -225,12 +225,13 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         return self.sources.soft_prompts.get(adapter_name or self.active_name)
 
     @serialized
-    def use_cache_dir(self, cache_dir) -> None:
+    def use_cache_dir(self, cache_dir, *, max_bytes: int | None = None) -> None:
         """Persist extracted features in `cache_dir` (safetensors) and reuse the ones already there.
 
-        `None` switches to a fresh in-memory cache. Features already in memory stay available.
+        `None` switches to a fresh in-memory cache. Features already in memory stay available. `max_bytes` bounds
+        the memory the cached rows take (least recently used rows are dropped first; None: no bound).
         """
-        self.sources.use_cache_dir(cache_dir)
+        self.sources.use_cache_dir(cache_dir, max_bytes)
 
     @serialized
     def reset_adapter(self, adapter_name: str | None = None) -> None:

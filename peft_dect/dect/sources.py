@@ -164,12 +164,14 @@ class AdapterSources:
             self.soft_prompts[name] = (prompt_model, prompt_adapter)
         self.backbones.pop(name, None)
 
-    def use_cache_dir(self, cache_dir) -> None:
-        """Persist features in `cache_dir` (features in memory stay available); `None`: a fresh in-memory cache."""
+    def use_cache_dir(self, cache_dir, max_bytes: int | None = None) -> None:
+        """Persist features in `cache_dir` (features in memory stay available); `None`: a fresh in-memory cache.
+        `max_bytes` bounds the memory the cache's rows take (least recently used rows go first)."""
         if cache_dir is not None and self.cache.directory == Path(cache_dir):
+            self.cache.limit(max_bytes)
             return
         previous = self.cache
-        self.cache = FeatureCache(cache_dir)
+        self.cache = FeatureCache(cache_dir, max_bytes=max_bytes)
         if cache_dir is not None:
             self.cache.absorb(previous)
         for bb in self.backbones.values():
