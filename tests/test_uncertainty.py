@@ -266,3 +266,13 @@ def test_label_word_classifiers_get_the_same_api_through_calibrate(bpe_tokenizer
     assert len(clf.predict_set(TEXTS, alpha=0.2)) == len(TEXTS)
     assert len(clf.predict(TEXTS, reject=True)) == len(TEXTS)
     assert len(clf.suggest(TEXTS, 4, strategy="diverse")) == 4
+
+
+def test_out_of_scope_rows_stay_out_of_the_demonstration_pool(bpe_tokenizer):
+    cfg = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, out_of_scope_label="oos", demonstrations=1)
+    model = get_peft_model(tiny_llama(bpe_tokenizer), cfg)
+    train = sentiment_data(4, seed=3)
+    data = {"sentence": train["sentence"] + ["the acting", "film film"], "label": list(train["label"]) + ["oos"] * 2}
+    report = model.fit(data, tokenizer=bpe_tokenizer, show_progress=False)
+    assert report["out_of_scope_examples"] == 2
+    assert len(model.predict(TEXTS[:3], reject=True)) == 3

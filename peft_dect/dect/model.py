@@ -18,6 +18,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from ..backbone import Backbone
 from ..cards import RunRecord
 from ..classifier import FewShotClassifier
+from ..data import split_by_label
 from ..introspect import CAUSAL, base_model_sizes, lm_kind
 from ..prompt_tuning import SOFT_PROMPT_FOLDER, check_prompt_model, load_prompt_model
 from ..prompting import Template
@@ -293,8 +294,11 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         cfg = self.config_of_active
         if cache_dir is not None:
             self.use_cache_dir(cache_dir)
-        if cfg.demonstrations is not None:
-            self.set_demonstrations(train_dataset, tokenizer)
+        if cfg.demonstrations is not None:  # the pool holds in-scope examples only
+            pool = train_dataset
+            if cfg.out_of_scope_label is not None:
+                pool, _ = split_by_label(train_dataset, cfg.label_column, cfg.out_of_scope_label)
+            self.set_demonstrations(pool, tokenizer)
         core = self.core(tokenizer, refit=True)
         check_label_token_ids(cfg, core.source.verbalizer, record=True)
         self.peft_config[self.active_name].recorded.tokenizer = tokenizer_record(self.sources.tokenizer)
