@@ -174,12 +174,12 @@ def banking77_record(args, model, tokenizer, peft_model) -> dict:
     data = load_banking77(args.banking77)
     words = label_words_from_names(data["train"])
     cfg = DecTConfig(template=BANKING77_CAUSAL, label_words=words, text_column="text")
-    if peft_model is None:
-        peft_model = get_peft_model(model, cfg, adapter_name="BANKING77")
+    if peft_model is None:  # the adapter name "default", as benchmarks.banking77's: the same feature cache keys
+        peft_model = get_peft_model(model, cfg)
         peft_model.base_model.use_cache_dir(args.cache)
     else:
         peft_model.add_adapter("BANKING77", cfg)
-    peft_model.set_adapter("BANKING77")
+        peft_model.set_adapter("BANKING77")
     bb = peft_model.base_model.backbone(tokenizer)
     bb.show_progress = False
     split = sample_k_shot(data["train"], 16, 13)
