@@ -168,7 +168,8 @@ def weights_fingerprint(model: nn.Module) -> str:
     goes unseen with probability about (1 - f) ** FINGERPRINT_SAMPLES, i.e. never in practice for fine-tuning,
     a merged LoRA, a soft prompt trained further or any dense update (f = 1). A change to a few isolated elements
     of a large matrix (a hand edit of one weight) can go unseen. Tensors of PEFT tuner layers that pass their base
-    layer's output through unchanged (see `_passes_through`) are left out: they change no feature.
+    layer's output through unchanged (see `_passes_through`) are left out, with the names of their active
+    adapters: they change no feature, so two DecT adapters with one prompt share their features.
     Cost: one strided read of at most `FINGERPRINT_SAMPLES` elements per tensor (about 20-30 ms for a model of
     SmolLM2-135M's size on 2 CPU cores); a tuner layer is probed again only when its tensors or state changed.
     """
@@ -177,7 +178,6 @@ def weights_fingerprint(model: nn.Module) -> str:
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
             state = f"{name}|{module.active_adapters}|{module.disable_adapters}|{module.merged}"
-            digest.update(state.encode())
             layer_digest = hashlib.sha256(state.encode())
             for tensor_name, tensor in (*module.named_parameters(), *module.named_buffers()):
                 _tensor_digest(layer_digest, tensor_name, tensor)
@@ -185,9 +185,11 @@ def weights_fingerprint(model: nn.Module) -> str:
             if known is None or known[0] != layer_digest.digest():  # probe again only when the layer changed
                 known = (layer_digest.digest(), _passes_through(module))
                 _PROBED[module] = known
-            if known[1]:
+            if known[1]:  # neither its tensors nor which adapter is active change a feature (DecT's layer)
                 prefix = f"{name}." if name else ""
                 skipped |= {prefix + attr for attr in (*module.adapter_layer_names, *module.other_param_names)}
+            else:
+                digest.update(state.encode())
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
         if not any(name == s or name.startswith(s + ".") for s in skipped):
             _tensor_digest(digest, name, tensor)

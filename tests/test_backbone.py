@@ -204,6 +204,29 @@ def test_fingerprint_ignores_nothing_but_pass_through_tuner_tensors(bpe_tokenize
     assert model_fingerprint(model) != key
 
 
+def test_two_dect_adapters_with_one_prompt_share_their_features(bpe_tokenizer, tmp_path):
+    """DecT's layer passes the LM head through: the adapters' names and tensors do not enter the feature keys."""
+    from peft import get_peft_model
+
+    from peft_dect import DecTConfig
+
+    config = dict(template="{text_a} It was {mask}.", label_words={"negative": ["bad"], "positive": ["great"]})
+    named = {name: tiny_llama(bpe_tokenizer) for name in ("default", "other")}
+    models = {
+        name: get_peft_model(m, DecTConfig(**config), adapter_name=name) for name, m in named.items()
+    }  # fmt: skip
+    keys = {name: m.base_model.backbone(bpe_tokenizer).key_prefix for name, m in models.items()}
+    assert keys["default"] == keys["other"]
+    peft_model = models["default"]
+    peft_model.base_model.use_cache_dir(tmp_path)
+    peft_model.add_adapter("second", DecTConfig(**config))
+    peft_model.base_model.backbone(bpe_tokenizer).extract(TEXTS)
+    peft_model.set_adapter("second")
+    second = peft_model.base_model.backbone(bpe_tokenizer)
+    second.extract(TEXTS)
+    assert second.passes == 0  # the first adapter's features serve the second
+
+
 def _rewrite_shard(path, change):
     from safetensors import safe_open
     from safetensors.torch import save_file
