@@ -319,10 +319,7 @@ def cmd_predict(args) -> None:
     classes = cfg.classes
     extra: dict[str, list] = {}
     if args.reject is not None:
-        threshold = clf.rejection_threshold(args.reject)
-        scores = clf.unknown_of_logits(logits).tolist()
-        extra["unknown_score"] = scores
-        labels = [clf.reject_label if s > threshold else label for label, s in zip(labels, scores)]
+        labels, extra["unknown_score"] = clf.decide_or_reject(logits, args.reject)
     if args.alpha is not None:
         threshold = clf.calibration_or_error("A prediction set").set_threshold(args.alpha)
         extra["set"] = [[classes[c] for c in row] for row in prediction_sets(torch.as_tensor(probs), threshold)]

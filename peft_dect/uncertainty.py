@@ -286,7 +286,7 @@ def suggest(
     if strategy == "entropy":
         entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
         return entropy.argsort(descending=True)[:k].tolist()
-    pool = margin.argsort()[: min(n, max(10 * k, k))]
+    pool = margin.argsort()[: min(n, 10 * k)]
     points = F.normalize((probs if embeddings is None else embeddings).float()[pool], dim=-1)
     chosen = [0]  # the most uncertain row starts the cover
     nearest = (points - points[0]).norm(dim=-1)

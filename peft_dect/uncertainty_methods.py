@@ -54,12 +54,16 @@ class UncertaintyMethods:
         threshold: chosen on held-out in-scope data for a false-rejection rate `reject_rate` (the classifier's,
         0.05 by default) when `reject=True`, or the number given as `reject`."""
         logits = self.checked_logits(inputs, *args, **kwargs)
-        labels = self.decide(logits)
         if reject is False or reject is None:
-            return labels
+            return self.decide(logits)
+        return self.decide_or_reject(logits, reject, reject_rate)[0]
+
+    def decide_or_reject(self, logits: torch.Tensor, reject: bool | float = True, reject_rate: float | None = None):
+        """(predicted class names with `reject_label` above the rejection threshold, the unknown scores)."""
         threshold = self.rejection_threshold(reject, reject_rate)
         scores = self.unknown_of_logits(logits).tolist()
-        return [self.reject_label if s > threshold else label for label, s in zip(labels, scores)]
+        labels = [self.reject_label if s > threshold else label for label, s in zip(self.decide(logits), scores)]
+        return labels, scores
 
     def rejection_threshold(self, reject: bool | float = True, reject_rate: float | None = None) -> float:
         """The unknown score above which `predict(reject=...)` answers `reject_label`."""
@@ -84,7 +88,7 @@ class UncertaintyMethods:
 
     def unknown_score(self, inputs, *args: Any, **kwargs: Any) -> np.ndarray:
         """One score per input, higher when it is more likely outside every class (see
-        `peft_dect.uncertainty.UNKNOWN_SCORES`; the calibration names which score, `max_logit` by default)."""
+        `peft_dect.uncertainty.UNKNOWN_SCORES`; the calibration names which score, `energy` by default)."""
         return self.unknown_of_logits(self.checked_logits(inputs, *args, **kwargs)).numpy()
 
     def predict_set(self, inputs, *args: Any, alpha: float = 0.1, **kwargs: Any) -> list[list[str]]:
@@ -100,12 +104,14 @@ class UncertaintyMethods:
         rejection scores. Returns the held-out expected calibration error before and after, and the temperature."""
         targets = self.read_targets(dataset)
         logits = self.checked_logits(dataset, *args, **kwargs)
-        previous = self.calibration
-        kind = unknown_score or (previous.unknown_score if previous is not None else None)
-        options = {} if kind is None else {"unknown_score": kind}
-        training = [] if previous is None else previous.training_texts
+        previous = self.calibration or Calibration()
         cal = fit_calibration(
-            logits, targets, temperature=temperature, sources="calibrate()", training_texts=training, **options
+            logits,
+            targets,
+            temperature=temperature,
+            unknown_score=unknown_score or previous.unknown_score,
+            sources="calibrate()",
+            training_texts=previous.training_texts,
         )
         self.calibration = cal
         return {"temperature": cal.temperature, "ece_before": cal.ece_before, "ece_after": cal.ece_after}
@@ -125,9 +131,7 @@ class UncertaintyMethods:
         cached, so a suggest - label - refit loop costs one model pass per new input."""
         if strategy not in SUGGEST_STRATEGIES:
             raise ValueError(f"strategy must be one of {SUGGEST_STRATEGIES}, got {strategy!r}.")
-        texts_a, texts_b = self.read_inputs(pool)
-        if not texts_a:
-            raise ValueError("The pool is empty: give unlabelled texts to choose from.")
+        texts_a, texts_b = self.read_inputs(pool)  # an empty pool is refused there
         seen = set(self.calibration.training_texts) if self.calibration is not None else set()
         pairs: Sequence = texts_b if texts_b is not None else [None] * len(texts_a)
         fresh = [i for i, (a, b) in enumerate(zip(texts_a, pairs)) if text_key(a, b) not in seen]
