@@ -40,6 +40,10 @@ from .prompting.verbalizer import word_class_scores
 from .settings import check_int
 
 
+# rows per LM-head call when label-word scores are derived from cached hidden states (bounds the (rows, vocab) logits)
+HEAD_ROWS = 256
+
+
 class Backbone:
     """Runs a frozen masked or causal LM once per prompted input and keeps what one pass gives (`Features`).
 
@@ -65,6 +69,7 @@ class Backbone:
         show_progress: bool = True,
         cache: FeatureCache | None = None,
         demonstrations: Demonstrations | None = None,
+        runner=None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -103,9 +108,42 @@ class Backbone:
         ]
         if self.plan is not None:  # keys of single-token words stay those of earlier versions
             parts += [f"{verbalizer.multi_token}={verbalizer.sequences}"]
+        prompt = [tokenizer_fingerprint(tokenizer), template.text, self.kind, str(self.max_length)]
         if demonstrations is not None:
-            parts += [f"demos={demonstrations.fingerprint}", repr(self.encoder.demo_separator)]
+            demos = [f"demos={demonstrations.fingerprint}", repr(self.encoder.demo_separator)]
+            parts, prompt = parts + demos, prompt + demos
         self.prompt_key = "|".join(parts)
+        # What a pass gives independently of the label words: the hidden state at the prediction position, cached
+        # under a key without them, so another adapter's words are scored from it by the LM head at that position
+        # alone (no model pass). Words continued through the prompt's key/value cache need the pass itself.
+        self.scores_from_hidden = self.head_split is not None and not self.continues
+        self.hidden_key = "hidden|" + "|".join(prompt)
+        self.runner = runner
+        if runner is not None:
+            self.check_runner(runner)
+
+    def check_runner(self, runner) -> None:
+        """Refuse a runner (e.g. `LlamaCppRunner`) that cannot stand in for this model's body, naming why."""
+        base = unwrap_peft(self.model)
+        if self.kind != CAUSAL or self.head_split is None:
+            raise ValueError(
+                "An in-process llama.cpp backbone runs causal LMs whose LM head is separable from the body; "
+                f"{type(base).__name__} is not one: run it with PyTorch (use_llama_cpp(None))."
+            )
+        if self.continues:
+            raise ValueError(
+                "Label words of several tokens are scored whole on the prompt's key/value cache, which the "
+                "llama.cpp backbone does not expose: set multi_token='first', or run the model with PyTorch."
+            )
+        if embedded_prompt_length(self.model) or prepends_virtual_tokens(self.model):
+            raise ValueError("A soft prompt needs the model in PyTorch: the llama.cpp backbone reads token ids only.")
+        sizes = (hidden_size(self.model), self.vocab_size)
+        if (runner.hidden_size, runner.vocab_size) != sizes:
+            raise ValueError(
+                f"The GGUF model {str(runner.path)!r} (hidden size {runner.hidden_size}, vocabulary "
+                f"{runner.vocab_size}) is not this model (hidden size {sizes[0]}, vocabulary {sizes[1]}): give "
+                "the GGUF file of the same base model."
+            )
 
     @property
     def key_prefix(self) -> str:
@@ -114,7 +152,12 @@ class Backbone:
         The model fingerprint is recomputed at every call (milliseconds, see `model_fingerprint`), so weights
         updated in place since the last extraction (a soft prompt trained further, a LoRA merged) get new features.
         """
-        return f"{model_fingerprint(self.model)}|{self.prompt_key}"
+        return f"{self.weights_key()}|{self.prompt_key}"
+
+    def weights_key(self) -> str:
+        """The model part of the cache keys: the weights' fingerprint (and the runner's file, with one)."""
+        key = model_fingerprint(self.model)
+        return key if self.runner is None else f"{self.runner.fingerprint}|{key}"
 
     @property
     def batch_size(self) -> int:
@@ -271,6 +314,25 @@ class Backbone:
         """Cache keys: model, tokenizer, template, label words, length budget, texts (and demonstration set)."""
         return self._keys(self.key_prefix, texts_a, texts_b, set_index)
 
+    def label_scores_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, C) of hidden states (N, H) at the prediction position: the LM head at that position only,
+        as the pass computes them (only when `scores_from_hidden`: a separable head, no continuation needed)."""
+        if not self.scores_from_hidden:
+            raise ValueError("This backbone's label-word scores need a model pass (a head that is not separable, or "
+                             "label words continued through the prompt's key/value cache).")  # fmt: skip
+        with self.evaluating():
+            scores = self._head_scores(hidden)
+        return scores.clone()  # out of inference mode, as `_run_batches` leaves its features
+
+    def _head_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        _, head = self.head_split
+        dtype = next((p.dtype for p in head.parameters() if p.is_floating_point()), hidden.dtype)
+        parts = [torch.zeros(0, self.verbalizer.num_classes)]
+        for start in range(0, hidden.shape[0], HEAD_ROWS):
+            rows = hidden[start : start + HEAD_ROWS].to(self.device, dtype)
+            parts.append(self.label_scores(head(rows)).float().cpu())
+        return torch.cat(parts)
+
     def _keys(
         self, prefix: str, texts_a: Sequence[str], texts_b: Sequence[str | None] | None, set_index: int
     ) -> list[str]:
@@ -291,9 +353,22 @@ class Backbone:
         """
         sets = self.demonstrations.num_sets if self.demonstrations is not None else 1
         n = len(texts_a)
-        prefix = self.key_prefix  # once per call: the weights' fingerprint is read here
-        keys = [k for s in range(sets) for k in self._keys(prefix, texts_a, texts_b, s)]
-        todo = self.cache.missing(keys, widths=(hidden_size(self.model), self.verbalizer.num_classes))
+        fingerprint = self.weights_key()  # once per call: the weights are read here
+        keys = [k for s in range(sets) for k in self._keys(f"{fingerprint}|{self.prompt_key}", texts_a, texts_b, s)]
+        width = hidden_size(self.model)
+        todo = self.cache.missing(keys, widths=(width, self.verbalizer.num_classes))
+        shared = None
+        if self.scores_from_hidden:
+            prefix = f"{fingerprint}|{self.hidden_key}"
+            shared = [k for s in range(sets) for k in self._keys(prefix, texts_a, texts_b, s)]
+            if todo:  # hidden states another adapter's pass left: scored by the LM head alone
+                unseen = {todo[i] for i in self.cache.missing([shared[j] for j in todo], widths=(width, 0))}
+                known = [j for j in todo if j not in unseen]
+                if known:
+                    hidden = self.cache.rows([shared[j] for j in known]).hidden
+                    scored = Features(hidden, self.label_scores_of(hidden))
+                    self.cache.put([keys[j] for j in known], scored, keep=keys)
+                todo = [j for j in todo if j in unseen]
         if todo:
             ids: list[list[int]] = []
             for s in range(sets):  # one tokenizer call per demonstration set
@@ -302,8 +377,14 @@ class Backbone:
                 ids += self.tokenize([texts_a[i] for i in rows], sub_b, s) if rows else []
             new = self._run_distributed(ids, desc)
             new.check_finite(index=[j % n for j in todo], texts=[texts_a[j % n] for j in todo])
-            self.cache.put([keys[i] for i in todo], new, keep=keys)
+            aliases = [shared[i] for i in todo] if shared is not None else None
+            self.cache.put([keys[i] for i in todo], new, keep=keys, hidden_keys=aliases)
         feats = self.cache.gather(keys)
+        if shared is not None:
+            # rows cached before hidden states were kept apart (older cache folders): in memory from now on
+            absent = {key: i for i, key in reversed(list(enumerate(shared))) if key not in self.cache}
+            if absent:
+                self.cache.add_hidden(list(absent), feats.hidden[list(absent.values())])
         if sets == 1:
             return feats
         # the average over demonstration sets, as LM-BFF averages its logits over sampled sets
@@ -362,8 +443,12 @@ class Backbone:
         parts: list[Features] = []
         with self.evaluating():
             for chunk in tqdm(batches, desc=desc, disable=not show, unit="batch"):
-                batch = {k: v.to(self.device) for k, v in self.collate([ids[i] for i in chunk]).items()}
-                feats = self.forward(**batch)
+                if self.runner is not None:  # the body in llama.cpp, the head here at the prediction position
+                    hidden = self.runner.hidden([ids[i] for i in chunk])
+                    feats = Features(hidden, self._head_scores(hidden))
+                else:
+                    batch = {k: v.to(self.device) for k, v in self.collate([ids[i] for i in chunk]).items()}
+                    feats = self.forward(**batch)
                 parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
                 self.passes += len(chunk)
         new = Features.cat(parts)

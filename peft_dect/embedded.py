@@ -30,10 +30,31 @@ def smollm2_gguf() -> tuple[Path, str]:
     return folder, files[0].name
 
 
-def load_smollm2(dtype=None, *, show_progress: bool = False):
-    """(model, tokenizer) of SmolLM2-135M-Instruct, de-quantised to float32 on the CPU (about 15-20 s)."""
+def resolve_dtype(dtype, device: str = "cpu"):
+    """The torch dtype of `dtype` (a dtype, its name, or None: float32) if PyTorch runs it on `device`, else a
+    ValueError naming the supported ones (float16 on a GPU only: PyTorch's CPU kernels for it are emulated)."""
     import torch
+
+    supported = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if device != "cpu":
+        supported["float16"] = torch.float16
+    if dtype is None:
+        return torch.float32
+    name = str(dtype).removeprefix("torch.")
+    if name not in supported:
+        raise ValueError(
+            f"dtype {dtype!r} is not supported on {device}: choose one of {sorted(supported)} (or the llama.cpp "
+            "backbone for quantised weights)."
+        )
+    return supported[name]
+
+
+def load_smollm2(dtype=None, *, show_progress: bool = False):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, de-quantised on the CPU (about 15-20 s) to `dtype`: float32
+    (default) or bfloat16 (see `resolve_dtype`; on a CPU without bfloat16 instructions it runs slower)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = resolve_dtype(dtype)
     from transformers.utils import logging as hf_logging
 
     folder, name = smollm2_gguf()
@@ -47,7 +68,7 @@ def load_smollm2(dtype=None, *, show_progress: bool = False):
         gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
     finally:
         gguf_utils.tqdm = gguf_tqdm
         hf_logging.set_verbosity(verbosity)

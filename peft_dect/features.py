@@ -129,12 +129,16 @@ class FeatureCache:
         for path in sorted(self.directory.glob("features-*.safetensors")):
             try:
                 with safe_open(str(path), framework="pt") as shard:
-                    keys = json.loads((shard.metadata() or {})["keys"])
+                    metadata = shard.metadata() or {}
+                    keys = json.loads(metadata["keys"])
+                    aliases = json.loads(metadata["hidden_keys"]) if "hidden_keys" in metadata else None
                     hidden, logits = shard.get_tensor("hidden"), shard.get_tensor("label_logits")
                 if hidden.dim() != 2 or logits.dim() != 2:
                     raise ValueError("features are not (rows, width) matrices")
                 if len(keys) != hidden.shape[0] or len(keys) != logits.shape[0]:
                     raise ValueError("key count does not match tensor rows")
+                if aliases is not None and (not isinstance(aliases, list) or len(aliases) != len(keys)):
+                    raise ValueError("hidden-state key count does not match tensor rows")
             except FileNotFoundError:
                 continue  # merged into a compacted shard by another process meanwhile
             except (OSError, KeyError, ValueError, TypeError, SafetensorError) as err:
@@ -151,6 +155,8 @@ class FeatureCache:
             for i, key in enumerate(keys):
                 if finite[i]:
                     self._add(key, (hidden[i], logits[i]))
+                    if aliases is not None and aliases[i] not in self._store:
+                        self._add(aliases[i], (hidden[i], hidden.new_zeros(0)))
             loaded.append(path)
         if len(loaded) > COMPACT_ABOVE and self.writable:
             self._compact(loaded)
@@ -232,6 +238,12 @@ class FeatureCache:
                 out.append(i)
         return out
 
+    def rows(self, keys: list[str]) -> Features:
+        """The features of `keys` (all cached) as they are, without bringing the cache within its bound (an
+        extraction in progress reads them before it is gathered)."""
+        rows = [self._store[k] for k in keys]
+        return Features(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+
     def gather(self, keys: list[str]) -> Features:
         """The features of `keys` (all cached), checked to be finite and of one width; then, with `max_bytes`, the
         cache is brought back within its bound (these rows were the last used)."""
@@ -253,24 +265,50 @@ class FeatureCache:
             )
         return feats
 
-    def put(self, keys: list[str], features: Features, *, keep: Sequence[str] = ()) -> None:
+    def put(
+        self,
+        keys: list[str],
+        features: Features,
+        *,
+        keep: Sequence[str] = (),
+        hidden_keys: Sequence[str] | None = None,
+    ) -> None:
         """Add the features of `keys`; with `max_bytes`, older rows make room, except `keys` and `keep` (the rest
-        of the extraction in progress, gathered next)."""
+        of the extraction in progress, gathered next). `hidden_keys` (one per row) also keep each row's hidden state
+        alone under a second key (what does not depend on the label words; written in the same shard)."""
         new = [i for i, k in enumerate(keys) if k not in self._store]
         for i in new:
             self._add(keys[i], (features.hidden[i], features.label_logits[i]))
+        if hidden_keys is not None:
+            self._add_hidden([hidden_keys[i] for i in new], features.hidden[torch.tensor(new, dtype=torch.long)])
         if self.directory is not None and self.writable and new:
-            self._write_shard([keys[i] for i in new], features[torch.tensor(new)])
-        self._evict(set(keys) | set(keep))
+            aliases = [hidden_keys[i] for i in new] if hidden_keys is not None else None
+            self._write_shard([keys[i] for i in new], features[torch.tensor(new)], aliases)
+        self._evict(set(keys) | set(keep) | set(hidden_keys or ()))
 
-    def _write_shard(self, keys: list[str], features: Features) -> bool:
+    def add_hidden(self, keys: Sequence[str], hidden: torch.Tensor, *, keep: Sequence[str] = ()) -> None:
+        """Keep hidden states (N, H) alone (no label-word scores) under `keys`, in memory; with `max_bytes`, older
+        rows make room, except `keep`."""
+        self._add_hidden(keys, hidden)
+        self._evict(set(keep))
+
+    def _add_hidden(self, keys: Sequence[str], hidden: torch.Tensor) -> None:
+        empty = hidden.new_zeros(0)
+        for key, row in zip(keys, hidden):
+            if key not in self._store:
+                self._add(key, (row, empty))
+
+    def _write_shard(self, keys: list[str], features: Features, hidden_keys: list[str] | None = None) -> bool:
         """Write one shard under a unique name (atomically); False, with a warning, if the folder refuses it."""
         tmp = None
         tensors = {"hidden": features.hidden.contiguous(), "label_logits": features.label_logits.contiguous()}
+        metadata = {"keys": json.dumps(keys)}
+        if hidden_keys is not None:
+            metadata["hidden_keys"] = json.dumps(hidden_keys)
         try:
             fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=self.directory)
             os.close(fd)
-            save_file(tensors, tmp, metadata={"keys": json.dumps(keys)})
+            save_file(tensors, tmp, metadata=metadata)
             os.chmod(tmp, 0o644)
             name = f"features-{secrets.token_hex(8)}-{os.getpid()}-{len(keys)}.safetensors"
             os.replace(tmp, self.directory / name)

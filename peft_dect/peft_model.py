@@ -51,6 +51,10 @@ class PeftModelForFewShotClassification(PeftModelForSequenceClassification):
         """Class probabilities (N, C), columns in the order of the config's `label_words`."""
         return self.base_model.predict_proba(inputs, tokenizer, **kwargs)
 
+    def predict_many(self, inputs, adapters=None, tokenizer=None, **kwargs) -> dict[str, list[str] | np.ndarray]:
+        """{adapter: answers} of several adapters on the same inputs, one model pass per template (see the tuner)."""
+        return self.base_model.predict_many(inputs, adapters, tokenizer, **kwargs)
+
     def predict_set(self, inputs, tokenizer=None, *, alpha: float = 0.1, **kwargs) -> list[list[str]]:
         """Per input, a conformal prediction set of class names at miscoverage `alpha` (see `FewShotClassifier`)."""
         return self.base_model.predict_set(inputs, tokenizer, alpha=alpha, **kwargs)

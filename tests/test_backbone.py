@@ -342,3 +342,64 @@ def test_a_soft_prompt_trained_further_gets_new_features(bpe_tokenizer):
         model.prompt_encoder["default"].embedding.weight[0, 0] += 0.01  # one step of prompt tuning, in place
     bb.extract(TEXTS)
     assert bb.passes == 2 * len(TEXTS)
+
+
+OTHER_WORDS = {"negative": ["awful", "dull"], "positive": ["fun"]}
+
+
+def words_backbone(model, tok, words, cache, **kwargs):
+    t = Template(TEMPLATE)
+    v = Verbalizer.from_words(words, tok, space_before=t.space_before_mask, **kwargs)
+    return Backbone(model, tok, t, v, show_progress=False, cache=cache)
+
+
+def test_other_label_words_on_seen_texts_run_no_model_pass(lm, tmp_path):
+    """The hidden state is cached without the label words; another verbalizer's scores come from the LM head alone,
+    equal (to float rounding) to those of a pass, from memory and from a cache folder."""
+    model, tok, _ = lm
+    cache = FeatureCache(tmp_path)
+    first = words_backbone(model, tok, LABEL_WORDS, cache)
+    first.extract(TEXTS)
+    assert first.passes == len(TEXTS)
+    for fresh in (cache, FeatureCache(tmp_path)):
+        other = words_backbone(model, tok, OTHER_WORDS, fresh)
+        feats = other.extract(TEXTS)
+        assert other.passes == 0
+        reference = words_backbone(model, tok, OTHER_WORDS, FeatureCache()).extract(TEXTS)
+        torch.testing.assert_close(feats.hidden, reference.hidden)
+        torch.testing.assert_close(feats.label_logits, reference.label_logits, atol=1e-5, rtol=1e-4)
+
+
+def test_label_words_continued_through_the_cache_still_run_a_pass(bpe_tokenizer):
+    """A causal LM's words of several tokens are scored on the prompt's key/value cache: no shortcut there."""
+    model = tiny_llama(bpe_tokenizer)
+    cache = FeatureCache()
+    words_backbone(model, bpe_tokenizer, LABEL_WORDS, cache).extract(TEXTS)
+    long_words = {"negative": ["not good at all"], "positive": ["very good"]}
+    other = words_backbone(model, bpe_tokenizer, long_words, cache)
+    assert other.continues and not other.scores_from_hidden
+    other.extract(TEXTS)
+    assert other.passes == len(TEXTS)
+    with pytest.raises(ValueError, match="need a model pass"):
+        other.label_scores_of(torch.zeros(1, 8))
+
+
+def test_a_bfloat16_model_gives_float32_features_close_to_float32(bpe_tokenizer):
+    """bfloat16 keeps 8 bits of mantissa: hidden states within 2 % of their scale, label-word scores within 0.01."""
+    model = tiny_llama(bpe_tokenizer)
+    reference = backbone(model, bpe_tokenizer).extract(TEXTS)
+    ours = backbone(tiny_llama(bpe_tokenizer).to(torch.bfloat16), bpe_tokenizer).extract(TEXTS)
+    assert ours.hidden.dtype == torch.float32 and ours.label_logits.dtype == torch.float32
+    scale = reference.hidden.abs().max()
+    torch.testing.assert_close(ours.hidden, reference.hidden, atol=0.02 * float(scale), rtol=0)
+    torch.testing.assert_close(ours.label_logits, reference.label_logits, atol=1e-2, rtol=0)
+
+
+def test_unsupported_dtypes_name_the_supported_ones():
+    from peft_dect.embedded import resolve_dtype
+
+    assert resolve_dtype(None) == torch.float32 and resolve_dtype("bfloat16") == torch.bfloat16
+    assert resolve_dtype(torch.float16, device="cuda") == torch.float16
+    for bad in ("float16", torch.float16, "int4"):
+        with pytest.raises(ValueError, match=r"choose one of \['bfloat16', 'float32'\]"):
+            resolve_dtype(bad)

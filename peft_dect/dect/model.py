@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 
@@ -20,6 +21,7 @@ from ..cards import RunRecord
 from ..classifier import FewShotClassifier
 from ..data import split_by_label
 from ..introspect import CAUSAL, base_model_sizes, lm_kind
+from ..llama_cpp_runner import LlamaCppRunner
 from ..prompt_tuning import SOFT_PROMPT_FOLDER, check_prompt_model, load_prompt_model
 from ..prompting import Template
 from ..saving import inside_folder
@@ -235,6 +237,33 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         self.sources.use_cache_dir(cache_dir, max_bytes)
 
     @serialized
+    def use_llama_cpp(self, gguf_file, **options) -> None:
+        """Run the frozen model's body in-process with llama.cpp from `gguf_file` (the same model as a GGUF file,
+        e.g. `peft_dect.embedded.smollm2_gguf()`'s): its quantised CPU kernels instead of PyTorch's; the LM head
+        stays this model's. `None` switches back to PyTorch. `options` go to `LlamaCppRunner` (`n_threads`,
+        `n_ctx`, `max_sequences`). Features computed either way are cached apart (their values differ slightly).
+        """
+        if gguf_file is None:
+            self.set_runner(None)
+            return
+        runner = LlamaCppRunner(gguf_file, **options)
+        hidden, vocab = base_model_sizes(self.model)
+        if lm_kind(self.model) != CAUSAL or (runner.hidden_size, runner.vocab_size) != (hidden, vocab):
+            runner.close()
+            raise ValueError(
+                f"The GGUF model {str(gguf_file)!r} (hidden size {runner.hidden_size}, vocabulary "
+                f"{runner.vocab_size}) is not this base model ({lm_kind(self.model)} LM, hidden size {hidden}, "
+                f"vocabulary {vocab}): give the GGUF file of the same causal LM."
+            )
+        self.set_runner(runner)
+
+    def set_runner(self, runner) -> None:
+        """Run the body with `runner` (None: PyTorch); content-free scores are recomputed the new way."""
+        self.sources.set_runner(runner)
+        for name in self.peft_config:
+            self.state(name).content_free = None
+
+    @serialized
     def reset_adapter(self, adapter_name: str | None = None) -> None:
         """Forget an adapter's fit and calibration: back to its seeded initial state (zero-shot predictions)."""
         name = adapter_name or self.active_name
@@ -325,6 +354,35 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         core = self.core(tokenizer)
         core.source.show_progress = show_progress
         return core.logits(inputs, zero_shot=self.dect_layer.disable_adapters)
+
+    @serialized
+    def predict_many(
+        self, inputs, adapters: Sequence[str] | None = None, tokenizer=None, *, proba: bool = False, **kwargs
+    ) -> dict[str, list[str] | np.ndarray]:
+        """Answers of several DecT adapters of this model for the same inputs: {adapter: class names} (or
+        probabilities with `proba=True`). Adapters with one template share one model pass over the inputs (the
+        others' label words are scored from the cached hidden states); each further template costs one pass.
+
+        `adapters` defaults to every DecT adapter; the active adapter is restored afterwards. Further keyword
+        arguments go to `predict` / `predict_proba` (e.g. `reject=True`).
+        """
+        names = list(self.peft_config) if adapters is None else list(adapters)
+        unknown = [n for n in names if n not in self.peft_config]
+        if isinstance(adapters, str) or unknown or not names:
+            raise ValueError(
+                f"predict_many needs a list of this model's adapter names ({sorted(self.peft_config)}), got "
+                f"{adapters!r}."
+            )
+        previous = self.active_adapters
+        out: dict[str, list[str] | np.ndarray] = {}
+        try:
+            for name in sorted(names, key=lambda n: self.peft_config[n].template):  # one template after another
+                self.set_adapter(name)
+                answer = self.predict_proba if proba else self.predict
+                out[name] = answer(inputs, tokenizer, **kwargs)
+        finally:
+            self.set_adapter(previous if len(previous) > 1 else previous[0])
+        return {name: out[name] for name in names}
 
     @serialized
     def zero_shot_logits(self, inputs, tokenizer=None, *, calibrate: bool = True, show_progress: bool = False):

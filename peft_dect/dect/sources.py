@@ -75,6 +75,7 @@ class AdapterSources:
         self.soft_prompts: dict[str, tuple[nn.Module, str]] = {}  # adapter -> (prompt-tuned PeftModel, its adapter)
         self.demo_pools: dict[str, dict] = {}  # adapter -> its demonstrations' training examples
         self.demo_encoder = None  # sentence encoder of demo_filter='similar' (texts -> embeddings); None: MiniLM
+        self.runner = None  # what runs the model's body instead of PyTorch (a LlamaCppRunner), or None
 
     def forget(self, adapter_name: str) -> None:
         for per_adapter in (self.backbones, self.soft_prompts, self.demo_pools):
@@ -124,7 +125,7 @@ class AdapterSources:
             demos = self.demonstrations(name, config, template, verbalizer)
             self.backbones[name] = Backbone(
                 model, self.tokenizer, template, verbalizer, max_length=config.max_length, cache=self.cache,
-                demonstrations=demos,
+                demonstrations=demos, runner=self.runner,
             )  # fmt: skip
             self.backbone_keys[name] = key
         return self.backbones[name]
@@ -163,6 +164,13 @@ class AdapterSources:
         else:
             self.soft_prompts[name] = (prompt_model, prompt_adapter)
         self.backbones.pop(name, None)
+
+    def set_runner(self, runner) -> None:
+        """Run the body with `runner` (None: PyTorch) from now on; every adapter's backbone is rebuilt."""
+        if self.runner is not None and self.runner is not runner:
+            self.runner.close()
+        self.runner = runner
+        self.backbones.clear()
 
     def use_cache_dir(self, cache_dir, max_bytes: int | None = None) -> None:
         """Persist features in `cache_dir` (features in memory stay available); `None`: a fresh in-memory cache.
