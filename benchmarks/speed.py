@@ -67,8 +67,9 @@ def build(path: str, base, tokenizer, gguf: Path, threads: int):
             model = base
         elif path == "llama.cpp":
             model = copy.deepcopy(base)
-        elif path == "int8":
-            model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {torch.nn.Linear}, dtype=torch.qint8)
+        elif path == "int8":  # the body's linear layers (the LM head, tied to the embeddings, stays float32)
+            model = copy.deepcopy(base)
+            model.model = torch.ao.quantization.quantize_dynamic(model.model, {torch.nn.Linear}, dtype=torch.qint8)
         elif path == "bfloat16":
             model = copy.deepcopy(base).to(torch.bfloat16)
         else:
@@ -105,6 +106,48 @@ def plain_pass(path: str, dect, tokenizer, texts: list[str], batch_size: int) ->
     word_ids = [ids[0] for ids in bb.verbalizer.token_ids]
     seconds, _ = timed(plain_inference, dect.base_model.model, tokenizer, prompts, word_ids, batch_size)
     return seconds
+
+
+def icl_prefix(dect, tokenizer, splits, args) -> list[dict]:
+    """In-context learning with a fixed demonstration set (float32): the prompts' common prefix run once per batch
+    against every prompt run whole, alternating, cold cache; and the largest difference of their label scores."""
+    from peft_dect import DecTConfig
+
+    tuner, out = dect.base_model, []
+    for task in args.tasks:
+        data = splits[task][args.seeds[0]]
+        sample = data["test"].select(range(args.predict_size))
+        for per_class in args.icl_per_class:
+            config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, text_column="text_a", demonstrations=1,
+                                demo_per_class=per_class, demo_filter="fixed")  # fmt: skip
+            dect.add_adapter("icl", config)
+            dect.set_adapter("icl")
+            tuner.set_demonstrations(data["train"], tokenizer)
+            bb = tuner.backbone(tokenizer)
+            times = {True: [], False: []}
+            logits = {}
+            for _ in range(args.repeats):
+                for shared in (False, True):
+                    bb.share_prefixes = shared
+                    tuner.use_cache_dir(None)
+                    seconds, logits[shared] = timed(tuner.zero_shot_logits, sample, calibrate=False)
+                    times[shared].append(seconds)
+            rows = bb.tokenize(list(sample["text_a"]))
+            rec = {
+                "task": task,
+                "demo_per_class": per_class,
+                "prompt_tokens_mean": statistics.mean(len(r) for r in rows),
+                "shared_prefix_tokens": bb.shared_prefix(rows),
+                "seconds_whole": statistics.median(times[False]),
+                "seconds_shared": statistics.median(times[True]),
+                "speedup": statistics.median(times[False]) / statistics.median(times[True]),
+                "max_abs_logit_difference": float((logits[True] - logits[False]).abs().max()),
+            }
+            logging.info("icl %s", json.dumps(rec))
+            out.append(rec)
+            dect.set_adapter("default")
+            dect.delete_adapter("icl")
+    return out
 
 
 def run(args) -> dict:
@@ -184,6 +227,8 @@ def run(args) -> dict:
                     dect.delete_adapter("other_words")
             logging.info("%s %s accuracy %s", path, task, accuracy[path][task])
 
+    icl = icl_prefix(models["float32"], tokenizer, splits, args) if args.icl_per_class else []
+
     records = []
     for path in args.paths:
         rec = {"path": path, "added_rss_mb": added[path]}
@@ -219,6 +264,7 @@ def run(args) -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },
         "peak_rss_mb": peak_rss_mb(),
+        "icl_shared_prefix": icl,
         "versions": {"peft_dect": peft_dect.__version__, "torch": torch.__version__},
         "records": records,
     }
@@ -246,6 +292,20 @@ def table(result: dict) -> str:
         rows.append(
             f"| {rec['path']} | {speed_s} | {rec['throughput_ratio']:.2f} | {delta_s} | {fit_s} | {second_s} |"
         )
+    icl = result.get("icl_shared_prefix") or []
+    if icl:
+        rows += [
+            "",
+            "| ICL, fixed demonstrations (float32) | prompt tokens (mean) | shared prefix tokens | s whole | s shared "
+            "| speed-up | max logit difference |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for rec in icl:
+            rows.append(
+                f"| {rec['task']}, {rec['demo_per_class']} per class | {rec['prompt_tokens_mean']:.0f} "
+                f"| {rec['shared_prefix_tokens']} | {rec['seconds_whole']:.1f} | {rec['seconds_shared']:.1f} "
+                f"| {rec['speedup']:.2f} | {rec['max_abs_logit_difference']:.1e} |"
+            )
     return "\n".join(rows)
 
 
@@ -259,6 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predict-size", type=int, default=64, help="test sentences timed per task and repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--icl-per-class",
+        nargs="*",
+        type=int,
+        default=[1, 2],
+        help="fixed demonstrations per class for the shared-prefix measurement (none: skip it)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "speed.json"))
     parser.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ Prompt rendering and truncation live in `peft_dect.prompting.encoding`, model in
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from accelerate.utils import gather
 from torch import nn
 from tqdm.auto import tqdm
 
-from .continuations import continuation_log_probs
+from .continuations import cache_keyword, cache_of, continuation_log_probs
 from .features import FeatureCache, Features
 from .introspect import (
     CAUSAL,
@@ -40,6 +41,8 @@ from .prompting.verbalizer import word_class_scores
 from .settings import check_int
 
 
+# shared prompt prefixes shorter than this run with their rows (a pass over a few tokens saves little)
+MIN_SHARED_PREFIX = 16
 # rows per LM-head call when label-word scores are derived from cached hidden states (bounds the (rows, vocab) logits)
 HEAD_ROWS = 256
 
@@ -118,6 +121,7 @@ class Backbone:
         # alone (no model pass). Words continued through the prompt's key/value cache need the pass itself.
         self.scores_from_hidden = self.head_split is not None and not self.continues
         self.hidden_key = "hidden|" + "|".join(prompt)
+        self.share_prefixes = True  # run a prefix every prompt of a batch shares once (see `shared_prefix`)
         self.runner = runner
         if runner is not None:
             self.check_runner(runner)
@@ -441,19 +445,71 @@ class Backbone:
         if not batches:
             return Features(torch.zeros(0, hidden_size(self.model)), torch.zeros(0, self.verbalizer.num_classes))
         parts: list[Features] = []
+        prefix = None  # (tokens, key/value cache) of the last shared prefix, reused by the next batch with it
         with self.evaluating():
             for chunk in tqdm(batches, desc=desc, disable=not show, unit="batch"):
                 if self.runner is not None:  # the body in llama.cpp, the head here at the prediction position
                     hidden = self.runner.hidden([ids[i] for i in chunk])
                     feats = Features(hidden, self._head_scores(hidden))
                 else:
-                    batch = {k: v.to(self.device) for k, v in self.collate([ids[i] for i in chunk]).items()}
-                    feats = self.forward(**batch)
+                    feats, prefix = self._forward_rows([ids[i] for i in chunk], prefix)
                 parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
                 self.passes += len(chunk)
         new = Features.cat(parts)
         # Leave inference mode: cached tensors must be usable by autograd later (decoder training).
         return Features(new.hidden.clone(), new.label_logits.clone())
+
+    @property
+    def can_share_prefixes(self) -> bool:
+        """Whether batches may run a common prompt prefix once: a causal LM run here with a separable head."""
+        return bool(
+            self.share_prefixes
+            and self.kind == CAUSAL
+            and self.head_split is not None
+            and not self.continues
+            and not embedded_prompt_length(self.model)
+            and not prepends_virtual_tokens(self.model)
+        )
+
+    def shared_prefix(self, rows: list[list[int]], known: Sequence[int] = ()) -> int:
+        """Tokens at the start of every row that one pass can compute for all (0: not worth it, or not possible).
+
+        A causal LM's prompts that begin alike (a fixed demonstration set, a long instruction) share their
+        key/value cache up to the last token before the rows differ; every row keeps at least one token of its
+        own, where the prediction position is read. A single row uses the `known` prefix (the previous batch's)
+        if it starts with it.
+        """
+        if not self.can_share_prefixes or not rows:
+            return 0
+        first, length = rows[0], min(len(r) for r in rows) - 1
+        if len(rows) == 1:
+            known = list(known)
+            return len(known) if known and len(known) <= length and first[: len(known)] == known else 0
+        for row in rows[1:]:
+            length = next((i for i in range(length) if row[i] != first[i]), length)
+        return length if length >= MIN_SHARED_PREFIX else 0
+
+    def _forward_rows(self, rows: list[list[int]], prefix) -> tuple[Features, tuple | None]:
+        """Features of one batch of token id lists; a prefix all rows share runs once (its cache is returned, for
+        the next batch that shares it)."""
+        length = self.shared_prefix(rows, prefix[0] if prefix is not None else ())
+        if not length:
+            batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
+            return self.forward(**batch), prefix
+        body, head = self.head_split
+        tokens = tuple(rows[0][:length])
+        if prefix is None or prefix[0] != tokens:
+            out = body(input_ids=torch.tensor([tokens], device=self.device), use_cache=True)
+            prefix = (tokens, cache_of(out))
+        cache = copy.deepcopy(prefix[1])
+        cache.batch_repeat_interleave(len(rows))
+        batch = {k: v.to(self.device) for k, v in self.collate([r[length:] for r in rows]).items()}
+        mask = torch.cat((batch["attention_mask"].new_ones(len(rows), length), batch["attention_mask"]), 1)
+        given = {cache_keyword(body): cache}
+        out = body(input_ids=batch["input_ids"], attention_mask=mask, use_cache=True, **given)
+        positions = self.positions(batch["input_ids"], batch["attention_mask"])
+        hidden = out[0][torch.arange(len(rows), device=positions.device), positions]
+        return Features(hidden.float(), self.label_scores(head(hidden)).float()), prefix
 
     @contextlib.contextmanager
     def evaluating(self):

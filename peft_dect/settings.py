@@ -54,7 +54,9 @@ class DemonstrationConfig:
         num_sets: demonstration sets sampled per input; the features (or logits) of the sets are averaged.
         per_class: demonstrations of every class in one set.
         filter: ``"random"`` samples from all training examples of a class; ``"similar"`` from the most similar
-            half by a sentence encoder (all-MiniLM-L6-v2 unless one is given), as LM-BFF's filter.
+            half by a sentence encoder (all-MiniLM-L6-v2 unless one is given), as LM-BFF's filter; ``"fixed"``
+            draws one set for every input (a training input's own text aside), so causal prompts share their
+            demonstrations as a prefix, which the backbone runs once per batch.
         seed: seed of the sampling; None uses the method's own seed (DecT's `seed`, 0 for LM-BFF).
     """
 

@@ -403,3 +403,30 @@ def test_unsupported_dtypes_name_the_supported_ones():
     for bad in ("float16", torch.float16, "int4"):
         with pytest.raises(ValueError, match=r"choose one of \['bfloat16', 'float32'\]"):
             resolve_dtype(bad)
+
+
+INSTRUCTION = "Read the review below and say whether the film was good or bad , then answer in one word . "
+
+
+def test_a_prefix_every_prompt_shares_runs_once_with_the_same_features(bpe_tokenizer):
+    """A causal LM's common prompt prefix (an instruction, fixed demonstrations) runs once per batch; its key/value
+    cache serves every row; features equal the full passes' to float rounding."""
+    model = tiny_llama(bpe_tokenizer)
+    texts = ["a good film", "the plot was dull and very messy", "fun", "a lovely , moving and brilliant story"]
+    shared = backbone(model, bpe_tokenizer, INSTRUCTION + TEMPLATE, batch_size=3)
+    rows = shared.tokenize(texts)
+    assert shared.shared_prefix(rows) >= 16 and shared.shared_prefix(rows[:1]) == 0
+    calls = []
+    hook = model.model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    ours = shared.extract(texts)
+    hook.remove()
+    assert len(calls) == 3  # the prefix once, then two batches of suffixes only
+    longest, common = max(len(r) for r in rows), shared.shared_prefix(rows)
+    assert calls[0][0] == 1 and all(c[1] <= longest - common for c in calls[1:])
+    full = backbone(model, bpe_tokenizer, INSTRUCTION + TEMPLATE, batch_size=3)
+    full.share_prefixes = False
+    reference = full.extract(texts)
+    torch.testing.assert_close(ours.hidden, reference.hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.label_logits, reference.label_logits, atol=1e-5, rtol=1e-4)

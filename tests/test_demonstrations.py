@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import LABEL_WORDS, TEMPLATE, tiny_llama, tiny_roberta
 
+from peft_dect import DecTConfig
 from peft_dect.backbone import Backbone
 from peft_dect.prompting import Template, Verbalizer
 from peft_dect.prompting.demonstrations import Demonstrations
@@ -137,3 +138,18 @@ def test_truncation_cuts_demonstrations_first_and_keeps_the_mask(bpe_tokenizer, 
     assert len(ids) <= 40  # the causal prompt lost demonstration text at its start and still ends at the query's mask
     text = bpe_tokenizer.decode(ids, skip_special_tokens=True)
     assert text.endswith("it was great.\n\na new film In summary, it was") and not text.startswith("a very dull")
+
+
+def test_the_fixed_filter_gives_every_query_one_set_and_causal_prompts_one_prefix(bpe_tokenizer):
+    d = demos(filter="fixed", per_class=2, seed=4)
+    queries = ["a new film", "an old plot", "a short story"]
+    chosen = d.select(queries[0])
+    assert all(d.select(q) == chosen for q in queries) and [LABELS[i] for i in chosen] == [0, 0, 1, 1]
+    assert d.select(queries[0], None, 1) != chosen or d.select(queries[0], None, 2) != chosen  # sets still differ
+    member = TEXTS[chosen[0]]
+    assert chosen[0] not in d.select(member)  # a training query still never gets itself
+    bb = _backbone(tiny_llama(bpe_tokenizer), bpe_tokenizer, d)
+    assert bb.shared_prefix(bb.tokenize(queries)) >= len(bb.tokenize([""])[0]) - 8  # all but the query's own tokens
+    with pytest.raises(ValueError, match="demo_filter"):
+        DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, demonstrations=1, demo_filter="first")
+    assert DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, demonstrations=1, demo_filter="fixed")

@@ -10,6 +10,7 @@ from peft.config import PeftConfig
 
 from .._enums import DECT_TYPE, FEW_SHOT_CLS_TYPE
 from ..hub import local_adapter_folder
+from ..prompting.demonstrations import FILTERS
 from ..saving import FORMAT_VERSION, check_format_version
 from ..settings import DemonstrationConfig, PromptSettings, check_choice, check_int, check_number
 from ..uncertainty import Calibration, check_alpha
@@ -249,7 +250,7 @@ class DecTConfig(PromptSettings, PeftConfig):
         if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
             raise ValueError(f"demo_per_class must be an integer >= 1, got {per_class!r}.")
         if filter is not None:
-            check_choice("demo_filter", filter, ("random", "similar"))
+            check_choice("demo_filter", filter, FILTERS)
         if value == 0:
             return None
         return DemonstrationConfig(num_sets=value, per_class=per_class or 1, filter=filter or "random")

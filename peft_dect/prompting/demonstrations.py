@@ -20,7 +20,7 @@ import numpy as np
 from .template import Template
 
 
-FILTERS = ("random", "similar")
+FILTERS = ("random", "similar", "fixed")
 FILTER_RATE = 0.5  # LM-BFF's demo_filter_rate: sample from the top half most similar examples of each class
 
 Encoder = Callable[[list[str]], "np.ndarray"]  # texts -> (N, D) sentence embeddings
@@ -179,7 +179,8 @@ class Demonstrations:
             candidates = len(self) - len(own)
             keep = max(self.per_class, int(candidates // self.num_classes * FILTER_RATE))
             pools = [sorted(pool, key=lambda i: -sims[i])[:keep] for pool in pools]
-        key = json.dumps([self.seed, set_index, text_a, text_b]).encode("utf-8", "surrogatepass")
+        query = [] if self.filter == "fixed" else [text_a, text_b]  # fixed: one draw for every query
+        key = json.dumps([self.seed, set_index, *query]).encode("utf-8", "surrogatepass")
         rng = random.Random(int.from_bytes(hashlib.sha1(key).digest()[:8], "big"))
         chosen: list[int] = []
         for c, pool in enumerate(pools):
