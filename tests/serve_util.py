@@ -14,6 +14,12 @@ from peft import get_peft_model
 from peft_dect import DecTConfig
 
 
+def base_model(tokenizer):
+    """The tiny Llama (seed 0) in float64: in float32 a random tiny model's probabilities move by up to 1e-6 with the
+    other texts of a batch (padding changes the kernels' rounding), which would blur tests to 1e-6."""
+    return tiny_llama(tokenizer).double()
+
+
 class LiveServer:
     """Run an ASGI app with uvicorn in a daemon thread; `port` is the ephemeral port it got."""
 
@@ -56,12 +62,12 @@ def request(port: int, method: str, path: str, body=None, headers=None, timeout:
 
 
 def fit_adapter(tokenizer, folder, *, flip: bool = False, reject_label: str | None = "unknown"):
-    """A DecT adapter on the tiny Llama (seed 0), fitted and saved to `folder`; returns the fitted model."""
+    """A DecT adapter on `base_model`, fitted and saved to `folder`; returns the fitted model."""
     data = dict(sentiment_data(16, 1))
     if flip:
         data["label"] = [1 - y for y in data["label"]]
     config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, reject_label=reject_label)
-    model = get_peft_model(tiny_llama(tokenizer), config)
+    model = get_peft_model(base_model(tokenizer), config)
     model.fit(data, tokenizer=tokenizer, show_progress=False)
     model.save_pretrained(folder)
     return model

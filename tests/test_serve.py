@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import sentiment_data, tiny_llama
-from serve_util import LiveServer, fit_adapter
+from conftest import sentiment_data
+from serve_util import LiveServer, base_model, fit_adapter
 
 from peft_dect.serving import AdapterRegistry, MicroBatcher, QueueFull, ServeSettings, create_app
 
@@ -32,7 +32,7 @@ def adapters(tmp_path_factory, bpe_tokenizer):
 
 
 def make_registry(tokenizer, root, names=("sst", "flipped")):
-    registry = AdapterRegistry(tiny_llama(tokenizer), tokenizer)
+    registry = AdapterRegistry(base_model(tokenizer), tokenizer)
     for name in names:
         registry.add(str(root / name))
     return registry
