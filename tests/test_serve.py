@@ -83,8 +83,26 @@ def test_models_lists_classes_templates_and_health_answers(live):
     assert set(names) == {"sst", "flipped"}
     assert names["sst"]["classes"] == ["negative", "positive"] and "{mask}" in names["sst"]["template"]
     assert names["sst"]["calibrated"] is True
+    (metric,) = [m for m in names["sst"]["metrics"] if m["metric"] == "accuracy"]
+    assert metric["dataset"] == "synthetic-sentiment" and metric["split"] == "test" and 0 <= metric["value"] <= 1
     status, _, body = live.request("GET", "/health")
     assert status == 200 and body["status"] == "ok" and body["adapters"] == 2
+
+
+def test_extras_an_adapter_cannot_give_are_422_naming_the_fix(adapters, bpe_tokenizer, tmp_path):
+    root, _ = adapters
+    fit_adapter(bpe_tokenizer, tmp_path / "faithful", mode="faithful")  # no held-out predictions: no calibration
+    registry = make_registry(bpe_tokenizer, root, names=("sst",))
+    registry.add(str(tmp_path / "faithful"))
+    with (
+        LiveServer(create_app(registry, ServeSettings(max_wait=0.05))) as live,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        bad = pool.submit(live.request, "POST", "/models/faithful", {"inputs": TEXTS, "parameters": {"reject": True}})
+        good = pool.submit(live.request, "POST", "/models/faithful", {"inputs": TEXTS})
+        status, _, body = bad.result(timeout=30)
+        assert status == 422 and "needs held-out predictions" in body["error"]
+        assert good.result(timeout=30)[0] == 200  # a query's own bad option never fails the batch it shares
 
 
 def test_unknown_adapter_is_404_naming_the_known_ones(live):
