@@ -94,10 +94,17 @@ class FewShotClassificationPipeline(Pipeline):
         kwargs.setdefault("batch_size", 8)
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
 
-    def _sanitize_parameters(self, top_k: Any = "", **kwargs: Any):
-        unknown = sorted(set(kwargs) - {"function_to_apply"})
-        if unknown:
-            raise TypeError(f"few-shot-classification got unknown arguments {unknown}; it takes top_k and batch_size.")
+    def _sanitize_parameters(self, top_k: Any = "", function_to_apply: Any = None, **kwargs: Any):
+        if kwargs:
+            raise TypeError(
+                f"few-shot-classification got unknown arguments {sorted(kwargs)}; it takes top_k and batch_size."
+            )
+        chosen = getattr(function_to_apply, "value", function_to_apply)  # a string or transformers' enum
+        if chosen is not None and str(chosen).lower() != "softmax":
+            raise ValueError(
+                f"few-shot-classification scores are the classifier's calibrated probabilities (a softmax); "
+                f"function_to_apply={function_to_apply!r} is not available."
+            )
         post: dict[str, Any] = {}
         if top_k != "":  # given, even as None: the list form of the text-classification pipeline
             post = {"top_k": check_top_k(top_k), "legacy": False}

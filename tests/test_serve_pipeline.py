@@ -110,7 +110,23 @@ def test_bad_inputs_and_arguments_name_the_fix(llama_pipe):
         pipe([3])
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         pipe(TEXTS[0], top_k=0)
+    with pytest.raises(ValueError, match="calibrated probabilities"):
+        pipe(TEXTS[0], function_to_apply="sigmoid")
+    assert pipe(TEXTS[0], function_to_apply="softmax") == pipe(TEXTS[0])
     with pytest.raises(TypeError, match="unknown arguments"):
         pipe(TEXTS[0], truncation=True)
     with pytest.raises(TypeError, match="needs a peft-dect classifier"):
         FewShotClassificationPipeline(model=object())
+
+
+def test_a_label_word_classifier_serves_with_its_own_tokenizer(bpe_tokenizer):
+    from conftest import tiny_llama
+
+    from peft_dect import LabelWordClassifier
+
+    classifier = LabelWordClassifier(
+        tiny_llama(bpe_tokenizer), bpe_tokenizer, TEMPLATE, LABEL_WORDS, show_progress=False
+    )
+    pipe = pipeline("few-shot-classification", model=classifier, tokenizer=bpe_tokenizer)
+    got = as_matrix(pipe(TEXTS, top_k=None), classifier.classes)
+    np.testing.assert_allclose(got, classifier.predict_proba(TEXTS), atol=1e-6)
