@@ -3,14 +3,15 @@
     python -m benchmarks.serve_bench --data /work/shared/data/fewshot
 
 SST-2 and CR 16-shot DecT adapters (seed 13, auto mode; a third, SST-2 seed 21 in faithful mode, for the memory
-figure) are fitted and saved, then served together on one copy of
-SmolLM2 by a real uvicorn on 127.0.0.1. `--texts` test sentences (half SST-2 for the SST-2 adapter, half CR for
-the CR adapter, interleaved) are sent by 1, 4 and 16 concurrent clients, one text per request, with micro-batching
-on and off; the reference is in-process batched `predict` over the same texts. Every run starts from an empty
-feature cache and the server keeps none, so no text is served from memory. Clients are threads of this process
-(stdlib HTTP): their CPU counts against the server's, so the ratios are conservative. Peak RSS of a server process
-with 1 and 3 adapters comes from child processes. Results go to `benchmarks/results/serve.json`; `--table` prints
-the README table from that file.
+figure) are fitted and saved, then served together on one copy of SmolLM2 by a real uvicorn on 127.0.0.1.
+`--texts` test sentences (half SST-2 for the SST-2 adapter, half CR for the CR adapter, interleaved) are sent by
+1, 4 and 16 concurrent clients, one text per request, to a server with micro-batching and to one without (both on
+the same model); the reference is in-process batched `predict` over the same texts. For each client count the
+reference, the batched and the unbatched runs follow each other, so the shared machine's changing load affects the
+three alike; ratios are taken within each such triple. The server keeps no features (`cache_max_bytes=1`), so no
+text is served from memory. The clients run in a child process (stdlib HTTP, no torch). RSS is read after
+classifying with 1, 2 and 3 adapters (`--rss-children` adds the peak RSS of fresh processes). Results go to
+`benchmarks/results/serve.json`; `--table` prints the README table from that file.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-import torch
 
 
 RESULTS = Path(__file__).parent / "results"
@@ -133,6 +132,29 @@ def load(port: int, jobs: list[tuple[str, str]], clients: int) -> dict:
     }
 
 
+def client_child(args) -> None:
+    """The load generator in its own process (no torch, no GIL shared with the server): jobs from a JSON file."""
+    jobs = [tuple(job) for job in json.loads(Path(args.jobs).read_text())]
+    print(json.dumps(load(args.client, jobs, args.clients)))
+
+
+def remote_load(port: int, jobs: list[tuple[str, str]], clients: int, workdir: Path) -> dict:
+    """`load` run by a child process."""
+    path = workdir / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    command = [sys.executable, "-m", "benchmarks.serve_bench", "--client", str(port), "--clients", str(clients)]
+    out = subprocess.run(command + ["--jobs", str(path)], capture_output=True, text=True, check=True, timeout=1200)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rss_mb() -> float:
+    """The resident set size of this process now, in MB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def rss_child(args) -> None:
     """Peak RSS of a server process holding `args.rss` adapters after classifying a few texts with each."""
     from peft_dect.embedded import load_smollm2
@@ -151,6 +173,8 @@ def rss_child(args) -> None:
 
 
 def run(args) -> dict:
+    import torch
+
     from peft_dect.embedded import load_smollm2
     from peft_dect.serving import AdapterRegistry, ServeSettings, create_app
 
@@ -165,9 +189,16 @@ def run(args) -> dict:
     jobs = [job for pair in zip(*[[(n, t) for t in tests[n][:half]] for n in ("sst2", "cr")]) for job in pair]
 
     registry = AdapterRegistry(model, tokenizer, cache_max_bytes=1)  # keeps no features: nothing served from memory
-    for name in ("sst2", "cr"):
-        registry.add(str(workdir / name))
+    registry.add(str(workdir / "sst2"))
     peft_model = registry.peft_model
+    peft_model.predict(tests["sst2"][:8], tokenizer=tokenizer, show_progress=False)  # warm-up
+    memory = [{"adapters": 1, "rss_mb": round(rss_mb(), 1)}]
+    for name in ("cr", "sst2-seed21"):
+        registry.add(str(workdir / name))
+        peft_model.set_adapter(name)
+        peft_model.predict(tests[name.split("-")[0]][:8], tokenizer=tokenizer, show_progress=False)
+        memory.append({"adapters": len(registry.names), "rss_mb": round(rss_mb(), 1)})
+    logging.info("RSS: %s", memory)
 
     def reference() -> float:
         start = time.perf_counter()
@@ -176,23 +207,23 @@ def run(args) -> dict:
             peft_model.predict(tests[name][:half], tokenizer=tokenizer, show_progress=False)
         return time.perf_counter() - start
 
-    peft_model.set_adapter("sst2")
-    peft_model.predict(tests["sst2"][:8], tokenizer=tokenizer, show_progress=False)  # warm-up
-    ref_seconds = min(reference() for _ in range(args.repeats))
-    logging.info("in-process predict: %.1f texts/s", len(jobs) / ref_seconds)
-    runs = []
+    runs, references = [], []
     on = ServeSettings(max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000, max_queue=4096)
     off = ServeSettings(batching=False, max_queue=4096)
     with Server(create_app(registry, on)) as batched, Server(create_app(registry, off)) as alone:
         for server in (batched, alone):
-            load(server.port, jobs[:8], 2)  # warm-up
-        for clients in CLIENTS:  # on and off in turn, so that the shared machine's load drifts across both alike
+            load(server.port, jobs[:4], 2)  # warm-up
+        for clients in CLIENTS:  # reference, on and off in turn: the shared machine's load drifts across all alike
+            seconds = reference()
+            references.append({"clients": clients, "seconds": seconds, "texts_per_second": len(jobs) / seconds})
+            logging.info("in-process predict: %.2f texts/s", len(jobs) / seconds)
             for batching, server in ((True, batched), (False, alone)):
-                result = load(server.port, jobs, clients) | {"batching": batching}
+                result = remote_load(server.port, jobs, clients, workdir) | {"batching": batching}
                 logging.info("%s", result)
                 runs.append(result)
+    ref_seconds = statistics.median(r["seconds"] for r in references)
     rss = []
-    if not args.no_rss:
+    if args.rss_children:
         for count in (1, 3):
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.serve_bench", "--rss", str(count), "--adapters", str(workdir)],
@@ -214,30 +245,35 @@ def run(args) -> dict:
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
         "reference": {"in_process_seconds": ref_seconds, "texts_per_second": len(jobs) / ref_seconds},
+        "references": references,
         "runs": runs,
+        "rss_after_serving": memory,
         "peak_rss": rss,
-        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "versions": {"peft_dect": peft_dect.__version__},
         "wall_seconds": time.perf_counter() - started,
     }
 
 
 def table(result: dict) -> str:
-    ref = result["reference"]["texts_per_second"]
     by = {(r["batching"], r["clients"]): r for r in result["runs"]}
+    refs = {r["clients"]: r["texts_per_second"] for r in result["references"]}
     lines = [
         "| clients | micro-batching: texts/s | p50 / p95 ms | no batching: texts/s | p50 / p95 ms "
-        "| batching vs in-process | batching vs none |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| in-process `predict`: texts/s | batching vs in-process | batching vs none |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for clients in CLIENTS:
-        on, off = by[(True, clients)], by[(False, clients)]
+        on, off, ref = by[(True, clients)], by[(False, clients)], refs[clients]
         lines.append(
-            f"| {clients} | {on['texts_per_second']:.1f} | {on['p50_ms']:.0f} / {on['p95_ms']:.0f} "
-            f"| {off['texts_per_second']:.1f} | {off['p50_ms']:.0f} / {off['p95_ms']:.0f} "
+            f"| {clients} | {on['texts_per_second']:.2f} | {on['p50_ms']:.0f} / {on['p95_ms']:.0f} "
+            f"| {off['texts_per_second']:.2f} | {off['p50_ms']:.0f} / {off['p95_ms']:.0f} | {ref:.2f} "
             f"| {100 * on['texts_per_second'] / ref:.0f} % | {on['texts_per_second'] / off['texts_per_second']:.1f}x |"
         )
-    lines.append(f"\nIn-process batched `predict` on the same {result['texts']} texts: {ref:.1f} texts/s.")
+    failed = sum(r["failed"] for r in result["runs"])
+    lines.append(f"\n{result['texts']} texts per run, one per request; failed requests: {failed}.")
+    memory = ", ".join(f"{m['adapters']} adapter(s) {m['rss_mb']:.0f} MB" for m in result["rss_after_serving"])
+    lines.append(f"RSS of the serving process after classifying with each adapter: {memory}.")
     if result["peak_rss"]:
         rss = ", ".join(f"{r['adapters']} adapter(s) {r['peak_rss_mb']:.0f} MB" for r in result["peak_rss"])
         lines.append(f"Peak RSS of a server process: {rss}.")
@@ -247,15 +283,22 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/fewshot", help="folder of the k-shot tasks (LM-BFF layout)")
-    parser.add_argument("--texts", type=int, default=96, help="test texts sent per run (half per adapter)")
+    parser.add_argument("--texts", type=int, default=64, help="test texts sent per run (half per adapter)")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=1, help="in-process reference runs (the fastest is kept)")
-    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    parser.add_argument(
+        "--rss-children", action="store_true", help="also the peak RSS of fresh processes with 1 and 3 adapters"
+    )
     parser.add_argument("--table", action="store_true", help="print the README table from the results file")
     parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)  # the child process of the RSS measurement
     parser.add_argument("--adapters", help=argparse.SUPPRESS)
+    parser.add_argument("--client", type=int, help=argparse.SUPPRESS)  # the load generator: the server's port
+    parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--jobs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client:
+        client_child(args)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("peft_dect.serving").setLevel(logging.WARNING)
     if args.rss:
