@@ -1,7 +1,8 @@
 """peft-dect: few-shot text classification on frozen or lightly tuned language models, as PEFT methods.
 
 Importing this package registers its methods with peft, so that `get_peft_model`, `PeftConfig.from_pretrained`
-and `PeftModel.from_pretrained` work on peft-dect adapters.
+and `PeftModel.from_pretrained` work on peft-dect adapters, and the ``few-shot-classification`` task with
+`transformers.pipeline`.
 """
 
 from ._enums import FEW_SHOT_CLS
@@ -10,6 +11,7 @@ from .classifier import FewShotClassifier, LabelWordClassifier
 from .dect import DecTConfig, DecTModel
 from .features import FeatureCache, Features
 from .peft_model import PeftModelForFewShotClassification
+from .pipeline import FewShotClassificationPipeline
 from .prompt_tuning import PromptEnsemble, get_prompt_tuning_model, init_soft_prompt
 from .prompting import Template, Verbalizer
 from .settings import DemonstrationConfig, PromptSettings
@@ -25,6 +27,7 @@ __all__ = [
     "DemonstrationConfig",
     "FeatureCache",
     "Features",
+    "FewShotClassificationPipeline",
     "FewShotClassifier",
     "LabelWordClassifier",
     "PeftModelForFewShotClassification",

@@ -226,6 +226,11 @@ class LabelWordClassifier(nn.Module, FewShotClassifier):
         return self.backbone.template
 
     @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter (where inputs go; `transformers.pipeline` reads it)."""
+        return next(self.model.parameters()).device
+
+    @property
     def settings(self) -> dict[str, Any]:
         """The prompt settings (template, label words, columns) as saved in `label_word_classifier.json`."""
         return self.prompt.prompt_settings()

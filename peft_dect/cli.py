@@ -1,4 +1,5 @@
-"""The `peft-dect` command line: fit, evaluate, predict with, suggest for and push DecT adapters, and run the demo.
+"""The `peft-dect` command line: fit, evaluate, predict with, suggest for, push and serve DecT adapters, and run the
+demo.
 
 This module only parses the command line, so that `peft-dect --help` answers at once; the commands themselves are
 `peft_dect.commands`, loaded (with torch, transformers and peft) once a command runs.
@@ -113,6 +114,32 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     push.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+    serve = sub.add_parser("serve", help="serve adapters over HTTP (the Hugging Face Inference API's format)")
+    serve.add_argument(
+        "adapters", nargs="+", metavar="[NAME=]ADAPTER",
+        help="adapter folders or Hub ids, all for one base model, served as /models/NAME (default NAME: the "
+        "folder's name, or the Hub id with '--' for '/')",
+    )  # fmt: skip
+    common(serve, "base model (default: the one in the first adapter's config)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key", default=os.environ.get("PEFT_DECT_API_KEY"),
+        help="bearer token every endpoint but /health and / requires (default: $PEFT_DECT_API_KEY; none if unset)",
+    )  # fmt: skip
+    serve.add_argument("--max-batch", type=int, default=64, help="texts per backbone batch (default 64)")
+    serve.add_argument("--max-wait-ms", type=float, default=10.0, help="ms a request waits for others (default 10)")
+    serve.add_argument("--max-queue", type=int, default=1024, help="texts queued before 503 (default 1024)")
+    serve.add_argument("--no-batching", action="store_true", help="run every request on its own")
+    serve.add_argument("--max-inputs", type=int, default=256, help="texts per request (default 256)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    serve.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    serve.add_argument("--max-connections", type=int, help="open connections at most (503 beyond; default: none)")
+    serve.add_argument(
+        "--feature-cache-mb", type=float, default=256.0,
+        help="memory for the features of texts seen (default 256; 0 keeps none)",
+    )  # fmt: skip
 
     demo = sub.add_parser("demo", help="DecT on SST-2 16-shot with the embedded SmolLM2, offline")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")

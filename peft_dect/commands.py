@@ -1,4 +1,4 @@
-"""What the `peft-dect` commands do: fit, evaluate, predict with and push DecT adapters, and run the demo.
+"""What the `peft-dect` commands do: fit, evaluate, predict with, push and serve DecT adapters, and run the demo.
 
 `peft_dect.cli` parses the command line and calls `run(args)`; errors a user can fix are raised as ValueError,
 TypeError, ImportError or OSError with a message naming the file, line or option.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import datasets
@@ -362,6 +363,50 @@ def cmd_demo(args) -> None:
     demo(["--quiet"] if args.quiet else [])
 
 
+def _adapter_sources(specs: list[str]) -> list[tuple[str | None, str]]:
+    """(name or None, source) of each `[NAME=]ADAPTER` of `peft-dect serve`."""
+    out = []
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        out.append((name, source) if sep and not Path(spec).exists() else (None, spec))
+    return out
+
+
+def cmd_serve(args) -> None:
+    try:
+        from .serving import AdapterRegistry, ServeSettings, run_server  # FastAPI, uvicorn: the optional serve extra
+    except ImportError as err:
+        raise ImportError(
+            f"peft-dect serve needs FastAPI and uvicorn ({err}): pip install 'peft-dect[serve]'."
+        ) from err
+    settings = ServeSettings(
+        api_key=args.api_key or None,
+        max_body_bytes=args.max_body_bytes,
+        max_inputs=args.max_inputs,
+        timeout=args.timeout,
+        max_batch=args.max_batch,
+        max_wait=args.max_wait_ms / 1000,
+        max_queue=args.max_queue,
+        batching=not args.no_batching,
+    )
+    sources = _adapter_sources(args.adapters)
+    base = args.model or PeftConfig.from_pretrained(sources[0][1]).base_model_name_or_path
+    model, tokenizer = _load_base(base, args.kind)
+    if args.feature_cache_mb < 0:
+        raise ValueError(f"--feature-cache-mb must be 0 or more, got {args.feature_cache_mb}.")
+    registry = AdapterRegistry(model, tokenizer, cache_max_bytes=max(1, int(args.feature_cache_mb * 2**20)))
+    for name, source in sources:
+        try:
+            registry.add(source, name)
+        except (ValueError, TypeError, KeyError, OSError) as err:  # one bad adapter does not stop the others
+            print(f"peft-dect serve: {source} was not loaded: {err}", file=sys.stderr)
+    if not registry.names:
+        raise ValueError("No adapter could be loaded; nothing to serve.")
+    if not args.quiet:
+        print(f"Serving {', '.join(registry.names)} on http://{args.host}:{args.port}/", file=sys.stderr)
+    run_server(registry, settings, host=args.host, port=args.port, max_connections=args.max_connections)
+
+
 def run(args) -> None:
     """Run the parsed command `args.command`."""
     COMMANDS[args.command](args)
@@ -374,4 +419,5 @@ COMMANDS = {
     "suggest": cmd_suggest,
     "push": cmd_push,
     "demo": cmd_demo,
+    "serve": cmd_serve,
 }
