@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "for its reject_rate, or the number given (an unknown_score threshold)",
     )  # fmt: skip
     pr.add_argument("--alpha", type=float, help="also print each text's conformal prediction set at this miscoverage")
+    pr.add_argument(
+        "--output",
+        help="write JSON Lines here (one record per input), streaming in batches with memory independent of the "
+        "input's length; rerun the same command after an interruption to resume after the last complete line",
+    )
+    pr.add_argument("--batch-size", type=int, default=32, help="inputs per batch with --output (default 32)")
+    pr.add_argument("--overwrite", action="store_true", help="with --output: start the output again, not resume")
     common(pr, "base model (default: the one in the adapter config)")
     remote(pr, fitting=False)
 

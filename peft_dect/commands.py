@@ -27,6 +27,7 @@ from .metrics import METRICS
 from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.saved import REMOTE_FILE
+from .stream import file_identity, predict_file
 from .tasks import get_task, load_task, sample_k_shot
 from .uncertainty import prediction_sets, probabilities
 
@@ -295,8 +296,46 @@ def cmd_evaluate(args) -> None:
     _emit(args, metrics, "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
 
 
+def _adapter_identity(folder: str) -> dict:
+    """What names an adapter for a resumable output: its folder and the SHA-256 of each file in it."""
+    root = Path(folder).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {"adapter": str(root), "files": {str(p.relative_to(root)): file_identity(p)["sha256"] for p in files}}
+
+
+def _predict_to_file(args, peft_model) -> None:
+    """`predict --output FILE`: streamed, flushed per batch, resumed after an interruption."""
+    if args.input == "-":
+        raise ValueError("--output needs an input file (it resumes by the file's identity), not standard input.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    remote = _is_remote(peft_model)
+    clf = peft_model if remote else peft_model.base_model
+    summary = predict_file(
+        clf,
+        args.input,
+        args.output,
+        batch_size=args.batch_size,
+        reject=False if args.reject is None else args.reject,
+        alpha=args.alpha,
+        identity=_adapter_identity(args.adapter) | ({"model": args.model} if args.model else {}),
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
+    resumed = f", resumed after {summary['resumed_from']}" if summary["resumed_from"] else ""
+    _emit(
+        args, summary, f"Wrote {summary['written']} predictions to {args.output}{resumed} ({summary['total']} in all)."
+    )
+
+
 def cmd_predict(args) -> None:
+    given = [name for name in ("overwrite",) if getattr(args, name, False)]
+    if given and not args.output:
+        raise ValueError("--overwrite applies with --output FILE only.")
     peft_model = _load_adapter(args)
+    if args.output:
+        _predict_to_file(args, peft_model)
+        return
     remote = _is_remote(peft_model)
     cfg = peft_model.config if remote else peft_model.active_peft_config
     columns = read_columns(args.input)

@@ -10,6 +10,7 @@ memory and optionally in a JSON-lines file, so that no prompt is ever sent twice
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -160,6 +161,18 @@ class OpenAIEndpoint:
         if self.embedding_model != self.model:
             out["embedding_model"] = self.embedding_model
         return out
+
+    @contextlib.contextmanager
+    def transient_cache(self):
+        """For the duration, answers go to a fresh in-memory cache dropped afterwards (neither the shared one nor
+        the cache file), and the per-request progress bars are off: for streamed batches, whose memory must not
+        grow with their number."""
+        shared, progress = self.cache, self.show_progress
+        self.cache, self.show_progress = ResponseCache(None, self.identity(), valid_cached), False
+        try:
+            yield
+        finally:
+            self.cache, self.show_progress = shared, progress
 
     # ---------------------------------------------------------------- public queries
     def next_token_logprobs(self, prompts: Sequence[str], desc: str = "logprobs") -> list[dict[str, float]]:
