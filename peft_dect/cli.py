@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--concurrency", type=int, help="requests in flight at once (with --endpoint; default 4)")
         p.add_argument("--request-cache", help="JSON-lines file of server answers, so no prompt is sent twice")
+        p.add_argument(
+            "--prompts-per-request",
+            help="prompts per completion request (with --endpoint): a number, or 'auto' (the default: lists of "
+            "prompts where the server takes them, found out once; else one)",
+        )
         if fitting:
             p.add_argument("--top-logprobs", type=int, help="next-token candidates asked for (default 20)")
             p.add_argument("--no-embeddings", action="store_true", help="the server has no embeddings: logit term")

@@ -169,13 +169,31 @@ def _endpoint(args, **overrides):
         "embeddings": not getattr(args, "no_embeddings", False),
         "top_logprobs": getattr(args, "top_logprobs", None) or 20,
         "max_concurrency": args.concurrency or 4,
+        "batch_size": _prompts_per_request(args),
         "cache_file": args.request_cache,
         "show_progress": not args.quiet,
     }
     return OpenAIEndpoint(args.endpoint, args.model, **(options | overrides))
 
 
-REMOTE_ONLY = ("concurrency", "request_cache", "top_logprobs", "no_embeddings", "missing_label_words")
+def _prompts_per_request(args) -> int | str:
+    """--prompts-per-request: 'auto' (default) or a positive number."""
+    value = getattr(args, "prompts_per_request", None) or "auto"
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--prompts-per-request must be 'auto' or a number >= 1, got {value!r}.")
+    return int(value)
+
+
+REMOTE_ONLY = (
+    "concurrency",
+    "request_cache",
+    "top_logprobs",
+    "no_embeddings",
+    "missing_label_words",
+    "prompts_per_request",
+)
 LOCAL_ONLY = ("cache_dir", "kind")
 
 
@@ -270,8 +288,10 @@ def _load_adapter(args):
         if args.model:
             overrides["model"] = args.model
         overrides |= {"max_concurrency": args.concurrency or 4, "cache_file": args.request_cache}
+        overrides["batch_size"] = _prompts_per_request(args)
         return BlackBoxDecT.from_pretrained(args.adapter, show_progress=not args.quiet, **overrides)
-    given = [name for name in ("endpoint", "concurrency", "request_cache") if getattr(args, name, None)]
+    remote_options = ("endpoint", "concurrency", "request_cache", "prompts_per_request")
+    given = [name for name in remote_options if getattr(args, name, None)]
     if given:
         raise ValueError(
             f"--{given[0].replace('_', '-')} applies to adapters fitted through a server (peft-dect fit --endpoint); "
