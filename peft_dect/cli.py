@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--request-cache", help="JSON-lines file of server answers, so no prompt is sent twice")
         p.add_argument(
             "--prompts-per-request",
-            help="prompts per completion request (with --endpoint): a number, or 'auto' (the default: lists of "
-            "prompts where the server takes them, found out once; else one)",
+            help="prompts per completion request (with --endpoint): a number (default 1), or 'auto': lists of "
+            "prompts where the server takes them, found out with one request, else one",
         )
         if fitting:
             p.add_argument("--top-logprobs", type=int, help="next-token candidates asked for (default 20)")

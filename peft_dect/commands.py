@@ -177,8 +177,8 @@ def _endpoint(args, **overrides):
 
 
 def _prompts_per_request(args) -> int | str:
-    """--prompts-per-request: 'auto' (default) or a positive number."""
-    value = getattr(args, "prompts_per_request", None) or "auto"
+    """--prompts-per-request: a positive number (default 1) or 'auto'."""
+    value = getattr(args, "prompts_per_request", None) or "1"
     if value == "auto":
         return value
     if not value.isdigit() or int(value) < 1:

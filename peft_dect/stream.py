@@ -99,14 +99,25 @@ def predict_stream(
     Memory does not grow with the number of inputs: each batch's features are dropped once it is predicted (the
     classifier's `streaming()`; the feature cache is bypassed, so streamed texts are neither read from nor added
     to it). Extra arguments go to `predict_logits` (DecT takes the tokenizer there). Stopping the iteration early
-    stops the work.
+    stops the work. Bad options raise here, before the first record is asked for.
     """
     check_int("batch_size", batch_size, 1)
+    if isinstance(inputs, str):
+        raise TypeError(
+            "predict_stream takes an iterable of texts (or a Dataset); to predict a file use predict_file."
+        )
+    threshold = None
     if alpha is not None:
-        threshold = classifier.calibration_or_error("A prediction set").set_threshold(check_alpha(alpha))
+        alpha = check_alpha(alpha)
+        threshold = classifier.calibration_or_error("A prediction set").set_threshold(alpha)
     if reject is not False and reject is not None:
         classifier.rejection_threshold(reject, reject_rate)  # a bad option fails before any model pass
-    kwargs = _quiet_kwargs(classifier, kwargs)
+    options = {"reject": reject, "reject_rate": reject_rate, "threshold": threshold, "show_progress": show_progress}
+    return _records(classifier, inputs, args, _quiet_kwargs(classifier, kwargs), batch_size, **options)
+
+
+def _records(classifier, inputs, args: tuple, kwargs: dict, batch_size: int, *, reject, reject_rate, threshold,
+             show_progress: bool) -> Iterator[dict[str, Any]]:  # fmt: skip
     total = len(inputs) if hasattr(inputs, "__len__") and not isinstance(inputs, Mapping) else None
     classes = list(classifier.classes)
     streaming = getattr(classifier, "streaming", None)
@@ -121,7 +132,7 @@ def predict_stream(
                 labels, extra["unknown_score"] = classifier.decide_or_reject(logits, reject, reject_rate)
             else:
                 labels = classifier.decide(logits)
-            if alpha is not None:
+            if threshold is not None:
                 extra["set"] = [[classes[c] for c in row] for row in prediction_sets(probs, threshold)]
             for i, (text, label, row) in enumerate(zip(texts, labels, probs.tolist())):
                 record = {"text": text, "label": label, "probabilities": dict(zip(classes, row))}

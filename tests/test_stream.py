@@ -133,9 +133,11 @@ def test_an_endless_stream_holds_a_bounded_number_of_tensors(dect):
 
 def test_a_bad_batch_size_is_refused(dect):
     with pytest.raises(ValueError, match="batch_size"):
-        next(dect.predict_stream(texts(3), batch_size=0))
+        dect.predict_stream(texts(3), batch_size=0)  # at the call, before any record is asked for
     with pytest.raises(TypeError, match="predict_file"):
-        next(dect.predict_stream("one text"))
+        dect.predict_stream("one text")
+    with pytest.raises(ValueError, match="alpha"):
+        dect.predict_stream(texts(3), alpha=1.5)
 
 
 # ---------------------------------------------------------------- files and resumption
