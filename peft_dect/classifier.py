@@ -13,9 +13,10 @@ training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import datasets
@@ -34,6 +35,7 @@ from .prior_shift import adapt_prior
 from .prompting import Template, Verbalizer
 from .saving import CLASSIFIER_FORMAT, adapter_folder, check_adapter_folder, read_json_object, staged_folder
 from .settings import PROMPT_FIELDS, PromptSettings
+from .stream import predict_stream
 from .uncertainty_methods import UncertaintyMethods
 
 
@@ -67,6 +69,32 @@ class FewShotClassifier(UncertaintyMethods):
     def read_targets(self, data) -> torch.Tensor:
         """The targets of labelled data (class indices), checked against its texts."""
         raise NotImplementedError
+
+    def streaming(self) -> contextlib.AbstractContextManager:
+        """A context under which predicted inputs leave nothing behind: a method that caches features (DecT) or
+        server answers (black-box DecT) bypasses its cache, so that streaming predictions take memory independent
+        of their number. Used by `predict_stream` around each batch; this default keeps nothing anyway."""
+        return contextlib.nullcontext()
+
+    def predict_stream(
+        self,
+        inputs,
+        *args: Any,
+        batch_size: int = 32,
+        reject: bool | float = False,
+        reject_rate: float | None = None,
+        alpha: float | None = None,
+        show_progress: bool = True,
+        **kwargs: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """Predict a `datasets.Dataset`, a dict of columns or any iterable of texts, pairs or row dicts (a
+        generator, an `IterableDataset`) in batches of `batch_size`, yielding one record per input as each batch
+        is done: `{"text", "label", "probabilities": {class: p}}`, with `"unknown_score"` when `reject` is given
+        (as `predict(reject=...)`) and `"set"` with `alpha` (as `predict_set`). Memory does not grow with the
+        number of inputs (the feature cache is bypassed); see `peft_dect.stream.predict_stream`, and
+        `peft_dect.stream.predict_file` for files with resumption."""
+        options = {"reject": reject, "reject_rate": reject_rate, "alpha": alpha, "show_progress": show_progress}
+        return predict_stream(self, inputs, *args, batch_size=batch_size, **options, **kwargs)
 
     @property
     def evaluations(self) -> list[dict[str, Any]]:

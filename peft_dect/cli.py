@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--concurrency", type=int, help="requests in flight at once (with --endpoint; default 4)")
         p.add_argument("--request-cache", help="JSON-lines file of server answers, so no prompt is sent twice")
+        p.add_argument(
+            "--prompts-per-request",
+            help="prompts per completion request (with --endpoint): a number (default 1), or 'auto': lists of "
+            "prompts where the server takes them, found out with one request, else one",
+        )
         if fitting:
             p.add_argument("--top-logprobs", type=int, help="next-token candidates asked for (default 20)")
             p.add_argument("--no-embeddings", action="store_true", help="the server has no embeddings: logit term")
@@ -97,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         "for its reject_rate, or the number given (an unknown_score threshold)",
     )  # fmt: skip
     pr.add_argument("--alpha", type=float, help="also print each text's conformal prediction set at this miscoverage")
+    pr.add_argument(
+        "--output",
+        help="write JSON Lines here (one record per input), streaming in batches with memory independent of the "
+        "input's length; rerun the same command after an interruption to resume after the last complete line",
+    )
+    pr.add_argument("--batch-size", type=int, default=32, help="inputs per batch with --output (default 32)")
+    pr.add_argument("--overwrite", action="store_true", help="with --output: start the output again, not resume")
     common(pr, "base model (default: the one in the adapter config)")
     remote(pr, fitting=False)
 

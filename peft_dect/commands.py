@@ -28,6 +28,7 @@ from .metrics import METRICS
 from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.saved import REMOTE_FILE
+from .stream import file_identity, predict_file
 from .tasks import get_task, load_task, sample_k_shot
 from .uncertainty import prediction_sets, probabilities
 
@@ -169,13 +170,31 @@ def _endpoint(args, **overrides):
         "embeddings": not getattr(args, "no_embeddings", False),
         "top_logprobs": getattr(args, "top_logprobs", None) or 20,
         "max_concurrency": args.concurrency or 4,
+        "batch_size": _prompts_per_request(args),
         "cache_file": args.request_cache,
         "show_progress": not args.quiet,
     }
     return OpenAIEndpoint(args.endpoint, args.model, **(options | overrides))
 
 
-REMOTE_ONLY = ("concurrency", "request_cache", "top_logprobs", "no_embeddings", "missing_label_words")
+def _prompts_per_request(args) -> int | str:
+    """--prompts-per-request: a positive number (default 1) or 'auto'."""
+    value = getattr(args, "prompts_per_request", None) or "1"
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--prompts-per-request must be 'auto' or a number >= 1, got {value!r}.")
+    return int(value)
+
+
+REMOTE_ONLY = (
+    "concurrency",
+    "request_cache",
+    "top_logprobs",
+    "no_embeddings",
+    "missing_label_words",
+    "prompts_per_request",
+)
 LOCAL_ONLY = ("cache_dir", "kind")
 
 
@@ -270,8 +289,10 @@ def _load_adapter(args):
         if args.model:
             overrides["model"] = args.model
         overrides |= {"max_concurrency": args.concurrency or 4, "cache_file": args.request_cache}
+        overrides["batch_size"] = _prompts_per_request(args)
         return BlackBoxDecT.from_pretrained(args.adapter, show_progress=not args.quiet, **overrides)
-    given = [name for name in ("endpoint", "concurrency", "request_cache") if getattr(args, name, None)]
+    remote_options = ("endpoint", "concurrency", "request_cache", "prompts_per_request")
+    given = [name for name in remote_options if getattr(args, name, None)]
     if given:
         raise ValueError(
             f"--{given[0].replace('_', '-')} applies to adapters fitted through a server (peft-dect fit --endpoint); "
@@ -296,8 +317,46 @@ def cmd_evaluate(args) -> None:
     _emit(args, metrics, "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
 
 
+def _adapter_identity(folder: str) -> dict:
+    """What names an adapter for a resumable output: its folder and the SHA-256 of each file in it."""
+    root = Path(folder).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {"adapter": str(root), "files": {str(p.relative_to(root)): file_identity(p)["sha256"] for p in files}}
+
+
+def _predict_to_file(args, peft_model) -> None:
+    """`predict --output FILE`: streamed, flushed per batch, resumed after an interruption."""
+    if args.input == "-":
+        raise ValueError("--output needs an input file (it resumes by the file's identity), not standard input.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    remote = _is_remote(peft_model)
+    clf = peft_model if remote else peft_model.base_model
+    summary = predict_file(
+        clf,
+        args.input,
+        args.output,
+        batch_size=args.batch_size,
+        reject=False if args.reject is None else args.reject,
+        alpha=args.alpha,
+        identity=_adapter_identity(args.adapter) | ({"model": args.model} if args.model else {}),
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
+    resumed = f", resumed after {summary['resumed_from']}" if summary["resumed_from"] else ""
+    _emit(
+        args, summary, f"Wrote {summary['written']} predictions to {args.output}{resumed} ({summary['total']} in all)."
+    )
+
+
 def cmd_predict(args) -> None:
+    given = [name for name in ("overwrite",) if getattr(args, name, False)]
+    if given and not args.output:
+        raise ValueError("--overwrite applies with --output FILE only.")
     peft_model = _load_adapter(args)
+    if args.output:
+        _predict_to_file(args, peft_model)
+        return
     remote = _is_remote(peft_model)
     cfg = peft_model.config if remote else peft_model.active_peft_config
     columns = read_columns(args.input)

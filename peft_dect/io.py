@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -169,3 +170,127 @@ def require_columns(columns: dict[str, list], path: str, needed: list[str]) -> N
     missing = [c for c in needed if c not in columns]
     if missing:
         raise ValueError(f"{path} has no column(s) {missing}; its columns are {list(columns)}.")
+
+
+def iter_records(path: str, fmt: str | None = None) -> Iterator[tuple[int, dict]]:
+    """(file line, record) for each record of a file, read lazily: memory does not grow with the file's length.
+
+    The formats and checks are `read_columns`'s (one record per line; a CSV field over several lines, a repeated
+    header name or a row of another width is refused naming the file and line); a `.txt` file or standard input
+    gives `{"text": line}` per non-empty line. Unlike `read_columns`, a JSON Lines record missing a field that
+    others have is not detected (that needs the whole file); the classifier's column check refuses it.
+    """
+    fmt = fmt or detect_format(path)
+    if fmt not in (*FORMATS, "lines"):
+        raise ValueError(f"Unknown format {fmt!r}; use one of {FORMATS}.")
+    where = "standard input" if path == "-" else path
+    handle = (
+        io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+        if path == "-"
+        else open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 (closed in the finally below)
+    )
+    state = {"line": 0}
+
+    def lines() -> Iterator[str]:
+        while True:
+            try:
+                line = handle.readline()
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{where}:{state['line'] + 1}: the input is not valid UTF-8 (byte {err.object[err.start]:#04x}); "
+                    "convert it with `iconv -t UTF-8` or save it as UTF-8."
+                ) from None
+            if not line:
+                return
+            state["line"] += 1
+            yield line
+
+    try:
+        if fmt == "lines":
+            yield from _lazy_lines(lines(), state, where)
+        elif fmt == "jsonl":
+            yield from _lazy_jsonl(lines(), state, where)
+        else:
+            yield from _lazy_delimited(lines(), state, where, fmt)
+    finally:
+        if path != "-":
+            handle.close()
+        else:
+            handle.detach()
+
+
+def _lazy_lines(lines: Iterator[str], state: dict, where: str) -> Iterator[tuple[int, dict]]:
+    found = False
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if text.strip():
+            found = True
+            yield state["line"], {"text": text}
+    if not found:
+        raise ValueError(f"{where} has no text: give one input per line.")
+
+
+def _lazy_jsonl(lines: Iterator[str], state: dict, where: str) -> Iterator[tuple[int, dict]]:
+    found = False
+    for line in lines:
+        if not line.strip():
+            continue
+        n = state["line"]
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}:{n}: not a JSON object ({err.msg}).") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}:{n}: expected a JSON object per line, got {type(row).__name__}.")
+        found = True
+        yield n, row
+    if not found:
+        raise ValueError(f'{where} has no JSON objects; it needs one object per line, e.g. {{"text": "..."}}.')
+
+
+def _lazy_delimited(lines: Iterator[str], state: dict, where: str, fmt: str) -> Iterator[tuple[int, dict]]:
+    reader = (
+        csv.reader(lines, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE)
+        if fmt == "tsv"
+        else csv.reader(lines)
+    )
+    header: list[str] | None = None
+    start = 1
+    found = False
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise ValueError(f"{where}:{start}: not valid {fmt.upper()} ({err}, by line {state['line']}).") from None
+        end = state["line"]
+        if any("\n" in field or "\r" in field for field in row):
+            raise ValueError(
+                f"{where}:{start}: a quoted field runs over lines {start}-{end}. peft-dect reads one record per "
+                "line, so this is usually an unbalanced quote merging the rows after it: close the quote (write a "
+                'quote inside a field as ""), or replace line breaks inside texts by spaces.'
+            )
+        n, start = start, end + 1
+        if header is None:
+            header = row
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise ValueError(
+                    f"{where}:1: column(s) {repeated} appear more than once in the header; give every column its "
+                    "own name."
+                )
+            continue
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(
+                f"{where}:{n}: expected {len(header)} fields ({', '.join(header)}), got {len(row)}. "
+                + ("TSV fields are separated by tabs and never quoted." if fmt == "tsv" else "")
+            )
+        found = True
+        yield n, dict(zip(header, row))
+    if header is None:
+        raise ValueError(f"{where} is empty; it needs a header row and at least one data row.")
+    if not found:
+        raise ValueError(f"{where} has a header row ({', '.join(header)}) but no data rows.")

@@ -97,3 +97,31 @@ def test_sst2_fit_through_the_server_matches_in_process(server_url, smollm2, tmp
     # the same answers from the request cache; the loaded tensors may sit at other alignments, so BLAS may round
     # the 576-wide products differently in the last bits
     assert torch.allclose(loaded.predict_logits(test[:10]), remote.predict_logits(test[:10]), atol=1e-5, rtol=0)
+
+
+def test_one_request_scores_every_label_word_and_a_list_is_refused_once(server_url):
+    """llama-cpp-python's server answers 1,000 candidates (the label words among them, with the values a forced
+    token reports) and refuses a list of prompts (HTTP 500): `batch_size="auto"` finds that out with one request."""
+    prompts = [
+        "a gorgeous, moving film. In summary, it was",
+        "the plot is thin and the acting wooden. In summary, it was",
+        "an honest, funny and warm story. In summary, it was",
+    ]
+    ep = OpenAIEndpoint(server_url, "smollm2", batch_size="auto", show_progress=False)
+    tops = ep.next_token_logprobs(prompts, keep=[" bad", " great"])
+    assert ep.batching is False and ep.batch_size == 1
+    assert ep.stats.completion_requests == len(prompts) + 1 and ep.stats.retries == 0
+    for word in (" bad", " great"):
+        forced = ep.forced_logprobs([(p, ep.tokenize(word)[0]) for p in prompts])
+        assert all(abs(top[word] - value) < 1e-4 for top, value in zip(tops, forced))
+
+
+def test_fit_through_the_server_costs_two_requests_per_input(server_url):
+    """One completion and one embedding per input; rarely a label word beyond the 1,000 candidates (on this split
+    one score of 66) costs one forced request, and `batch_size="auto"` one refused list."""
+    data = load_task("SST-2", packaged_data_dir(), seed=13)
+    ep = OpenAIEndpoint(server_url, "smollm2", max_concurrency=2, batch_size="auto", show_progress=False)
+    report = BlackBoxDecT(DecTConfig(template=TEMPLATE, label_words=WORDS), ep).fit(data["train"])
+    n = len(data["train"]) + 1
+    assert report["embedding_requests"] == n and report["label_word_requests"] <= 2
+    assert report["completion_requests"] == n + 1 + report["label_word_requests"]

@@ -264,6 +264,13 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
             self.state(name).content_free = None
 
     @serialized
+    def streaming(self):
+        """Under this context, predicted inputs bypass the feature cache (its memory bound and its folder too): the
+        features of a streamed batch are dropped once it is predicted, so that `predict_stream` takes memory
+        independent of the number of inputs."""
+        return self.sources.transient_cache()
+
+    @serialized
     def reset_adapter(self, adapter_name: str | None = None) -> None:
         """Forget an adapter's fit and calibration: back to its seeded initial state (zero-shot predictions)."""
         name = adapter_name or self.active_name

@@ -8,6 +8,7 @@ no model pass.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -184,6 +185,21 @@ class AdapterSources:
             self.cache.absorb(previous)
         for bb in self.backbones.values():
             bb.cache = self.cache
+
+    @contextlib.contextmanager
+    def transient_cache(self):
+        """For the duration, every backbone uses a fresh in-memory cache that is dropped afterwards: features of
+        the inputs predicted meanwhile (a streamed batch) are neither read from nor added to the shared cache."""
+        shared = self.cache
+        self.cache = FeatureCache()
+        for bb in self.backbones.values():
+            bb.cache = self.cache
+        try:
+            yield
+        finally:
+            self.cache = shared
+            for bb in self.backbones.values():  # also those built meanwhile
+                bb.cache = shared
 
     def write_pool(self, folder: str, name: str) -> None:
         """Save adapter `name`'s demonstration pool beside its config."""

@@ -124,6 +124,11 @@ class BlackBoxDecT(ConfigUncertainty, FewShotClassifier):
         """Class logits (N, C) for texts, (text_a, text_b) pairs, a dict of columns or a Dataset."""
         return self.core.logits(inputs)
 
+    def streaming(self):
+        """Under this context the server's answers bypass the request cache (memory and file), so that
+        `predict_stream` takes memory independent of the number of inputs."""
+        return self.endpoint.transient_cache()
+
     # ---------------------------------------------------------------- saving and loading
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write adapter_config.json, the decoder as safetensors, the endpoint settings (no API key) and a card."""

@@ -23,8 +23,9 @@ class RemoteBackbone:
     """Features of prompted inputs from an `OpenAIEndpoint`: one log-probability query and one embedding per prompt.
 
     The prompt is the template rendered for a causal LM (it ends where the label word would follow). A class's score
-    is the mean (or max) of its label words' next-token log-probabilities, each word looked up in the server's top
-    `top_logprobs` candidates by its text: with a leading space when the template has one before `{mask}`. A label
+    is the mean (or max) of its label words' next-token log-probabilities, each word looked up by its text in the
+    server's top candidates (the endpoint's `label_logprobs`, 1,000 by default, so that one request usually scores
+    every class): with a leading space when the template has one before `{mask}`. A label
     word missing from the candidates is, with `missing="exact"` (default), scored by one more request that forces its
     (first) token with `logit_bias` and reads its log-probability; the value is checked to lie below the top
     candidates' (a server that ignores the bias, or reports biased values, gives an error). The token id comes from
@@ -180,7 +181,8 @@ class RemoteBackbone:
             self._checked_words = True
         texts_b = texts_b if texts_b is not None else [None] * len(texts_a)
         prompts = [self.render(a, b) for a, b in zip(texts_a, texts_b)]
-        tops = self.endpoint.next_token_logprobs(prompts, desc=f"{desc} (log-probs)")
+        words = [word for words in self.word_texts for word in words]
+        tops = self.endpoint.next_token_logprobs(prompts, desc=f"{desc} (log-probs)", keep=words)
         label_logits = self.label_scores(tops, prompts)
         if self.endpoint.embeddings:
             vectors = self.endpoint.embed(prompts, desc=f"{desc} (embeddings)")
