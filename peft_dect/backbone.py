@@ -448,14 +448,18 @@ class Backbone:
         prefix = None  # (tokens, key/value cache) of the last shared prefix, reused by the next batch with it
         with self.evaluating():
             for chunk in tqdm(batches, desc=desc, disable=not show, unit="batch"):
-                if self.runner is not None:  # the body in llama.cpp, the head here at the prediction position
+                if self.runner is not None:  # the body in llama.cpp; the head below, once every batch is done
                     hidden = self.runner.hidden([ids[i] for i in chunk])
-                    feats = Features(hidden, self._head_scores(hidden))
+                    feats = Features(hidden, hidden.new_zeros(len(chunk), 0))
                 else:
                     feats, prefix = self._forward_rows([ids[i] for i in chunk], prefix)
                 parts.append(Features(feats.hidden.cpu(), feats.label_logits.cpu()))
                 self.passes += len(chunk)
-        new = Features.cat(parts)
+            new = Features.cat(parts)
+            if self.runner is not None:
+                # PyTorch's head between llama.cpp's batches would leave both thread pools spinning on the same
+                # cores (each waits for work a while after its own), halving llama.cpp's speed on a small CPU
+                new = Features(new.hidden, self._head_scores(new.hidden))
         # Leave inference mode: cached tensors must be usable by autograd later (decoder training).
         return Features(new.hidden.clone(), new.label_logits.clone())
 

@@ -76,18 +76,19 @@ def _columns(columns: dict[str, list], lines: list[int]) -> Columns:
     return out
 
 
+def json_line(line: str, where, n: int) -> dict:
+    """One JSON Lines row as a dict, or a ValueError naming the file and line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}:{n}: not a JSON object ({err.msg}).") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}:{n}: expected a JSON object per line, got {type(row).__name__}.")
+    return row
+
+
 def _read_jsonl(path: str, text: str) -> Columns:
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not a JSON object ({err.msg}).") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}.")
-        rows.append((n, row))
+    rows = [(n, json_line(line, path, n)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not rows:
         raise ValueError(f'{path} has no JSON objects; it needs one object per line, e.g. {{"text": "..."}}.')
     names = list(dict.fromkeys(k for _, row in rows for k in row))
@@ -236,12 +237,7 @@ def _lazy_jsonl(lines: Iterator[str], state: dict, where: str) -> Iterator[tuple
         if not line.strip():
             continue
         n = state["line"]
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}:{n}: not a JSON object ({err.msg}).") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}:{n}: expected a JSON object per line, got {type(row).__name__}.")
+        row = json_line(line, where, n)
         found = True
         yield n, row
     if not found:
