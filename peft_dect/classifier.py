@@ -30,12 +30,13 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from .backbone import Backbone
 from .cards import RunRecord
 from .introspect import unwrap_peft
-from .metrics import metric_value, resolve_metric
+from .metrics import MULTI_LABEL_METRICS, metric_value, multi_label_value, resolve_metric
 from .prior_shift import adapt_prior
 from .prompting import Template, Verbalizer
 from .saving import CLASSIFIER_FORMAT, adapter_folder, check_adapter_folder, read_json_object, staged_folder
 from .settings import PROMPT_FIELDS, PromptSettings
 from .stream import predict_stream
+from .uncertainty import probabilities
 from .uncertainty_methods import UncertaintyMethods
 
 
@@ -52,6 +53,10 @@ class FewShotClassifier(UncertaintyMethods):
 
     Extra positional and keyword arguments of `predict`, `predict_proba` and `evaluate` go to `predict_logits`
     (DecT takes the tokenizer and `show_progress` there).
+
+    A multi-label classifier (`multi_label` True) gives per-class log-odds as logits: `predict_proba` is then
+    sigmoid(logits / T), `predict` the classes at or above `thresholds` (or `threshold=`), and `evaluate` reports
+    micro-F1, macro-F1, exact match and Hamming loss.
     """
 
     default_metrics: tuple[str, ...] = ("accuracy",)
@@ -61,6 +66,73 @@ class FewShotClassifier(UncertaintyMethods):
     @property
     def classes(self) -> Sequence[str]:
         raise NotImplementedError
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether a text may belong to several classes (independent per-class probabilities)."""
+        return False
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Per-class probability thresholds of a multi-label classifier (None: 0.5 for every class)."""
+        return None
+
+    def probabilities_of(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, C) of class logits: softmax(logits / T), or sigmoid(logits / T) per class when
+        multi-label."""
+        if self.multi_label:
+            return torch.sigmoid(logits.float() / self.temperature)
+        return probabilities(logits, self.temperature)
+
+    def predict_proba(self, inputs, *args: Any, **kwargs: Any) -> np.ndarray:
+        """Class probabilities (N, C), columns in the order of the classes, calibrated by the fitted temperature;
+        independent per class (rows need not sum to 1) for a multi-label classifier."""
+        return self.probabilities_of(self.checked_logits(inputs, *args, **kwargs)).numpy()
+
+    def predict(
+        self,
+        inputs,
+        *args: Any,
+        reject: bool | float = False,
+        reject_rate: float | None = None,
+        threshold: float | Sequence[float] | None = None,
+        **kwargs: Any,
+    ):
+        """Predicted class names (see `UncertaintyMethods.predict` for `reject`); for a multi-label classifier a list
+        of class names per input, those whose probability is at least its threshold (`threshold`: one probability
+        for every class or one per class, instead of the fitted `thresholds`)."""
+        if not self.multi_label:
+            if threshold is not None:
+                raise ValueError("threshold= is for multi-label classifiers (multi_label=True); use reject= here.")
+            return super().predict(inputs, *args, reject=reject, reject_rate=reject_rate, **kwargs)
+        if reject is not False and reject is not None:
+            self.single_label_only("predict(reject=...)")
+        return self.decide(self.checked_logits(inputs, *args, **kwargs), threshold)
+
+    def single_label_only(self, what: str) -> None:
+        """Refuse a single-label feature on a multi-label classifier, naming it."""
+        if self.multi_label:
+            raise ValueError(
+                f"{what} works on one class per input and is not available for a multi-label classifier; use "
+                "predict_proba and the per-class thresholds instead."
+            )
+
+    def threshold_tensor(self, threshold: float | Sequence[float] | None = None) -> torch.Tensor:
+        """The decision thresholds (C,) of a multi-label classifier: `threshold` (one or one per class), else the
+        fitted `thresholds`, else 0.5."""
+        value = self.thresholds if threshold is None else threshold
+        if value is None:
+            value = 0.5
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [float(value)] * len(self.classes)
+        if not isinstance(value, Sequence) or len(value) != len(self.classes):
+            raise ValueError(
+                f"threshold must be one probability or {len(self.classes)} (one per class), got {value!r}."
+            )
+        for t in value:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+                raise ValueError(f"A threshold must be a probability in [0, 1], got {t!r}.")
+        return torch.tensor([float(t) for t in value])
 
     def predict_logits(self, inputs, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Class logits (N, C) for texts, (text_a, text_b) pairs, a dict of columns or a Dataset."""
@@ -116,19 +188,37 @@ class FewShotClassifier(UncertaintyMethods):
                 "its weights or the model's features hold NaN or infinite values; fit it again or load an intact copy."
             )
         if prior_shift:  # on the calibrated probabilities, scaled back so that predict_proba's 1 / T gives them
+            self.single_label_only("prior_shift=True")
             t = self.temperature
             logits, _ = adapt_prior(logits / t)
             logits = logits * t
         return logits
 
-    def decide(self, logits: torch.Tensor) -> list:
-        """Predictions from class logits: the class names of the largest logits."""
-        return [self.classes[i] for i in logits.argmax(-1).tolist()]
+    def decide(self, logits: torch.Tensor, threshold: float | Sequence[float] | None = None) -> list:
+        """Predictions from class logits: the class names of the largest logits; for a multi-label classifier, per
+        input the list of classes (in class order) whose probability reaches its threshold."""
+        if not self.multi_label:
+            return [self.classes[i] for i in logits.argmax(-1).tolist()]
+        chosen = self.probabilities_of(logits) >= self.threshold_tensor(threshold)
+        return [[self.classes[c] for c in row.nonzero()[:, 0].tolist()] for row in chosen]
 
     def score(self, logits: torch.Tensor, targets, metric: Metric | None = None) -> dict[str, float]:
-        """Metrics of class logits against targets: `metric` (a name or a callable), else `default_metrics`."""
-        predictions = logits.argmax(-1).numpy()
-        return compute_metrics(metric, self.default_metrics, predictions, np.asarray(targets))
+        """Metrics of class logits against targets: `metric` (a name or a callable), else `default_metrics`; for a
+        multi-label classifier, of its (N, C) 0/1 decisions against multi-hot targets (`MULTI_LABEL_METRICS`, or a
+        callable of the two matrices)."""
+        if not self.multi_label:
+            predictions = logits.argmax(-1).numpy()
+            return compute_metrics(metric, self.default_metrics, predictions, np.asarray(targets))
+        decided = (self.probabilities_of(logits) >= self.threshold_tensor()).numpy()
+        references = np.asarray(targets) > 0.5
+        if metric is None:
+            return {name: multi_label_value(name, decided, references) for name in MULTI_LABEL_METRICS}
+        if isinstance(metric, str) and metric in MULTI_LABEL_METRICS:
+            return {metric: multi_label_value(metric, decided, references)}
+        if isinstance(metric, str):
+            raise ValueError(f"Unknown multi-label metric {metric!r}; give one of {', '.join(MULTI_LABEL_METRICS)}.")
+        name, fn = resolve_metric(metric)
+        return {name: fn(decided, references)}
 
     def evaluate(
         self,

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--mode", choices=["auto", "faithful"], default="auto")
     fit.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="several classes per text: labels as 'a|b|c' in CSV/TSV, lists in JSON Lines; predict prints sets",
+    )
+    fit.add_argument(
         "--metric",
         choices=["accuracy", "f1", "macro_f1", "matthews_correlation"],
         help="what auto mode maximises on held-out data (default: the task's metric, else accuracy)",

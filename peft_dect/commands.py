@@ -30,7 +30,7 @@ from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.saved import REMOTE_FILE
 from .stream import file_identity, predict_file
 from .tasks import get_task, load_task, sample_k_shot
-from .uncertainty import prediction_sets, probabilities
+from .uncertainty import prediction_sets
 
 
 EMBEDDED = "smollm2"
@@ -117,7 +117,10 @@ def _check_labels(args, config, splits: tuple[str, ...]) -> None:
         if path:
             columns = _file(args, split)
             with _located(path, columns):
-                read_labels(columns, config.classes, config.label_column, warn_missing=False)
+                if config.multi_label:
+                    config.read_labels(columns, warn_missing=False)
+                else:
+                    read_labels(columns, config.classes, config.label_column, warn_missing=False)
 
 
 def _label_words(text: str | None) -> dict | None:
@@ -263,6 +266,7 @@ def cmd_fit(args) -> None:
         text_column=args.text_column or ("text_a" if spec else None),
         text_pair_column=args.text_pair_column or ("text_b" if spec else None),
         label_column=args.label_column,
+        multi_label=args.multi_label,
     )
     _check_labels(args, config, ("train", "eval"))
     if args.endpoint:
@@ -374,7 +378,7 @@ def cmd_predict(args) -> None:
     )
     clf = peft_model if remote else peft_model.base_model
     logits = clf.checked_logits(columns, **({} if remote else {"show_progress": not args.quiet}))
-    probs = probabilities(logits, clf.temperature).numpy()
+    probs = clf.probabilities_of(logits).numpy()
     labels = clf.decide(logits)
     classes = cfg.classes
     extra: dict[str, list] = {}
@@ -391,6 +395,7 @@ def cmd_predict(args) -> None:
             print(json.dumps(record | {k: v[i] for k, v in extra.items()}))
         else:
             shown = [f"{v[i]:.4f}" if k == "unknown_score" else "|".join(v[i]) for k, v in extra.items()]
+            label = "|".join(label) if isinstance(label, list) else label  # a multi-label adapter's set
             print("\t".join(["-" if label is None else label, *(f"{p:.4f}" for p in row), *shown]))
 
 

@@ -190,6 +190,11 @@ def _read_labels(data: Any, classes: Sequence[str], column: str, warn_missing: b
     index = {c: i for i, c in enumerate(classes)}
     out = []
     for row, value in enumerate(data[column]):
+        if isinstance(value, (list, tuple)):
+            raise ValueError(
+                f"Row {row} has a list of labels ({_short(value)}), but this classifier takes one class per row: "
+                "for several labels per text use a multi-label adapter (multi_label=True)."
+            )
         value = _scalar(value, row)
         if names is not None and isinstance(value, int) and 0 <= value < len(names):
             value = names[value]
@@ -217,6 +222,88 @@ def _read_labels(data: Any, classes: Sequence[str], column: str, warn_missing: b
             missing,
         )
     return labels
+
+
+def _is_multi_hot(value: list, names: list[str] | None) -> bool:
+    """Whether a row's list is a multi-hot vector: floats or booleans, or integers of a plain (not ClassLabel)
+    column that are all 0 or 1 with at least one 0 (``[1, 0, 1]``); a list of integer indices otherwise."""
+    if not value or not all(isinstance(v, (int, float)) for v in value):
+        return False
+    if any(isinstance(v, (bool, float)) for v in value):
+        return True
+    return names is None and set(value) <= {0, 1} and 0 in value and len(value) > 1
+
+
+def read_multi_labels(
+    data: Any, classes: Sequence[str], column: str = "labels", *, warn_missing: bool = True
+) -> torch.Tensor:
+    """Multi-hot targets (N, C) float of the label sets in `data[column]`.
+
+    A row is a list of class names (or of integer indices, as a `datasets.Sequence(ClassLabel)` column stores
+    them), a multi-hot vector of width C (floats or booleans, or integers 0/1 with at least one 0: see
+    `_is_multi_hot`), a string of class names separated by ``|`` (``"card|why"``, as CSV and TSV files give them;
+    ``""`` for none), or a single label (read as a one-element list); an empty list is a row to which no class
+    applies. Errors name the row and the bad class; every row empty is refused; a class with no
+    positive row is warned about.
+    """
+    if isinstance(data, (list, tuple, str)):
+        raise TypeError(
+            "Labelled data must be a datasets.Dataset or a dict of columns with a label column, "
+            f"e.g. {{'text': [...], {column!r}: [['a', 'b'], []]}}; got a {type(data).__name__} of texts."
+        )
+    columns = column_names(data)
+    if column not in columns:
+        raise ValueError(f"The label column {column!r} is not in the data (columns: {columns}); set label_column.")
+    names = None
+    feature = getattr(data, "features", {}).get(column) if hasattr(data, "features") else None
+    inner = getattr(feature, "feature", None)
+    if inner is not None and hasattr(inner, "names"):
+        names = list(inner.names)
+    index = {c: i for i, c in enumerate(classes)}
+    out = torch.zeros(len(data[column]), len(classes))
+    for row, value in enumerate(data[column]):
+        if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+            value = value.tolist()
+        if isinstance(value, str):  # a CSV / TSV cell: class names separated by "|" ("" for none)
+            value = [v.strip() for v in value.split("|") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # one label: a one-element set
+        if _is_multi_hot(value, names):
+            if len(value) != len(classes):
+                raise ValueError(
+                    f"Row {row} is a multi-hot vector of width {len(value)}, but there are {len(classes)} classes; "
+                    "give one 0/1 entry per class of label_words, in their order (or a list of class names)."
+                )
+            out[row] = torch.tensor([float(v) for v in value])
+            continue
+        for v in value:
+            if names is not None and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(names):
+                v = names[v]
+            key = str(v)
+            if key in index:
+                out[row, index[key]] = 1.0
+            elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(classes):
+                out[row, v] = 1.0
+            else:
+                raise ValueError(
+                    f"Row {row} has label {v!r} in {_short(value)}, which label_words does not name. Known classes: "
+                    f"{list(classes)}. Add the class to label_words or fix the data."
+                )
+    if out.numel() and not bool(((out == 0) | (out == 1)).all()):
+        raise ValueError("Multi-hot label vectors must hold 0 and 1 only.")
+    if len(out) and not bool(out.any()):
+        raise ValueError(
+            "Every row has an empty label set: a multi-label fit needs rows with at least one class. Check the "
+            f"label column {column!r}."
+        )
+    missing = [classes[c] for c in range(len(classes)) if len(out) and not bool(out[:, c].any())]
+    if missing and warn_missing:
+        logger.warning(
+            "Classes %s have no positive example in the data: nothing teaches the decoder those classes; they are "
+            "decided by their label words and the shared threshold.",
+            missing,
+        )
+    return out
 
 
 def split_by_label(data: Any, column: str, label: str) -> tuple[Any, Any]:

@@ -14,6 +14,8 @@ import numpy as np
 
 
 METRICS = ("accuracy", "f1", "macro_f1", "matthews_correlation", "pearson", "spearman")
+MULTI_LABEL_METRICS = ("micro_f1", "macro_f1", "exact_match", "hamming_loss")
+"""Metrics of multi-label predictions, (N, C) 0/1 matrices: `multi_label_value`."""
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -65,6 +67,27 @@ def metric_value(name: str, predictions, references) -> float:
     if name == "spearman":
         return _pearson(_ranks(pred), _ranks(ref))
     raise ValueError(f"Unknown metric {name!r}; known metrics: {', '.join(METRICS)}.")
+
+
+def multi_label_value(name: str, predictions, references) -> float:
+    """One metric of (N, C) 0/1 prediction and reference matrices, as scikit-learn computes it: micro F1 (counts
+    pooled over classes), macro F1 (over every class, a class with no positive anywhere scoring 0), exact match
+    (rows whose whole label set is right) or Hamming loss (share of wrong cells)."""
+    pred, ref = np.asarray(predictions, dtype=bool), np.asarray(references, dtype=bool)
+    if pred.shape != ref.shape or pred.ndim != 2:
+        raise ValueError(f"Multi-label metrics need two (N, C) matrices, got {pred.shape} and {ref.shape}.")
+    tp, fp, fn = (pred & ref).sum(0), (pred & ~ref).sum(0), (~pred & ref).sum(0)
+    if name == "micro_f1":
+        denom = 2 * tp.sum() + fp.sum() + fn.sum()
+        return float(2 * tp.sum() / denom) if denom else 0.0
+    if name == "macro_f1":
+        denom = 2 * tp + fp + fn
+        return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+    if name == "exact_match":
+        return float((pred == ref).all(1).mean())
+    if name == "hamming_loss":
+        return float((pred != ref).mean())
+    raise ValueError(f"Unknown multi-label metric {name!r}; known metrics: {', '.join(MULTI_LABEL_METRICS)}.")
 
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]

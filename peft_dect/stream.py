@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .io import iter_records
 from .settings import check_int
-from .uncertainty import check_alpha, prediction_sets, probabilities
+from .uncertainty import check_alpha, prediction_sets
 
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _records(classifier, inputs, args: tuple, kwargs: dict, batch_size: int, *, 
             with streaming() if streaming is not None else contextlib.nullcontext():
                 texts, _ = classifier.read_inputs(batch)
                 logits = classifier.checked_logits(batch, *args, **kwargs)
-            probs = probabilities(logits, classifier.temperature)
+            probs = classifier.probabilities_of(logits)
             extra: dict[str, list] = {}
             if reject is not False and reject is not None:
                 labels, extra["unknown_score"] = classifier.decide_or_reject(logits, reject, reject_rate)

@@ -5,6 +5,9 @@ The k-shot layout is the one LM-BFF's `tools/generate_k_shot_data.py` writes:
 (``<data_dir>/<TASK>/test.<ext>``). Every loader returns a `datasets.DatasetDict` with columns ``text_a``
 (``text_b`` for pairs) and ``label`` (a `ClassLabel` whose names are the keys of the task's label words; a float
 score for the regression task STS-B). `task_metric` scores predictions with the task's metric.
+
+Beside them, PolyAI's intent data sets: BANKING77 (`load_banking77`, 77 classes) and NLU++ (`load_nlupp`,
+multi-label, with `sample_multilabel_k_shot` for a k-positive-rows-per-class split).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import numpy as np
@@ -381,3 +385,155 @@ def load_banking77(data_dir: str | Path) -> datasets.DatasetDict:
             {"text": columns["text"], "label": [names.index(c) for c in columns["category"]]}, features=features
         )
     return datasets.DatasetDict(splits)
+
+
+# NLU++'s prompt, as BANKING77's: the intent names are the label words (`how_long` -> `how long`); a sentence may
+# carry several intents (or none), so a multi-label DecT adapter scores every class on its own
+NLUPP_CAUSAL = "{text_a}\nThis banking message is about {mask}"
+NLUPP_FOLDS = 20
+NLUPP_SHARED_DOMAIN = "general"  # the ontology's domain-independent intents (affirm, how_long, ...)
+
+
+class NLUPPData(NamedTuple):
+    """NLU++ rows as columns, the class list and its descriptions (a tuple: ``columns, classes, descriptions =``)."""
+
+    columns: dict[str, list]  # {"text": [str], "labels": [[intent, ...]], "fold": [int]}
+    classes: list[str]  # intent names in ontology order
+    descriptions: dict[str, str]  # intent -> the ontology's yes/no question ("is the intent to ...?")
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {what}") from None
+
+
+def nlupp_classes(ontology: dict, domain: str = "banking") -> tuple[list[str], dict[str, str]]:
+    """The intents of a domain in ontology order, and their descriptions.
+
+    The ontology tags each intent with domains; the generic intents (`affirm`, `how_long`, `change`, ...) carry
+    the tag ``general`` and are used by every domain's folds. So a domain's classes are its own intents plus the
+    general ones: for ``banking`` that is 23 + 25 = 48, exactly the intents found in the 20 banking folds (the
+    ``banking`` tag alone gives only 23 of them).
+    """
+    intents = ontology.get("intents") if isinstance(ontology, dict) else None
+    if not isinstance(intents, dict) or not intents:
+        raise ValueError('The NLU++ ontology needs an "intents" object {name: {"description", "domain"}}.')
+    classes = [name for name, info in intents.items() if {domain, NLUPP_SHARED_DOMAIN} & set(info.get("domain", []))]
+    if not any(domain in info.get("domain", []) for info in intents.values()):
+        known = sorted({d for info in intents.values() for d in info.get("domain", [])} - {NLUPP_SHARED_DOMAIN})
+        raise ValueError(f"No intent of the NLU++ ontology has the domain {domain!r}; its domains: {known}.")
+    return classes, {name: str(intents[name].get("description", "")) for name in classes}
+
+
+def load_nlupp(data_dir: str | Path, folds: list[int] | None = None, domain: str = "banking") -> NLUPPData:
+    """NLU++ (PolyAI, CC BY 4.0; multi-label intents): the rows of `folds` (all 20 when None) of a domain.
+
+    `data_dir` holds ``ontology.json`` and ``<domain>/fold0.json`` .. ``fold19.json`` (PolyAI's ``nlupp/data``
+    folder), each fold a JSON list of ``{"text", "intents", "slots"}``; a row without ``intents`` has no intent (88
+    banking sentences). Returns `NLUPPData`: columns ``text``, ``labels`` (a list of intent names per row) and
+    ``fold``; the classes (see `nlupp_classes`: 48 for banking) and their descriptions. The slots are dropped.
+    Prompt it with `NLUPP_CAUSAL` and `label_words_from_names(classes)`. The paper's low-data setting trains on
+    one fold (about 100 sentences) and tests on the other 19; its high-data setting trains on 10 and tests on 10.
+    """
+    folder = Path(data_dir)
+    layout = f"<data_dir>/ontology.json and <data_dir>/{domain}/fold0.json .. fold{NLUPP_FOLDS - 1}.json"
+    if not folder.is_dir():
+        raise ValueError(f"The NLU++ folder {folder} does not exist: give PolyAI's nlupp/data folder ({layout}).")
+    if not (folder / "ontology.json").is_file():
+        raise ValueError(
+            f"{folder} has no ontology.json: copy nlupp/data/ontology.json of PolyAI's task-specific-datasets "
+            f"beside the {domain}/ folder ({layout})."
+        )
+    if not (folder / domain).is_dir():
+        present = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        raise ValueError(
+            f"{folder} has no {domain}/ folder of folds (folders there: {present}): give the folder that holds "
+            f"{domain}/, or another domain ({layout})."
+        )
+    if folds is None:
+        folds = list(range(NLUPP_FOLDS))
+    bad = [f for f in folds if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < NLUPP_FOLDS]
+    if bad or not folds:
+        raise ValueError(f"folds must be a non-empty list of fold numbers 0..{NLUPP_FOLDS - 1}, got {folds!r}.")
+    missing = [f"fold{f}.json" for f in folds if not (folder / domain / f"fold{f}.json").is_file()]
+    if missing:
+        raise ValueError(f"{folder / domain} lacks {missing}: copy all {NLUPP_FOLDS} folds of the domain ({layout}).")
+    ontology = _read_json(folder / "ontology.json", "copy PolyAI's nlupp/data/ontology.json again.")
+    classes, descriptions = nlupp_classes(ontology, domain)
+    known = set(classes)
+    columns: dict[str, list] = {"text": [], "labels": [], "fold": []}
+    for fold in folds:
+        path = folder / domain / f"fold{fold}.json"
+        rows = _read_json(path, "copy the fold again.")
+        if not isinstance(rows, list):
+            raise ValueError(f"{path} must hold a JSON list of {{'text', 'intents'}} objects, got {type(rows)}.")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ValueError(f"{path}: row {i} has no string 'text'.")
+            intents = row.get("intents") or []
+            if not isinstance(intents, list) or not all(isinstance(x, str) for x in intents):
+                raise ValueError(f"{path}: row {i}'s 'intents' must be a list of intent names, got {intents!r}.")
+            unknown = sorted(set(intents) - known)
+            if unknown:
+                raise ValueError(
+                    f"{path}: row {i} has intents {unknown} that ontology.json does not give for the domain "
+                    f"{domain!r} (nor {NLUPP_SHARED_DOMAIN!r}): is the ontology that of the same release?"
+                )
+            columns["text"].append(row["text"])
+            columns["labels"].append(list(dict.fromkeys(intents)))
+            columns["fold"].append(fold)
+    return NLUPPData(columns, classes, descriptions)
+
+
+def sample_multilabel_k_shot(
+    rows: dict[str, list],
+    classes: list[str],
+    k: int,
+    seed: int,
+    *,
+    label_column: str = "labels",
+    strict: bool = False,
+) -> dict[str, list]:
+    """A k-shot split of multi-label data: rows drawn until every class has at least `k` positive rows.
+
+    Multi-label rows cannot be split k per class exactly, so the rule is greedy: the rows are shuffled with `seed`
+    (as `sample_k_shot`), then walked in that order, and a row is taken when one of its classes still has fewer
+    than `k` taken rows; the walk stops once every class has `k` or the pool is exhausted. A row with several
+    classes counts for each, so frequent classes co-occurring with rare ones end with more than `k` rows, and rows
+    without any class (or only with classes already full) are never taken. `rows` is a dict of equally long
+    columns (e.g. `load_nlupp`'s); the taken rows are returned, every column kept, in their original order. A
+    class that ends with fewer than `k` rows is a warning that counts the shortfall (an error with `strict=True`).
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (positive rows per class), got {k!r}.")
+    if label_column not in rows:
+        raise ValueError(f"The label column {label_column!r} is not in the data (columns: {list(rows)}).")
+    labels = list(rows[label_column])
+    lengths = {name: len(column) for name, column in rows.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"The columns must be equally long, got {lengths}.")
+    known = set(classes)
+    for i, row in enumerate(labels):
+        unknown = sorted(set(row) - known)
+        if unknown:
+            raise ValueError(f"Row {i} has labels {unknown} that are not in classes ({len(classes)} given).")
+    counts = dict.fromkeys(classes, 0)
+    taken = []
+    for i in np.random.RandomState(seed).permutation(len(labels)):
+        if all(n >= k for n in counts.values()):
+            break
+        row = set(labels[i])
+        if any(counts[c] < k for c in row):
+            taken.append(int(i))
+            for c in row:
+                counts[c] += 1
+    short = {c: k - n for c, n in counts.items() if n < k}
+    if short:
+        message = f"{len(short)} class(es) have fewer than {k} positive rows in the pool; missing rows: {short}."
+        if strict:
+            raise ValueError(message + " Lower k, use a larger pool, or pass strict=False to use what there is.")
+        logger.warning("%s The split uses what there is.", message)
+    taken.sort()
+    return {name: [column[i] for i in taken] for name, column in rows.items()}

@@ -40,6 +40,10 @@ class UncertaintyMethods:
     reject_label: str | None = None
     reject_rate: float = 0.05
 
+    def single_label_only(self, what: str) -> None:
+        """Refuse `what` where it does not apply (a multi-label classifier refuses the methods of one class per
+        input); the classifier interface says when."""
+
     @property
     def temperature(self) -> float:
         """T of the calibrated probabilities softmax(logits / T); 1.0 without a calibration."""
@@ -67,6 +71,7 @@ class UncertaintyMethods:
 
     def rejection_threshold(self, reject: bool | float = True, reject_rate: float | None = None) -> float:
         """The unknown score above which `predict(reject=...)` answers `reject_label`."""
+        self.single_label_only("Rejection (predict(reject=...))")
         if self.reject_label is not None and self.reject_label in self.classes:
             raise ValueError(f"reject_label {self.reject_label!r} is a class name; choose another (or None).")
         if reject is True:
@@ -89,12 +94,14 @@ class UncertaintyMethods:
     def unknown_score(self, inputs, *args: Any, **kwargs: Any) -> np.ndarray:
         """One score per input, higher when it is more likely outside every class (see
         `peft_dect.uncertainty.UNKNOWN_SCORES`; the calibration names which score, `energy` by default)."""
+        self.single_label_only("unknown_score")
         return self.unknown_of_logits(self.checked_logits(inputs, *args, **kwargs)).numpy()
 
     def predict_set(self, inputs, *args: Any, alpha: float = 0.1, **kwargs: Any) -> list[list[str]]:
         """Per input, the classes (most probable first) of a conformal prediction set: it holds the true class with
         probability >= 1 - alpha for inputs exchangeable with the held-out data the calibration was made on. A set is
         empty when no class is probable enough (an input unlike the held-out data)."""
+        self.single_label_only("predict_set")
         threshold = self.calibration_or_error("A prediction set").set_threshold(check_alpha(alpha))
         probs = probabilities(self.checked_logits(inputs, *args, **kwargs), self.temperature)
         return [[self.classes[c] for c in row] for row in prediction_sets(probs, threshold)]
@@ -102,6 +109,7 @@ class UncertaintyMethods:
     def calibrate(self, dataset, *args: Any, temperature: bool = True, unknown_score: str | None = None, **kwargs):
         """Fit the calibration on labelled held-out `dataset` (not the training data): temperature, conformal and
         rejection scores. Returns the held-out expected calibration error before and after, and the temperature."""
+        self.single_label_only("calibrate()")
         targets = self.read_targets(dataset)
         logits = self.checked_logits(dataset, *args, **kwargs)
         previous = self.calibration or Calibration()
@@ -129,6 +137,7 @@ class UncertaintyMethods:
         between the two most probable classes), `entropy`, or `diverse` (uncertain ones spread over hidden-state
         space). Inputs the classifier was fitted on are never suggested. With DecT the features of the pool are
         cached, so a suggest - label - refit loop costs one model pass per new input."""
+        self.single_label_only("suggest")
         if strategy not in SUGGEST_STRATEGIES:
             raise ValueError(f"strategy must be one of {SUGGEST_STRATEGIES}, got {strategy!r}.")
         texts_a, texts_b = self.read_inputs(pool)  # an empty pool is refused there

@@ -242,3 +242,48 @@ def test_fit_samples_k_per_class_from_a_big_file_and_names_become_words(workspac
     numbers.write_text("sentence,label\na good film,1\na dull film,0\n")
     refused = fit_file(model_dir, numbers, tmp_path / "n", label_words="names")
     assert refused.returncode == 2 and "labels are numbers" in refused.stderr
+
+
+def test_multi_label_fit_evaluate_and_predict_with_label_sets(workspace, tmp_path):
+    _, model_dir, _, _ = workspace
+    rows = [
+        ("a great , lovely film with a plot", "positive|plot"),
+        ("a bad , dull story", "negative"),
+        ("the plot was fine and fun", "positive|plot"),
+        ("the movie is awful and the plot weak", "negative|plot"),
+        ("it was very moving", "positive"),
+        ("a tedious , poor plot", "negative|plot"),
+        ("this is the film", ""),
+        ("a superb , brilliant story", "positive"),
+        ("the plot and the acting", "plot"),
+        ("ugly and messy", "negative"),
+    ]
+    with open(tmp_path / "train.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sentence", "label"])
+        writer.writerows(rows)
+    out = tmp_path / "ml"
+    fit = fit_file(model_dir, tmp_path / "train.csv", out, "--multi-label", "--json",
+                   label_words="negative=bad,positive=great,plot=plot")  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    assert json.loads(fit.stdout.strip().splitlines()[-1])["multi_label"] is True
+    ev = cli("evaluate", str(out), "--test", str(tmp_path / "train.csv"), "--json", "--quiet")
+    assert ev.returncode == 0, ev.stderr
+    assert set(json.loads(ev.stdout.strip().splitlines()[-1])) == {
+        "micro_f1",
+        "macro_f1",
+        "exact_match",
+        "hamming_loss",
+    }
+    pred = cli("predict", str(out), "-", "--quiet", stdin="a lovely plot\n")
+    assert pred.returncode == 0, pred.stderr
+    header, line = pred.stdout.strip().splitlines()
+    assert header.split("\t") == ["label", "negative", "positive", "plot"]
+    label, *probs = line.split("\t")
+    assert set(filter(None, label.split("|"))) <= {"negative", "positive", "plot"} and len(probs) == 3
+    as_json = json.loads(cli("predict", str(out), "-", "--json", "--quiet", stdin="a lovely plot\n").stdout)
+    assert isinstance(as_json["label"], list)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,label\na film,plot|sarcasm\n")
+    refused = fit_file(model_dir, bad, tmp_path / "no", "--multi-label", label_words="negative=bad,plot=plot")
+    assert refused.returncode == 2 and "sarcasm" in refused.stderr

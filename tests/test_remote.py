@@ -409,3 +409,29 @@ def test_black_box_calibration_sets_rejection_and_suggest_save_and_load(stub, tm
     loaded = BlackBoxDecT.from_pretrained(tmp_path / "adapter", show_progress=False)
     assert loaded.calibration == clf.calibration and loaded.predict_set(test, alpha=0.1) == sets
     assert "temperature" in (tmp_path / "adapter" / "README.md").read_text()
+
+
+def test_multi_label_black_box_fit_predicts_label_sets_and_saves(stub, tmp_path):
+    rng = random.Random(3)
+
+    def rows(n):
+        texts, labels = [], []
+        for _ in range(n):
+            present = [c for c in ("negative", "positive") if rng.random() < 0.5]
+            cues = [rng.choice(sorted(NEGATIVE if c == "negative" else POSITIVE)) for c in present]
+            words = rng.sample(FILLER, 5) + cues
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            labels.append(present)
+        return {"text": texts, "labels": labels}
+
+    train, test = rows(32), rows(40)
+    clf = BlackBoxDecT(config(multi_label=True, label_column="labels"), endpoint(stub))
+    report = clf.fit(train)
+    assert report["multi_label"] and len(clf.config.thresholds) == 2
+    predicted = clf.predict(test["text"])
+    assert all(isinstance(p, list) for p in predicted)
+    assert clf.evaluate(test)["micro_f1"] >= 0.8
+    clf.save_pretrained(tmp_path / "bb")
+    loaded = BlackBoxDecT.from_pretrained(tmp_path / "bb", url=stub.url, show_progress=False)
+    assert loaded.config.multi_label and loaded.predict(test["text"]) == predicted

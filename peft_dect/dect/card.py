@@ -16,7 +16,12 @@ def fit_sentence(fit: dict, config) -> str:
         f"calibration {'on' if fit['calibrate'] else 'off'}, {fit['epochs']} epochs of Adam (lr "
         f"{config.learning_rate:g}), decoder seed {config.seed}."
     )
-    if fit.get("selected_on"):
+    if fit.get("multi_label") and fit.get("selected_on"):
+        text += (
+            f" Multi-label: one sigmoid per class; auto mode chose these settings on {fit['selected_on']} (held-out "
+            f"micro-F1 {100 * fit['heldout_micro_f1']:.1f})."
+        )
+    elif fit.get("selected_on"):
         text += (
             f" Auto mode chose these settings on {fit['selected_on']} (held-out accuracy "
             f"{100 * fit['heldout_accuracy']:.1f})."
@@ -29,6 +34,15 @@ def uncertainty_sentence(config) -> str:
     if config.uncertainty is None:
         return ""
     cal = Calibration.from_dict(config.uncertainty)
+    if config.multi_label:
+        if config.thresholds is None:
+            return ""
+        low, high = min(config.thresholds), max(config.thresholds)
+        return (
+            f" Each class is predicted when its probability, sigmoid(score / {cal.temperature:.3g}), reaches its "
+            f"threshold ({low:.2f} to {high:.2f}), chosen with the temperature on {cal.heldout} held-out rows "
+            f"({cal.sources})."
+        )
     if not cal.has_heldout:
         return ""
     text = (

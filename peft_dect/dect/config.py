@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import InitVar, dataclass, field
 from typing import ClassVar
@@ -9,6 +10,7 @@ from typing import ClassVar
 from peft.config import PeftConfig
 
 from .._enums import DECT_TYPE, FEW_SHOT_CLS_TYPE
+from ..data import read_multi_labels
 from ..hub import local_adapter_folder
 from ..prompting.demonstrations import FILTERS
 from ..saving import FORMAT_VERSION, check_format_version
@@ -18,7 +20,20 @@ from .checks import check_saved_shapes
 from .decoder import RADIUS_INITS
 
 
+logger = logging.getLogger(__name__)
+
 MODES = ("auto", "faithful")
+
+
+def check_thresholds(thresholds, num_classes: int) -> None:
+    """Decision thresholds: one probability in [0, 1] per class (a list or tuple)."""
+    if not isinstance(thresholds, (list, tuple)) or len(thresholds) != num_classes:
+        raise ValueError(
+            f"thresholds must be a list of {num_classes} probabilities (one per class), got {thresholds!r}."
+        )
+    for t in thresholds:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+            raise ValueError(f"Every threshold must be a probability in [0, 1], got {t!r}.")
 
 
 def default_decoder_dim(num_classes: int) -> int:
@@ -90,6 +105,13 @@ class DecTConfig(PromptSettings, PeftConfig):
             held-out in-scope data (0.05).
         out_of_scope_label: a label of training rows that belong to no class (e.g. ``"oos"``): they are not trained
             on, and set the rejection threshold instead (see `peft_dect.uncertainty.Calibration.reject_threshold`).
+        multi_label: several classes per text (a list of class names per row, or multi-hot vectors): every class
+            gets an independent probability ``sigmoid(score_k)``, trained with binary cross-entropy, the label-word
+            prior enters as the per-class calibrated log-ratio ``log P(w_k | x) - log P(w_k | content-free)``, and
+            `predict` returns the classes above their thresholds (see `peft_dect.dect.multilabel`).
+        thresholds: written by a multi-label `fit`: per class, the probability at or above which it is predicted,
+            chosen on auto mode's held-out data (0.5 for every class without a fit). `predict(threshold=...)`
+            overrides them.
         uncertainty: written by `fit`: the held-out calibration (temperature, conformal and rejection scores, see
             `peft_dect.uncertainty.Calibration`), saved with the adapter.
         recorded: values peft-dect writes (base model sizes, label-word token ids); see `RecordedValues`.
@@ -151,6 +173,16 @@ class DecTConfig(PromptSettings, PeftConfig):
         default=None,
         metadata={"help": "Label of training rows outside every class: not trained on; they set the threshold."},
     )
+    multi_label: bool = field(
+        default=False,
+        metadata={"help": "Several classes per text: independent sigmoid scores, per-class thresholds."},
+    )
+    thresholds: list | None = field(
+        default=None,
+        metadata={
+            "help": "Per-class probability thresholds of a multi-label adapter, chosen by fit on held-out data."
+        },
+    )
     uncertainty: dict | None = field(
         default=None,
         metadata={"help": "Held-out calibration written by fit (temperature, conformal and rejection scores)."},
@@ -162,6 +194,13 @@ class DecTConfig(PromptSettings, PeftConfig):
     format_version: str = field(
         default=FORMAT_VERSION,
         metadata={"help": "peft-dect adapter format that wrote this config; a newer major format is refused."},
+    )
+    class_order: list | None = field(
+        default=None,
+        metadata={
+            "help": "The classes in label_words' order, written on save: peft writes configs with sorted keys, "
+            "which would reorder label_words, and the decoder's rows follow the class order."
+        },
     )
     save_id: str | None = field(
         default=None, metadata={"help": "Id of the save that wrote this config, also in the weights (checked)."}
@@ -184,6 +223,7 @@ class DecTConfig(PromptSettings, PeftConfig):
         PeftConfig.__post_init__(self)
         check_format_version(self.format_version, "This DecT adapter config")
         self.peft_type = DECT_TYPE
+        self.restore_class_order()
         self.check_prompt_settings()
         check_choice("mode", self.mode, MODES)
         check_choice("radius_init", self.radius_init, RADIUS_INITS)
@@ -197,6 +237,7 @@ class DecTConfig(PromptSettings, PeftConfig):
             check_number("lam", self.lam, minimum=0)
         self.check_uncertainty_settings()
         self.demonstrations = self._demonstrations(self.demonstrations, demo_per_class, demo_filter)
+        self.check_multi_label_settings()
         self.recorded = RecordedValues.coerce(self.recorded)
         legacy = {"hidden_size": base_hidden_size, "vocab_size": base_vocab_size, "label_token_ids": label_token_ids}
         for name, value in legacy.items():
@@ -219,6 +260,52 @@ class DecTConfig(PromptSettings, PeftConfig):
         check_alpha(self.reject_rate, "reject_rate")
         if self.uncertainty is not None:
             Calibration.from_dict(self.uncertainty)
+
+    def restore_class_order(self) -> None:
+        """Put label_words back in the saved class order (a saved config's JSON has its keys sorted)."""
+        order = self.class_order
+        if order is None or not isinstance(self.label_words, dict):
+            return
+        if not isinstance(order, list) or sorted(map(str, order)) != sorted(map(str, self.label_words)):
+            # label_words were edited by hand after the save: their own order stands, and the shape checks of the
+            # saved tensors (`check_saved_shapes`) say whether the adapter still fits them
+            logger.warning("The saved class_order does not name label_words' classes; label_words' order is used.")
+            return
+        self.label_words = {c: self.label_words[c] for c in order}
+
+    def to_dict(self) -> dict:
+        """The config as a dict, with the class order of label_words (kept through peft's sorted-key JSON)."""
+        out = super().to_dict()
+        out["class_order"] = list(self.label_words)
+        return out
+
+    def check_multi_label_settings(self) -> None:
+        """multi_label is a bool; thresholds, when set, hold one probability in [0, 1] per class; the out-of-scope
+        settings and demonstrations (one class per example) are single-label features."""
+        if not isinstance(self.multi_label, bool):
+            raise TypeError(f"multi_label must be True or False, got {self.multi_label!r}.")
+        if self.thresholds is not None:
+            if not self.multi_label:
+                raise ValueError("thresholds belong to multi-label adapters; set multi_label=True or drop them.")
+            check_thresholds(self.thresholds, len(self.label_words))
+            self.thresholds = [float(t) for t in self.thresholds]
+        if self.multi_label and self.out_of_scope_label is not None:
+            raise ValueError(
+                "out_of_scope_label is a single-label setting; a multi-label adapter takes rows with an empty "
+                "label list for texts that no class applies to."
+            )
+        if self.multi_label and self.demonstrations is not None:
+            raise ValueError("Demonstrations show one class per example; they are not available with multi_label.")
+
+    def read_labels(self, data, *, warn_missing: bool = True):
+        """Class indices (N,) of labelled `data`, or multi-hot targets (N, C) of a multi-label adapter."""
+        if not self.multi_label:
+            return super().read_labels(data)
+        labels = read_multi_labels(data, self.classes, self.label_column, warn_missing=warn_missing)
+        texts, _ = self.read_texts(data)
+        if len(texts) != len(labels):
+            raise ValueError(f"The data has {len(texts)} texts but {len(labels)} label sets; give one per text.")
+        return labels
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, **kwargs) -> DecTConfig:

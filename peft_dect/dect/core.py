@@ -28,6 +28,7 @@ from ..prompting import Template, calibrated_probs, content_free_texts
 from ..uncertainty import Calibration, fit_calibration, text_key
 from . import decoder
 from .fit import FitResult, fit_decoder, shots_of
+from .multilabel import fit_multilabel, prior_log_odds
 
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,13 @@ class DecTState:
             self.weights = decoder.DecoderWeights(W.unsqueeze(0), radii.unsqueeze(0), protos)
 
 
-def zero_shot_logits(label_logits: torch.Tensor, content_free: torch.Tensor | None) -> torch.Tensor:
-    """The zero-shot classifier's class logits: log q, calibrated when `content_free` is given."""
+def zero_shot_logits(
+    label_logits: torch.Tensor, content_free: torch.Tensor | None, multi_label: bool = False
+) -> torch.Tensor:
+    """The zero-shot classifier's class logits: log q, calibrated when `content_free` is given; for a multi-label
+    adapter the per-class log-ratios of `multilabel.prior_log_odds` (a class is predicted where it is positive)."""
+    if multi_label:
+        return prior_log_odds(label_logits, content_free)
     return torch.log(calibrated_probs(label_logits, content_free).clamp_min(1e-30))
 
 
@@ -124,9 +130,12 @@ def check_finite_state(weights: decoder.DecoderWeights | None, content_free: tor
         )
 
 
-def class_logits(state: StateLike, features: Features, *, zero_shot: bool = False) -> torch.Tensor:
+def class_logits(
+    state: StateLike, features: Features, *, zero_shot: bool = False, multi_label: bool = False
+) -> torch.Tensor:
     """Class logits (N, C): the decoder's fused scores, or the zero-shot log q before fitting or when `zero_shot`
-    (disabled adapters: calibrated whenever the content-free scores are known)."""
+    (disabled adapters: calibrated whenever the content-free scores are known). A multi-label adapter's prior is
+    the per-class log-ratio of `multilabel.prior_log_odds` and its logits are per-class log-odds."""
     weights = None if zero_shot else state.weights
     calibrate = zero_shot or state.calibrate
     content_free = state.content_free if calibrate else None
@@ -137,13 +146,13 @@ def class_logits(state: StateLike, features: Features, *, zero_shot: bool = Fals
     content_free = None if content_free is None else content_free.float()
     label_logits = features.label_logits.to(state.device, torch.float32)
     if weights is None:
-        return zero_shot_logits(label_logits, content_free)
+        return zero_shot_logits(label_logits, content_free, multi_label)
     if features.hidden.shape[1] != weights.W.shape[-1]:
         raise ValueError(
             f"The features have width {features.hidden.shape[1]}, but this decoder was fitted on width "
             f"{weights.W.shape[-1]}: they come from another model than the one the adapter was fitted on."
         )
-    q = calibrated_probs(label_logits, content_free)
+    q = prior_log_odds(label_logits, content_free) if multi_label else calibrated_probs(label_logits, content_free)
     return decoder.scores(weights, features.hidden.to(state.device, torch.float32), q, state.lam)[0]
 
 
@@ -203,6 +212,19 @@ class DecTCore:
         t1 = time.perf_counter()
         content_free = self.state.content_free
         content_free = content_free.detach().clone().cpu() if (cfg.calibrate or cfg.mode == "auto") else None
+        if with_decoder and cfg.multi_label:
+            evaluated = rest[0] if use_eval else None
+            result, choice = fit_multilabel(train, labels, content_free, cfg, evaluated, eval_labels)
+            self.state.write(result)
+            report = self.write_multi_label(choice, cfg.read_texts(train_dataset))
+            return {
+                **result.report,
+                **report,
+                "shots": shots_of(labels, len(cfg.classes)),
+                "train_examples": int(labels.shape[0]),
+                "feature_seconds": t1 - t0,
+                "decoder_seconds": time.perf_counter() - t1,
+            }
         if with_decoder:
             evaluated = rest[0] if use_eval else None
             result = fit_decoder(train, labels, content_free, cfg, evaluated, eval_labels, metric)
@@ -219,6 +241,28 @@ class DecTCore:
             "train_examples": int(labels.numel()),
             "feature_seconds": t1 - t0,
             "decoder_seconds": t2 - t1,
+        }
+
+    def write_multi_label(self, choice, texts) -> dict:
+        """Write a multi-label fit's thresholds and temperature into the config; its held-out figures."""
+        cfg = self.config
+        keys = [text_key(a, b) for a, b in zip(texts[0], texts[1] or [None] * len(texts[0]))]
+        cfg.thresholds = choice.thresholds
+        cal = Calibration(
+            temperature=choice.temperature,
+            ece_before=choice.ece_before,
+            ece_after=choice.ece_after,
+            heldout=choice.heldout,
+            sources=choice.sources,
+            training_texts=keys,
+        )
+        cfg.uncertainty = cal.to_dict()
+        if not choice.heldout:
+            return {}
+        return {
+            "temperature": cal.temperature,
+            "heldout_ece_before": cal.ece_before,
+            "heldout_ece_after": cal.ece_after,
         }
 
     def calibrate(self, result: FitResult, oos_logits: torch.Tensor | None, texts) -> dict:
@@ -253,12 +297,13 @@ class DecTCore:
         """Class logits (N, C) of texts, (text_a, text_b) pairs, a dict of columns or a Dataset, on the CPU."""
         (feats,) = self.features([inputs], desc="predict")
         with torch.no_grad():
-            return class_logits(self.state, feats, zero_shot=zero_shot).cpu()
+            return class_logits(self.state, feats, zero_shot=zero_shot, multi_label=self.config.multi_label).cpu()
 
     def zero_shot_logits(self, inputs, *, calibrate: bool = True) -> torch.Tensor:
         """Zero-shot class log-probabilities (N, C) from the label words alone, calibrated or not."""
         (feats,) = self.features([inputs], desc="predict")
-        return zero_shot_logits(feats.label_logits, self.state.content_free if calibrate else None).cpu()
+        content_free = self.state.content_free if calibrate else None
+        return zero_shot_logits(feats.label_logits, content_free, self.config.multi_label).cpu()
 
 
 class ConfigUncertainty:
@@ -283,6 +328,15 @@ class ConfigUncertainty:
     @calibration.setter
     def calibration(self, value: Calibration | None) -> None:
         self.dect_config.uncertainty = None if value is None else value.to_dict()
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.dect_config.multi_label)
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """The fitted per-class thresholds (None while adapters are disabled: 0.5 on the zero-shot log-ratios)."""
+        return self.dect_config.thresholds if self.fit_in_use else None
 
     @property
     def reject_label(self) -> str | None:

@@ -87,17 +87,28 @@ def init_radii(
 
     r_k = mean_{i: y_i = k} || z_i - mean_{j: y_j = k} z_j ||, with z = W h, or z = normalize(W h) when `normalized`
     (the space of the score, so r_k is scale-invariant). The default measures before normalisation, as the reference
-    code does. `weight` (G, N) is 1 for the examples a member trains on.
+    code does. `weight` (G, N) is 1 for the examples a member trains on. Multi-hot `labels` (N, C) count an
+    example in the mean and radius of each of its classes.
     """
     z = project(W, hidden)
     if normalized:
         z = F.normalize(z, dim=-1)
-    onehot = F.one_hot(labels, num_classes).to(z.dtype)  # (N, C)
+    onehot = labels.to(z.dtype) if labels.dim() == 2 else F.one_hot(labels, num_classes).to(z.dtype)  # (N, C)
     w = weight.unsqueeze(-1) * onehot  # (G, N, C)
     count = w.sum(1).clamp_min(1.0)  # (G, C)
     mean = torch.einsum("gnc,gnd->gcd", w, z) / count.unsqueeze(-1)
     dist = (z.unsqueeze(2) - mean.unsqueeze(1)).norm(dim=-1)  # (G, N, C)
     return (dist * w).sum(1) / count
+
+
+def loss_per_example(s: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss (G, N) of scores s (G, N, C): cross-entropy over the classes for class indices (N,), the sum over classes
+    of the binary cross-entropy of sigmoid(s) for multi-hot targets (N, C)."""
+    G, N, C = s.shape
+    if labels.dim() == 2:
+        target = labels.to(s.dtype).unsqueeze(0).expand(G, -1, -1)
+        return F.binary_cross_entropy_with_logits(s, target, reduction="none").sum(-1)
+    return F.cross_entropy(s.reshape(-1, C), labels.repeat(G), reduction="none").view(G, -1)
 
 
 def train(
@@ -115,12 +126,13 @@ def train(
     checkpoints: tuple[int, ...] = (),
     radius_init: str = "reference",
 ) -> tuple[DecoderWeights, dict[int, DecoderWeights]]:
-    """Full-batch Adam on the cross-entropy of the scores, for G members at once.
+    """Full-batch Adam on the cross-entropy of the scores, for G members at once; for multi-hot labels (N, C), on
+    the binary cross-entropy of every class's sigmoid(score_k) (multi-label: `peft_dect.dect.multilabel`).
 
-    hidden (N, H), labels (N,), q (G, N, C) or (N, C), lam (G,), weight (G, N) marks each member's training rows
-    (all ones by default), `radius_init` one of RADIUS_INITS (here, as in `init_radii`, the reference code's by
-    default, so these functions reproduce it; `DecTConfig` defaults to "normalized"). Returns the final weights and
-    snapshots at the given epoch `checkpoints`.
+    hidden (N, H), labels (N,) or (N, C), q (G, N, C) or (N, C), lam (G,), weight (G, N) marks each member's
+    training rows (all ones by default), `radius_init` one of RADIUS_INITS (here, as in `init_radii`, the reference
+    code's by default, so these functions reproduce it; `DecTConfig` defaults to "normalized"). Returns the final
+    weights and snapshots at the given epoch `checkpoints`.
     """
     if radius_init not in RADIUS_INITS:
         raise ValueError(f"radius_init must be one of {RADIUS_INITS}, got {radius_init!r}.")
@@ -142,7 +154,7 @@ def train(
         for epoch in range(1, epochs + 1):
             opt.zero_grad(set_to_none=True)
             s = scores(DecoderWeights(W, radii, prototypes), hidden, q, lam)
-            nll = F.cross_entropy(s.reshape(-1, num_classes), labels.repeat(G), reduction="none").view(G, -1)
+            nll = loss_per_example(s, labels)
             loss = ((nll * weight).sum(1) / denom).sum()
             loss.backward()
             opt.step()

@@ -60,8 +60,10 @@ class FitResult:
 
 
 def shots_of(labels: torch.Tensor, num_classes: int) -> int:
-    """Training examples per class (the mean over classes, rounded, for unbalanced data)."""
-    return max(1, round(labels.numel() / num_classes))
+    """Training examples per class (the mean over classes, rounded, for unbalanced data); for multi-hot labels
+    (N, C), positive examples per class."""
+    positives = float(labels.sum()) if labels.dim() == 2 else labels.numel()
+    return max(1, round(positives / num_classes))
 
 
 def probs(label_logits: torch.Tensor, content_free: torch.Tensor | None, calibrate: bool) -> torch.Tensor:

@@ -408,4 +408,7 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
 
     def class_logits(self, features, adapter_name: str | None = None) -> torch.Tensor:
         """Class logits (N, C) of an adapter for extracted features (zero-shot while adapters are disabled)."""
-        return class_logits(self.state(adapter_name), features, zero_shot=self.dect_layer.disable_adapters)
+        multi_label = self.peft_config[adapter_name or self.active_name].multi_label
+        return class_logits(
+            self.state(adapter_name), features, zero_shot=self.dect_layer.disable_adapters, multi_label=multi_label
+        )

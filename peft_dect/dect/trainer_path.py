@@ -29,6 +29,7 @@ class DecTTrainerPath:
         """
         cfg = self.config_of_active
         cfg.uncertainty = None  # a fit's calibration does not describe the decoder the Trainer is about to train
+        cfg.thresholds = None  # nor do a multi-label fit's thresholds (0.5 until fit() chooses them again)
         core = self.core(tokenizer, refit=True)
         check_label_token_ids(cfg, core.source.verbalizer, record=True)
         texts_a, texts_b = cfg.read_texts(dataset)
@@ -46,11 +47,15 @@ class DecTTrainerPath:
         """Data collator for prepared datasets: pads input ids (right) and stacks labels."""
         batch = self.backbone().collate([list(r["input_ids"]) for r in rows])
         if "labels" in rows[0]:
-            batch["labels"] = torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long)
+            if isinstance(rows[0]["labels"], (list, tuple)):  # multi-hot targets of a multi-label adapter
+                batch["labels"] = torch.tensor([list(r["labels"]) for r in rows], dtype=torch.float)
+            else:
+                batch["labels"] = torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long)
         return batch
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> SequenceClassifierOutput:
-        """Class logits (and cross-entropy loss with `labels`) for prompted inputs made by `prepare_dataset`.
+        """Class logits (and cross-entropy loss with `labels`; binary cross-entropy summed over the classes for the
+        multi-hot labels of a multi-label adapter) for prompted inputs made by `prepare_dataset`.
 
         The frozen model runs without gradient; only the decoder (W, radii) trains. On the first training batch
         the radii get the paper's data-dependent initialisation.
@@ -70,5 +75,10 @@ class DecTTrainerPath:
         if self.training and labels is not None and not state.fitted and not self.dect_layer.disable_adapters:
             state.start_training(feats.hidden, labels)
         logits = self.class_logits(feats)
-        loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
+        loss = None
+        if labels is not None and labels.dim() == 2:  # multi-label: fit()'s loss, BCE summed over the classes
+            target = labels.to(logits.device, logits.dtype)
+            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1).mean()
+        elif labels is not None:
+            loss = F.cross_entropy(logits, labels.to(logits.device))
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -21,7 +21,7 @@ from peft import PeftModel
 from torch import nn
 
 from ..pipeline import classifier_of, ranked
-from ..uncertainty import prediction_sets, probabilities
+from ..uncertainty import prediction_sets
 
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class AdapterRegistry:
         """The text-classification list per text; with `reject` or `alpha`, an object with the extras."""
         try:
             classes = list(classifier.classes)
-            probs = probabilities(logits, classifier.temperature)
+            probs = classifier.probabilities_of(logits)
             scores = [ranked(row, classes, query.top_k) for row in probs.tolist()]
             if not query.extras:
                 return Answer(scores)
