@@ -64,11 +64,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     def loss(log_beta: float) -> float:
         return float(-(targets * torch.log_softmax(logits * math.exp(log_beta), -1)).sum(-1).mean())
 
-    lo, hi = math.log(1e-4), math.log(1e3)
+    return float(math.exp(-golden_section_min(loss, math.log(1e-4), math.log(1e3))))
+
+
+def golden_section_min(loss, lo: float, hi: float, steps: int = 80) -> float:
+    """The minimiser of a convex (unimodal) `loss` of one variable on [lo, hi], by golden-section search."""
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = loss(a), loss(b)
-    for _ in range(80):
+    for _ in range(steps):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
@@ -77,7 +81,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
             fb = loss(b)
-    return float(math.exp(-(lo + hi) / 2))
+    return (lo + hi) / 2
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..features import Features
+from ..uncertainty import golden_section_min
 from . import decoder
 from .fit import AUTO_FOLDS, FitResult, fusion_grid, preference, shots_of
 
@@ -105,20 +106,7 @@ def fit_binary_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float
     def loss(log_beta: float) -> float:
         return float(F.binary_cross_entropy_with_logits(logits * math.exp(log_beta), targets))
 
-    lo, hi = math.log(1e-4), math.log(1e3)
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = loss(a), loss(b)
-    for _ in range(80):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = loss(b)
-    return float(math.exp(-(lo + hi) / 2))
+    return float(math.exp(-golden_section_min(loss, math.log(1e-4), math.log(1e3))))
 
 
 def binary_ece(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
