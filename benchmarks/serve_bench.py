@@ -6,7 +6,9 @@ SST-2 and CR 16-shot DecT adapters (seed 13, auto mode; a third, SST-2 seed 21 i
 figure) are fitted and saved, then served together on one copy of SmolLM2 by a real uvicorn on 127.0.0.1.
 `--texts` test sentences (half SST-2 for the SST-2 adapter, half CR for the CR adapter, interleaved) are sent by
 1, 4 and 16 concurrent clients, one text per request, to a server with micro-batching and to one without (both on
-the same model); the reference is in-process batched `predict` over the same texts. For each client count the
+the same model); the reference is in-process batched `predict` over the same texts, one adapter after the other.
+SST-2 and CR share their template (and label words), so the batching server runs both adapters' requests in one
+backbone batch (`shared_pass` in the results). For each client count the
 reference, the batched and the unbatched runs follow each other, so the shared machine's changing load affects the
 three alike; ratios are taken within each such triple. The server keeps no features (`cache_max_bytes=1`), so no
 text is served from memory. The clients run in a child process (stdlib HTTP, no torch). RSS is read after
@@ -244,6 +246,7 @@ def run(args) -> dict:
         "texts_per_request": 1,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
+        "shared_pass": registry.group_of("sst2") == registry.group_of("cr"),
         "reference": {"in_process_seconds": ref_seconds, "texts_per_second": len(jobs) / ref_seconds},
         "references": references,
         "runs": runs,

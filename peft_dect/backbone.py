@@ -57,7 +57,8 @@ class Backbone:
 
     Public interface: `tokenize` / `render` (prompting), `collate`, `positions`, `forward` (a tokenised batch),
     `from_embeddings` (a batch given as input embeddings), `label_scores` (vocabulary logits to class scores),
-    `run` (token id lists in length-sorted batches) and `extract` (texts, through the feature cache).
+    `run` (token id lists in length-sorted batches) and `extract` (texts, through the feature cache). With a
+    `runner` (see `check_runner`), the body runs there instead of PyTorch and the LM head stays this model's.
     """
 
     def __init__(
@@ -127,27 +128,28 @@ class Backbone:
             self.check_runner(runner)
 
     def check_runner(self, runner) -> None:
-        """Refuse a runner (e.g. `LlamaCppRunner`) that cannot stand in for this model's body, naming why."""
+        """Refuse a runner that cannot stand in for this model's body, naming why.
+
+        A runner (see `runner` in `__init__`) runs a causal LM's body from token ids and gives the final hidden
+        state at each prompt's last token (`hidden(rows)`); it has a `name` for these errors, a `fingerprint` for
+        the cache keys, and `check_sizes(hidden_size, vocab_size)`, which refuses a model it is not.
+        """
         base = unwrap_peft(self.model)
         if self.kind != CAUSAL or self.head_split is None:
             raise ValueError(
-                "An in-process llama.cpp backbone runs causal LMs whose LM head is separable from the body; "
-                f"{type(base).__name__} is not one: run it with PyTorch (use_llama_cpp(None))."
+                f"The {runner.name} backbone runs causal LMs whose LM head is separable from the body; "
+                f"{type(base).__name__} is not one: run it with PyTorch (no {runner.name} backbone)."
             )
         if self.continues:
             raise ValueError(
                 "Label words of several tokens are scored whole on the prompt's key/value cache, which the "
-                "llama.cpp backbone does not expose: set multi_token='first', or run the model with PyTorch."
+                f"{runner.name} backbone does not expose: set multi_token='first', or run the model with PyTorch."
             )
         if embedded_prompt_length(self.model) or prepends_virtual_tokens(self.model):
-            raise ValueError("A soft prompt needs the model in PyTorch: the llama.cpp backbone reads token ids only.")
-        sizes = (hidden_size(self.model), self.vocab_size)
-        if (runner.hidden_size, runner.vocab_size) != sizes:
             raise ValueError(
-                f"The GGUF model {str(runner.path)!r} (hidden size {runner.hidden_size}, vocabulary "
-                f"{runner.vocab_size}) is not this model (hidden size {sizes[0]}, vocabulary {sizes[1]}): give "
-                "the GGUF file of the same base model."
+                f"A soft prompt needs the model in PyTorch: the {runner.name} backbone reads token ids only."
             )
+        runner.check_sizes(hidden_size(self.model), self.vocab_size)
 
     @property
     def key_prefix(self) -> str:
@@ -448,7 +450,7 @@ class Backbone:
         prefix = None  # (tokens, key/value cache) of the last shared prefix, reused by the next batch with it
         with self.evaluating():
             for chunk in tqdm(batches, desc=desc, disable=not show, unit="batch"):
-                if self.runner is not None:  # the body in llama.cpp; the head below, once every batch is done
+                if self.runner is not None:  # the body in the runner; the head below, once every batch is done
                     hidden = self.runner.hidden([ids[i] for i in chunk])
                     feats = Features(hidden, hidden.new_zeros(len(chunk), 0))
                 else:
@@ -457,8 +459,9 @@ class Backbone:
                 self.passes += len(chunk)
             new = Features.cat(parts)
             if self.runner is not None:
-                # PyTorch's head between llama.cpp's batches would leave both thread pools spinning on the same
-                # cores (each waits for work a while after its own), halving llama.cpp's speed on a small CPU
+                # PyTorch's head between the runner's batches would leave both thread pools spinning on the same
+                # cores (each waits for work a while after its own), halving the runner's speed on a small CPU
+                # (measured with llama.cpp)
                 new = Features(new.hidden, self._head_scores(new.hidden))
         # Leave inference mode: cached tensors must be usable by autograd later (decoder training).
         return Features(new.hidden.clone(), new.label_logits.clone())

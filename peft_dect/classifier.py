@@ -142,6 +142,16 @@ class FewShotClassifier(UncertaintyMethods):
         """The targets of labelled data (class indices), checked against its texts."""
         raise NotImplementedError
 
+    def pass_key(self, adapter_name: str) -> str:
+        """Adapters of this model with equal keys share one model pass over a text (a server batches their requests
+        together). This default shares nothing: each adapter is its own key."""
+        return adapter_name
+
+    def keeping_features(self) -> contextlib.AbstractContextManager:
+        """A context under which the features one call extracts stay for the next calls (those of other adapters of
+        one `pass_key`), whatever a cache bound says. This default keeps nothing, as it caches nothing."""
+        return contextlib.nullcontext()
+
     def streaming(self) -> contextlib.AbstractContextManager:
         """A context under which predicted inputs leave nothing behind: a method that caches features (DecT) or
         server answers (black-box DecT) bypasses its cache, so that streaming predictions take memory independent

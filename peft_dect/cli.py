@@ -26,6 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable JSON output")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    def backbone(p):
+        p.add_argument(
+            "--dtype",
+            metavar="DTYPE",
+            help="precision of the in-process model's weights: float32 (default) or bfloat16 (fast on a CPU with "
+            "AVX-512 BF16 or AMX, emulated and slow without)",
+        )
+        p.add_argument(
+            "--llama-cpp",
+            metavar="GGUF",
+            help="run the model's body in-process with llama.cpp from this GGUF file of the same model ('smollm2': "
+            "the embedded SmolLM2's), its quantised CPU kernels instead of PyTorch's; needs llama-cpp-python",
+        )
+
     def remote(p, fitting: bool):
         p.add_argument(
             "--endpoint",
@@ -90,12 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--text-pair-column", help="column of the second text, for {text_b} templates")
     fit.add_argument("--label-column", default="label")
     fit.add_argument("--cache-dir", help="keep extracted features here and reuse them")
+    backbone(fit)
     remote(fit, fitting=True)
 
     ev = sub.add_parser("evaluate", help="accuracy of an adapter on labelled data")
     ev.add_argument("adapter", help="adapter folder")
     common(ev, "base model (default: the one in the adapter config)")
     data(ev, "test")
+    backbone(ev)
     remote(ev, fitting=False)
 
     pr = sub.add_parser("predict", help="labels and probabilities for texts from a file or stdin")
@@ -115,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=32, help="inputs per batch with --output (default 32)")
     pr.add_argument("--overwrite", action="store_true", help="with --output: start the output again, not resume")
     common(pr, "base model (default: the one in the adapter config)")
+    backbone(pr)
     remote(pr, fitting=False)
 
     sg = sub.add_parser("suggest", help="which unlabelled texts to label next (active learning)")
@@ -123,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--k", type=int, default=20, help="how many texts to suggest (default 20)")
     sg.add_argument("--strategy", choices=["margin", "entropy", "diverse"], default="margin")
     common(sg, "base model (default: the one in the adapter config)")
+    backbone(sg)
     remote(sg, fitting=False)
 
     push = sub.add_parser("push", help="upload an adapter folder to the Hugging Face Hub")
@@ -139,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folder's name, or the Hub id with '--' for '/')",
     )  # fmt: skip
     common(serve, "base model (default: the one in the first adapter's config)")
+    backbone(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(

@@ -20,10 +20,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 from .data import PAIR_COLUMNS, TEXT_COLUMNS, read_labels, read_texts
 from .dect import DecTConfig
 from .demo import main as demo
-from .embedded import load_smollm2, smollm2_gguf
+from .embedded import load_smollm2, resolve_dtype, smollm2_gguf
 from .hub import push_adapter_folder
 from .introspect import lm_kind
 from .io import check_text_values, read_columns, require_columns
+from .llama_cpp_runner import check_gguf_file, import_llama_cpp
 from .metrics import METRICS
 from .prompting import Template
 from .remote import BlackBoxDecT, OpenAIEndpoint
@@ -34,15 +35,36 @@ from .uncertainty import prediction_sets
 
 
 EMBEDDED = "smollm2"
+DEVICE = "cpu"  # where the command line runs an in-process model (where transformers loads it)
 
 
-def _load_base(model: str | None, kind: str | None):
-    """(model, tokenizer): the embedded SmolLM2 for 'smollm2' (or its folder), else a transformers LM."""
+def _backbone(args) -> tuple[torch.dtype, Path | None]:
+    """(--dtype, the GGUF file of --llama-cpp or None), checked before any model is loaded by the checks the Python
+    API makes (`resolve_dtype`, `LlamaCppRunner`'s); --llama-cpp smollm2 is the embedded SmolLM2's GGUF file."""
+    dtype = resolve_dtype(getattr(args, "dtype", None), DEVICE)
+    gguf = getattr(args, "llama_cpp", None)
+    if not gguf:
+        return dtype, None
+    if gguf == EMBEDDED and not Path(gguf).exists():
+        folder, name = smollm2_gguf()
+        gguf = folder / name
+    import_llama_cpp()
+    return dtype, check_gguf_file(gguf).resolve()
+
+
+def _use_llama_cpp(peft_model, gguf: Path | None) -> None:
+    """Run the base model's body through llama.cpp from `gguf` (None: PyTorch), as `DecTModel.use_llama_cpp`."""
+    if gguf is not None:
+        peft_model.base_model.use_llama_cpp(gguf)
+
+
+def _load_base(model: str | None, kind: str | None, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer): the embedded SmolLM2 for 'smollm2' (or its folder), else a transformers LM, in `dtype`."""
     if model in (None, EMBEDDED):
-        return load_smollm2()
+        return load_smollm2(dtype)
     try:
         if Path(model).resolve() == smollm2_gguf()[0].resolve():
-            return load_smollm2()
+            return load_smollm2(dtype)
     except ImportError:
         pass
     if kind is None:
@@ -51,7 +73,7 @@ def _load_base(model: str | None, kind: str | None):
         if kind is None:
             raise ValueError(f"Cannot tell whether {model} is a masked or a causal LM; pass --kind masked|causal.")
     cls = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
-    return cls.from_pretrained(model).eval(), AutoTokenizer.from_pretrained(model)
+    return cls.from_pretrained(model, dtype=dtype).eval(), AutoTokenizer.from_pretrained(model)
 
 
 def _file(args, split: str):
@@ -198,7 +220,7 @@ REMOTE_ONLY = (
     "missing_label_words",
     "prompts_per_request",
 )
-LOCAL_ONLY = ("cache_dir", "kind")
+LOCAL_ONLY = ("cache_dir", "kind", "dtype", "llama_cpp")
 
 
 def _check_options(args) -> None:
@@ -241,16 +263,17 @@ def _fit_remote(args, train, config, metric) -> None:
 
 
 def cmd_fit(args) -> None:
+    _check_options(args)
+    dtype, gguf = (None, None) if args.endpoint else _backbone(args)
     train = _data(args, "train")
     if train is None:
         raise ValueError("Give the training data: --train FILE or --task NAME (with --data DIR).")
     spec = get_task(args.task) if args.task else None
-    _check_options(args)
     if args.endpoint:
         model = tokenizer = None
         kind = "causal"  # an OpenAI-compatible server continues the prompt: causal-LM templates
     else:
-        model, tokenizer = _load_base(args.model, args.kind)
+        model, tokenizer = _load_base(args.model, args.kind, dtype)
         kind = lm_kind(model)
     template = args.template or (spec.template_for(kind) if spec else None)
     words = _names(args, spec) if args.label_words == "names" else _label_words(args.label_words)
@@ -274,7 +297,9 @@ def cmd_fit(args) -> None:
         return
     options = {"tokenizer": tokenizer, "cache_dir": args.cache_dir, "show_progress": not args.quiet}
     options["metric"] = _metric(args, spec)
-    report = _fit_and_save(args, get_peft_model(model, config), train, **options)
+    peft_model = get_peft_model(model, config)
+    _use_llama_cpp(peft_model, gguf)
+    report = _fit_and_save(args, peft_model, train, **options)
     _emit(
         args,
         report,
@@ -286,9 +311,13 @@ def cmd_fit(args) -> None:
 
 def _load_adapter(args):
     """A PeftModel with its DecT adapter, or a `BlackBoxDecT` for an adapter fitted through a server."""
-    if (Path(args.adapter) / REMOTE_FILE).is_file():
-        if args.kind:
-            raise ValueError("--kind applies to an in-process model, not to an adapter fitted through a server.")
+    if _is_remote_folder(args.adapter):
+        given = [name for name in LOCAL_ONLY if getattr(args, name, None)]
+        if given:
+            raise ValueError(
+                f"--{given[0].replace('_', '-')} applies to an in-process model, not to an adapter fitted through a "
+                "server."
+            )
         overrides = {"url": args.endpoint} if args.endpoint else {}
         if args.model:
             overrides["model"] = args.model
@@ -303,10 +332,12 @@ def _load_adapter(args):
             f"{args.adapter} is an in-process adapter."
         )
 
+    dtype, gguf = _backbone(args)
     config = PeftConfig.from_pretrained(args.adapter)
-    model, tokenizer = _load_base(args.model or config.base_model_name_or_path, args.kind)
+    model, tokenizer = _load_base(args.model or config.base_model_name_or_path, args.kind, dtype)
     peft_model = PeftModel.from_pretrained(model, args.adapter)
     peft_model.base_model.set_tokenizer(tokenizer)
+    _use_llama_cpp(peft_model, gguf)
     return peft_model
 
 
@@ -328,6 +359,18 @@ def _adapter_identity(folder: str) -> dict:
     return {"adapter": str(root), "files": {str(p.relative_to(root)): file_identity(p)["sha256"] for p in files}}
 
 
+def _model_identity(args) -> dict:
+    """What names the model of a resumable output beside the adapter: --model, --dtype and --llama-cpp if given
+    (the default float32 PyTorch model adds nothing, so outputs written before these options resume)."""
+    identity = {"model": args.model} if args.model else {}
+    if _is_remote_folder(args.adapter):
+        return identity
+    dtype, gguf = _backbone(args)
+    if dtype != torch.float32:
+        identity["dtype"] = str(dtype).removeprefix("torch.")
+    return identity | ({"llama_cpp": str(gguf)} if gguf is not None else {})
+
+
 def _predict_to_file(args, peft_model) -> None:
     """`predict --output FILE`: streamed, flushed per batch, resumed after an interruption."""
     if args.input == "-":
@@ -343,7 +386,7 @@ def _predict_to_file(args, peft_model) -> None:
         batch_size=args.batch_size,
         reject=False if args.reject is None else args.reject,
         alpha=args.alpha,
-        identity=_adapter_identity(args.adapter) | ({"model": args.model} if args.model else {}),
+        identity=_model_identity(args) | _adapter_identity(args.adapter),  # first: shown in a refusal's 300 chars
         overwrite=args.overwrite,
         show_progress=not args.quiet,
     )
@@ -418,6 +461,11 @@ def _is_remote(model) -> bool:
     return isinstance(model, BlackBoxDecT)
 
 
+def _is_remote_folder(adapter: str) -> bool:
+    """Whether the adapter folder holds an adapter fitted through a server (`BlackBoxDecT`)."""
+    return (Path(adapter) / REMOTE_FILE).is_file()
+
+
 def cmd_push(args) -> None:
     url = push_adapter_folder(args.adapter, args.repo_id, private=args.private, token=args.token)
     _emit(args, {"repo_id": args.repo_id, "url": url}, f"Pushed {args.adapter} to {url}")
@@ -453,9 +501,10 @@ def cmd_serve(args) -> None:
         max_queue=args.max_queue,
         batching=not args.no_batching,
     )
+    dtype, gguf = _backbone(args)
     sources = _adapter_sources(args.adapters)
     base = args.model or PeftConfig.from_pretrained(sources[0][1]).base_model_name_or_path
-    model, tokenizer = _load_base(base, args.kind)
+    model, tokenizer = _load_base(base, args.kind, dtype)
     if args.feature_cache_mb < 0:
         raise ValueError(f"--feature-cache-mb must be 0 or more, got {args.feature_cache_mb}.")
     registry = AdapterRegistry(model, tokenizer, cache_max_bytes=max(1, int(args.feature_cache_mb * 2**20)))
@@ -466,6 +515,13 @@ def cmd_serve(args) -> None:
             print(f"peft-dect serve: {source} was not loaded: {err}", file=sys.stderr)
     if not registry.names:
         raise ValueError("No adapter could be loaded; nothing to serve.")
+    if gguf is not None:
+        _use_llama_cpp(registry.peft_model, gguf)
+        for name in registry.names:  # an adapter llama.cpp cannot run is refused now, not at its first request
+            try:
+                registry.peft_model.base_model.backbone(adapter_name=name)
+            except ValueError as err:
+                raise ValueError(f"Adapter {name!r} cannot run with --llama-cpp: {err}") from None
     if not args.quiet:
         print(f"Serving {', '.join(registry.names)} on http://{args.host}:{args.port}/", file=sys.stderr)
     run_server(registry, settings, host=args.host, port=args.port, max_connections=args.max_connections)

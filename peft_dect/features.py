@@ -89,7 +89,7 @@ class FeatureCache:
 
     `max_bytes` bounds the memory the rows take (None: no bound): past it the least recently used rows are dropped
     from memory (a folder keeps them on disk until it is reopened), never those of the extraction in progress
-    before they are gathered.
+    before they are gathered, and none while `held()` (a group of calls sharing one model pass).
     """
 
     def __init__(self, directory: str | os.PathLike | None = None, *, max_bytes: int | None = None) -> None:
@@ -97,6 +97,7 @@ class FeatureCache:
         self.writable = self.directory is not None
         self.max_bytes = check_max_bytes(max_bytes)
         self.bytes = 0
+        self.holds = 0  # open `held()` contexts: while any is open, no row is dropped
         self._store: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         if self.directory is not None:
             try:
@@ -176,9 +177,21 @@ class FeatureCache:
         self.max_bytes = check_max_bytes(max_bytes)
         self._evict(set())
 
+    @contextlib.contextmanager
+    def held(self):
+        """Within, no row is dropped to meet `max_bytes` (it is met again on exit): the rows one extraction adds stay
+        for the next extractions of a group of calls (several adapters' predictions from one model pass)."""
+        self.holds += 1
+        try:
+            yield self
+        finally:
+            self.holds -= 1
+            self._evict(set())
+
     def _evict(self, keep: set[str]) -> None:
-        """Drop least recently used rows (never those in `keep`) until the rows fit in `max_bytes`."""
-        if self.max_bytes is None:
+        """Drop least recently used rows (never those in `keep`) until the rows fit in `max_bytes` (none while
+        `held`)."""
+        if self.max_bytes is None or self.holds:
             return
         for key in list(self._store):
             if self.bytes <= self.max_bytes:

@@ -20,6 +20,26 @@ GGUF_MAGIC = b"GGUF"
 INSTALL = "pip install llama-cpp-python"
 
 
+def import_llama_cpp():
+    """The `llama_cpp` module of llama-cpp-python; an ImportError naming the install command if it is missing."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ImportError(f"The llama.cpp backbone needs llama-cpp-python: run `{INSTALL}`.") from None
+    return llama_cpp
+
+
+def check_gguf_file(gguf_file: str | os.PathLike) -> Path:
+    """`gguf_file` as a Path if it is a file with a GGUF header, else a ValueError naming the fix."""
+    path = Path(gguf_file)
+    if not path.is_file():
+        raise ValueError(f"GGUF file {str(path)!r} does not exist; give the path of a .gguf model file.")
+    with open(path, "rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise ValueError(f"{str(path)!r} is not a GGUF file (no GGUF header); give a .gguf model file.")
+    return path
+
+
 def file_fingerprint(path: Path) -> str:
     """A digest of a GGUF file's size and its first and last megabyte (the header names every tensor)."""
     digest = hashlib.sha1(str(path.stat().st_size).encode())
@@ -41,6 +61,8 @@ class LlamaCppRunner:
         max_sequences: prompts decoded together in one llama.cpp batch.
     """
 
+    name = "llama.cpp"  # how the backbone's errors call this runner
+
     def __init__(
         self,
         gguf_file: str | os.PathLike,
@@ -49,16 +71,8 @@ class LlamaCppRunner:
         n_ctx: int = 4096,
         max_sequences: int = 16,
     ) -> None:
-        try:
-            import llama_cpp
-        except ImportError:
-            raise ImportError(f"The llama.cpp backbone needs llama-cpp-python: run `{INSTALL}`.") from None
-        path = Path(gguf_file)
-        if not path.is_file():
-            raise ValueError(f"GGUF file {str(path)!r} does not exist; give the path of a .gguf model file.")
-        with open(path, "rb") as fh:
-            if fh.read(4) != GGUF_MAGIC:
-                raise ValueError(f"{str(path)!r} is not a GGUF file (no GGUF header); give a .gguf model file.")
+        llama_cpp = import_llama_cpp()
+        path = check_gguf_file(gguf_file)
         for name, value, low in (("n_ctx", n_ctx, 16), ("max_sequences", max_sequences, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
@@ -91,6 +105,15 @@ class LlamaCppRunner:
             self.close()
         except TypeError:  # interpreter shutdown: llama_cpp's functions are already gone
             pass
+
+    def check_sizes(self, hidden_size: int, vocab_size: int) -> None:
+        """Refuse a PyTorch model of another hidden size or vocabulary than this GGUF model's, naming both."""
+        if (self.hidden_size, self.vocab_size) != (hidden_size, vocab_size):
+            raise ValueError(
+                f"The GGUF model {str(self.path)!r} (hidden size {self.hidden_size}, vocabulary {self.vocab_size}) "
+                f"is not this base model (hidden size {hidden_size}, vocabulary {vocab_size}): give the GGUF file of "
+                "the same causal LM."
+            )
 
     def close(self) -> None:
         """Free llama.cpp's context and model (the runner cannot be used afterwards)."""

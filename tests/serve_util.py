@@ -61,13 +61,15 @@ def request(port: int, method: str, path: str, body=None, headers=None, timeout:
         conn.close()
 
 
-def fit_adapter(tokenizer, folder, *, flip: bool = False, reject_label: str | None = "unknown", **config):
+def fit_adapter(
+    tokenizer, folder, *, flip: bool = False, reject_label: str | None = "unknown", template: str = TEMPLATE, **config
+):
     """A DecT adapter on `base_model`, fitted, evaluated (for its card's metrics) and saved to `folder`; returns the
     fitted model."""
     data = dict(sentiment_data(16, 1))
     if flip:
         data["label"] = [1 - y for y in data["label"]]
-    config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, reject_label=reject_label, **config)
+    config = DecTConfig(template=template, label_words=LABEL_WORDS, reject_label=reject_label, **config)
     model = get_peft_model(base_model(tokenizer), config)
     model.fit(data, tokenizer=tokenizer, show_progress=False)
     model.evaluate(sentiment_data(10, 2), name="synthetic-sentiment", split="test", show_progress=False)

@@ -152,6 +152,46 @@ def test_concurrent_requests_share_batches_and_metrics_count_them(live, adapters
     )
 
 
+OTHER_TEMPLATE = "{text_a} All in all, it was {mask}."
+
+
+def test_adapters_of_one_template_share_one_backbone_batch(adapters, bpe_tokenizer, tmp_path):
+    """'sst' and 'flipped' (one template) and 'other' (another) requested at once: the model's body runs one batch
+    over the texts of the pair and one over those of 'other', even with a feature cache that keeps nothing."""
+    root, expected = adapters
+    models = {"sst": expected["sst.model"], "flipped": expected["flipped.model"]}
+    models["other"] = fit_adapter(bpe_tokenizer, tmp_path / "other", template=OTHER_TEMPLATE)
+    registry = AdapterRegistry(base_model(bpe_tokenizer), bpe_tokenizer, cache_max_bytes=1)
+    for source in (root / "sst", root / "flipped", tmp_path / "other"):
+        registry.add(str(source))
+    assert registry.group_of("sst") == registry.group_of("flipped") != registry.group_of("other")
+    texts = {name: sentiment_data(1, seed)["sentence"] for name, seed in (("sst", 31), ("flipped", 32), ("other", 33))}
+    assert len({t for ts in texts.values() for t in ts}) == 6  # no text is asked twice
+    rows = []  # inputs per forward of the model's body
+
+    def count(module, args, kwargs):
+        given = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        rows.append(given.shape[0])
+
+    body = registry.peft_model.base_model.backbone(bpe_tokenizer, adapter_name="sst").head_split[0]
+    hook = body.register_forward_pre_hook(count, with_kwargs=True)
+    app = create_app(registry, ServeSettings(max_wait=0.5))
+    try:
+        with LiveServer(app) as live, concurrent.futures.ThreadPoolExecutor(3) as pool:
+            jobs = {n: pool.submit(live.request, "POST", f"/models/{n}", {"inputs": ts}) for n, ts in texts.items()}
+            answers = {n: job.result(timeout=60) for n, job in jobs.items()}
+            stats = live.server.config.app.app.state.batcher.stats
+    finally:
+        hook.remove()
+    assert sorted(rows) == [2, 4]  # one body pass over the pair's 4 texts, one over the other's 2
+    assert (stats.batches, sorted(stats.sizes), stats.adapters) == (2, [2, 4], 3)
+    for name, (status, _, body) in answers.items():
+        assert status == 200
+        model = models[name]
+        want = model.predict_proba(texts[name], tokenizer=bpe_tokenizer)
+        np.testing.assert_allclose(matrix(body, model.active_peft_config.classes), want, atol=1e-6)
+
+
 def test_hot_add_loads_an_adapter_and_refuses_one_for_another_base_model(adapters, bpe_tokenizer, tmp_path):
     from peft import get_peft_model
     from test_hub import wider_llama
@@ -219,14 +259,14 @@ def test_a_full_queue_is_503_with_retry_after(adapters, bpe_tokenizer):
 def test_a_request_over_the_timeout_is_504_and_the_server_goes_on(adapters, bpe_tokenizer):
     root, _ = adapters
     registry = make_registry(bpe_tokenizer, root, names=("sst",))
-    slow = registry.run
+    slow = registry.run_group
 
-    def run(name, queries):
-        if any(q.texts == ["slow"] for q in queries):
+    def run_group(queries):
+        if any(q.texts == ["slow"] for qs in queries.values() for q in qs):
             time.sleep(1.5)
-        return slow(name, queries)
+        return slow(queries)
 
-    registry.run = run
+    registry.run_group = run_group
     app = create_app(registry, ServeSettings(timeout=0.5))
     with LiveServer(app) as live:
         status, _, body = live.request("POST", "/models/sst", {"inputs": "slow"})
@@ -235,13 +275,20 @@ def test_a_request_over_the_timeout_is_504_and_the_server_goes_on(adapters, bpe_
         assert live.request("POST", "/models/sst", {"inputs": "fine"})[0] == 200
 
 
+def record_calls(calls):
+    """A batch function that records its calls and answers 'adapter:query'."""
+
+    def run(queries):
+        calls.append({adapter: list(qs) for adapter, qs in queries.items()})
+        time.sleep(0.05)
+        return {adapter: [f"{adapter}:{q}" for q in qs] for adapter, qs in queries.items()}
+
+    return run
+
+
 def test_the_batcher_groups_per_adapter_bounds_its_queue_and_drops_abandoned_requests():
     calls = []
-
-    def run(adapter, queries):
-        calls.append((adapter, list(queries)))
-        time.sleep(0.05)
-        return [f"{adapter}:{q}" for q in queries]
+    run = record_calls(calls)
 
     async def main():
         batcher = MicroBatcher(run, max_batch=4, max_wait=0.05, max_queue=6)
@@ -258,7 +305,47 @@ def test_the_batcher_groups_per_adapter_bounds_its_queue_and_drops_abandoned_req
         return results
 
     assert asyncio.run(main()) == ["a:1", "b:2", "a:3", "a:4"]
-    assert calls == [("a", [1, 3, 4]), ("b", [2])]
+    assert calls == [{"a": [1, 3, 4]}, {"b": [2]}]
+
+
+def test_the_batcher_batches_the_adapters_of_one_group_together():
+    calls = []
+    groups = {"a": "t1", "b": "t1", "c": "t2"}
+
+    async def main(enabled):
+        batcher = MicroBatcher(record_calls(calls), group_of=groups.get, max_batch=3, max_wait=0.05, enabled=enabled)
+        batcher.start()
+        plan = [("a", 1), ("c", 2), ("b", 3), ("a", 4), ("b", 5)]
+        results = await asyncio.gather(*[batcher.submit(a, q, 1) for a, q in plan])
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = asyncio.run(main(True))
+    assert results == ["a:1", "c:2", "b:3", "a:4", "b:5"]
+    assert calls == [{"a": [1, 4], "b": [3]}, {"c": [2]}, {"b": [5]}]  # oldest first, at most max_batch texts
+    assert (stats.batches, stats.texts, stats.adapters) == (3, 5, 4)
+    calls.clear()
+    results, stats = asyncio.run(main(False))  # the baseline: one query per batch
+    assert results == ["a:1", "c:2", "b:3", "a:4", "b:5"] and stats.batches == 5
+    assert all(len(call) == 1 and len(next(iter(call.values()))) == 1 for call in calls)
+
+
+def test_the_batcher_answers_every_query_when_the_batch_function_fails_or_answers_short():
+    async def main(run):
+        batcher = MicroBatcher(run, group_of=lambda adapter: 0, max_wait=0.05)
+        batcher.start()
+        results = await asyncio.gather(
+            *[batcher.submit(a, q, 1) for a, q in [("a", 1), ("b", 2)]], return_exceptions=True
+        )
+        await batcher.stop()
+        return results
+
+    def broken(queries):
+        raise OSError("disk")
+
+    assert [type(r) for r in asyncio.run(main(broken))] == [OSError, OSError]
+    results = asyncio.run(main(lambda queries: {"a": ["a:1"]}))
+    assert results[0] == "a:1" and isinstance(results[1], RuntimeError) and "0 answers for 1" in str(results[1])
 
 
 def test_settings_refuse_bad_values_naming_them():
@@ -267,6 +354,8 @@ def test_settings_refuse_bad_values_naming_them():
     with pytest.raises(ValueError, match="api_key must be a string of at least 8"):
         ServeSettings(api_key="short")
     with pytest.raises(ValueError, match="max_wait must be a number of seconds"):
-        MicroBatcher(lambda a, q: q, max_wait=-1)
+        MicroBatcher(lambda queries: queries, max_wait=-1)
+    with pytest.raises(TypeError, match="must be callables"):
+        MicroBatcher(lambda queries: queries, group_of="template")
     with pytest.raises(TypeError, match="base model"):
         AdapterRegistry(type("P", (__import__("peft").PeftModel,), {"__init__": lambda self: None})(), None)

@@ -30,7 +30,7 @@ from .checks import check_base_model, check_label_token_ids, output_embedding_na
 from .core import ConfigUncertainty, DecTCore, class_logits
 from .layer import AdapterState, DecTLayer
 from .locking import serialized
-from .sources import AdapterSources, load_recorded_tokenizer, tokenizer_record
+from .sources import AdapterSources, load_recorded_tokenizer, pass_key, tokenizer_record
 from .trainer_path import DecTTrainerPath
 
 
@@ -246,15 +246,17 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         if gguf_file is None:
             self.set_runner(None)
             return
-        runner = LlamaCppRunner(gguf_file, **options)
-        hidden, vocab = base_model_sizes(self.model)
-        if lm_kind(self.model) != CAUSAL or (runner.hidden_size, runner.vocab_size) != (hidden, vocab):
-            runner.close()
+        if lm_kind(self.model) != CAUSAL:
             raise ValueError(
-                f"The GGUF model {str(gguf_file)!r} (hidden size {runner.hidden_size}, vocabulary "
-                f"{runner.vocab_size}) is not this base model ({lm_kind(self.model)} LM, hidden size {hidden}, "
-                f"vocabulary {vocab}): give the GGUF file of the same causal LM."
+                f"The GGUF model {str(gguf_file)!r} is not this base model: llama.cpp runs causal LMs and "
+                f"{type(self.model).__name__} is a {lm_kind(self.model)} LM; run it with PyTorch."
             )
+        runner = LlamaCppRunner(gguf_file, **options)
+        try:
+            runner.check_sizes(*base_model_sizes(self.model))
+        except ValueError:
+            runner.close()
+            raise
         self.set_runner(runner)
 
     def set_runner(self, runner) -> None:
@@ -367,8 +369,8 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         self, inputs, adapters: Sequence[str] | None = None, tokenizer=None, *, proba: bool = False, **kwargs
     ) -> dict[str, list[str] | np.ndarray]:
         """Answers of several DecT adapters of this model for the same inputs: {adapter: class names} (or
-        probabilities with `proba=True`). Adapters with one template share one model pass over the inputs (the
-        others' label words are scored from the cached hidden states); each further template costs one pass.
+        probabilities with `proba=True`). Adapters of one `pass_key` (one template) share one model pass over the
+        inputs (the others' label words are scored from the cached hidden states); each further key costs one pass.
 
         `adapters` defaults to every DecT adapter; the active adapter is restored afterwards. Further keyword
         arguments go to `predict` / `predict_proba` (e.g. `reject=True`).
@@ -383,13 +385,23 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         previous = self.active_adapters
         out: dict[str, list[str] | np.ndarray] = {}
         try:
-            for name in sorted(names, key=lambda n: self.peft_config[n].template):  # one template after another
+            for name in sorted(names, key=self.pass_key):  # one shared pass after another
                 self.set_adapter(name)
                 answer = self.predict_proba if proba else self.predict
                 out[name] = answer(inputs, tokenizer, **kwargs)
         finally:
             self.set_adapter(previous if len(previous) > 1 else previous[0])
         return {name: out[name] for name in names}
+
+    def pass_key(self, adapter_name: str) -> str:
+        """Adapters with equal keys share one model pass over a text (see `peft_dect.dect.sources.pass_key`)."""
+        return pass_key(self.peft_config[adapter_name], adapter_name)
+
+    def keeping_features(self):
+        """Under this context the feature cache drops no row to meet its bound (it is met again on exit), so the
+        features one call extracts serve the next calls of a small group (a server's batch for several adapters of
+        one `pass_key`) even with a bound smaller than them. Its memory is that of the group's features."""
+        return self.sources.cache.held()
 
     @serialized
     def zero_shot_logits(self, inputs, tokenizer=None, *, calibrate: bool = True, show_progress: bool = False):

@@ -30,6 +30,17 @@ def prompt_key(config) -> str:
     return json.dumps([getattr(config, f) for f in fields], sort_keys=False, default=repr)
 
 
+def pass_key(config, adapter_name: str) -> str:
+    """What decides the model pass an adapter runs over a text: adapters of one base model with equal keys (one
+    template and max_length, no prompt of their own) share it, the others' label words being scored from its hidden
+    states (`predict_many`, and the server's batches across adapters). A soft prompt or a demonstration pool is an
+    adapter's own, so such an adapter shares with none. Label words of several tokens continued through the prompt's
+    key/value cache need the pass itself: such an adapter shares only with adapters of the same words, which the key
+    cannot tell (it then runs a pass of its own; its answers are the same)."""
+    own = adapter_name if config.demonstrations is not None or config.soft_prompt else None
+    return json.dumps([config.template, config.max_length, own])
+
+
 def load_recorded_tokenizer(config):
     """The tokenizer an adapter was fitted with, loaded from where it records it came from (None: not recorded).
 

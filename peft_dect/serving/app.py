@@ -1,8 +1,9 @@
 """The HTTP app of `peft-dect serve`: classification in the Hugging Face Inference API's format, adapter listing,
 hot-adding, health, metrics and the try-it page.
 
-`create_app(registry, settings)` builds a FastAPI app around an `AdapterRegistry`; requests for an adapter go through
-the `MicroBatcher`, so concurrent ones share backbone batches.
+`create_app(registry, settings)` builds a FastAPI app around an `AdapterRegistry`; requests go through the
+`MicroBatcher`, grouped by the registry's `group_of`, so concurrent ones for adapters of one group (one template on
+the one base model) share backbone batches, which the registry's `run_group` runs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class ServeSettings:
         max_inputs: texts per request at most (413 beyond).
         timeout: seconds a request may take, body and queue included (408 / 504 beyond).
         max_batch: texts per backbone batch.
-        max_wait: seconds the first request of a batch waits for others.
+        max_wait: seconds the first request of a batch waits for others (of its adapter's group).
         max_queue: texts waiting at most (503 with Retry-After beyond).
         batching: False runs every request on its own.
         retry_after: seconds a 503 asks the client to wait.
@@ -75,7 +76,8 @@ def create_app(registry: AdapterRegistry, settings: ServeSettings | None = None)
     settings = settings or ServeSettings()
     metrics = ServerMetrics()
     batcher = MicroBatcher(
-        registry.run,
+        registry.run_group,
+        group_of=registry.group_of,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait,
         max_queue=settings.max_queue,

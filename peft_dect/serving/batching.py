@@ -1,7 +1,11 @@
-"""Micro-batching: concurrent requests for one adapter become one backbone batch.
+"""Micro-batching: concurrent requests for adapters of one group become one backbone batch.
 
-Requests wait in one bounded queue. A single worker takes the adapter of the oldest waiting request and, once that
-request has waited `max_wait` seconds or `max_batch` texts of the adapter are waiting, runs all of them (oldest
+Every adapter belongs to a group (`group_of(adapter)`, any hashable; by default each adapter is its own): the
+adapters of a group are those one backbone pass serves, so the batch function runs their queries as one batch and
+derives each adapter's answers from the shared features. The batcher knows nothing else of adapters or models.
+
+Requests wait in one bounded queue. A single worker takes the group of the oldest waiting request and, once that
+request has waited `max_wait` seconds or `max_batch` texts of the group are waiting, runs all of them (oldest
 first, up to `max_batch` texts; a larger request goes alone) as one call in a worker thread, so the event loop keeps
 accepting requests meanwhile. Requests that arrive while a batch runs are batched next. A full queue is refused at
 once (`QueueFull`, 503 with Retry-After), never left to grow; a request whose caller gave up is dropped unrun.
@@ -12,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+
+RunGroup = Callable[[Mapping[str, Sequence[Any]]], Mapping[str, Sequence[Any]]]
 
 
 class QueueFull(Exception):
@@ -24,6 +31,7 @@ class QueueFull(Exception):
 
 @dataclass
 class Waiting:
+    adapter: str
     query: Any
     size: int
     future: asyncio.Future
@@ -32,10 +40,12 @@ class Waiting:
 
 @dataclass
 class BatchStats:
-    """What the batcher has done: batches run and the texts in them (for `/metrics`)."""
+    """What the batcher has done: backbone batches run, the texts in them and the adapters answered from them (an
+    adapter counted once per batch it had queries in; for `/metrics`)."""
 
     batches: int = 0
     texts: int = 0
+    adapters: int = 0
     sizes: list[int] = field(default_factory=list)  # texts per batch since the last `drain_sizes`
 
     def drain_sizes(self) -> list[int]:
@@ -44,10 +54,13 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Batch concurrent queries per adapter and run them through `run(adapter, queries) -> answers`.
+    """Batch concurrent queries per group of adapters and run them through `run(queries_by_adapter)`.
 
     Args:
-        run: the batch function (blocking; called in one worker thread, one batch at a time).
+        run: the batch function (blocking; called in one worker thread, one batch at a time): given
+            {adapter: its queries, oldest first} of one group, it returns {adapter: one answer per query, in that
+            order}; an answer may be an exception (that query's error).
+        group_of: the group of an adapter (hashable; adapters of a group share a batch); default: the adapter itself.
         max_batch: texts per batch at most (a single larger query runs alone); 1 query per batch when `enabled`
             is False.
         max_wait: seconds the oldest query waits for others before its batch runs.
@@ -57,8 +70,9 @@ class MicroBatcher:
 
     def __init__(
         self,
-        run: Callable[[str, Sequence[Any]], list[Any]],
+        run: RunGroup,
         *,
+        group_of: Callable[[str], Hashable] | None = None,
         max_batch: int = 64,
         max_wait: float = 0.01,
         max_queue: int = 1024,
@@ -69,12 +83,18 @@ class MicroBatcher:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}.")
         if not isinstance(max_wait, (int, float)) or not 0 <= max_wait <= 10:
             raise ValueError(f"max_wait must be a number of seconds from 0 to 10, got {max_wait!r}.")
+        if not callable(run) or (group_of is not None and not callable(group_of)):
+            raise TypeError(
+                f"run and group_of must be callables, got {type(run).__name__} and {type(group_of).__name__}; pass "
+                "the batch function and adapter -> group (or group_of=None: one group per adapter)."
+            )
         self.run = run
+        self.group_of = group_of if group_of is not None else same_adapter
         self.max_batch = max_batch
         self.max_wait = float(max_wait)
         self.max_queue = max_queue
         self.enabled = enabled
-        self.queues: OrderedDict[str, deque[Waiting]] = OrderedDict()
+        self.queues: OrderedDict[Hashable, deque[Waiting]] = OrderedDict()  # per group
         self.waiting = 0  # texts queued, not yet taken into a batch
         self.stats = BatchStats()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peft-dect-batch")
@@ -112,8 +132,8 @@ class MicroBatcher:
             raise RuntimeError("MicroBatcher.start() was not called (the app's lifespan starts it).")
         if self.waiting + size > self.max_queue:
             raise QueueFull(f"{self.waiting} texts are queued (at most {self.max_queue}); retry shortly.")
-        item = Waiting(query, size, asyncio.get_running_loop().create_future())
-        self.queues.setdefault(adapter, deque()).append(item)
+        item = Waiting(adapter, query, size, asyncio.get_running_loop().create_future())
+        self.queues.setdefault(self.group_of(adapter), deque()).append(item)
         self.waiting += size
         self.wake.set()
         try:
@@ -122,21 +142,21 @@ class MicroBatcher:
             if not item.future.done():  # the caller gave up (timeout, disconnect): the worker skips it
                 item.future.cancel()
 
-    def oldest(self) -> tuple[str, Waiting] | None:
-        """The adapter whose first live query has waited longest, dropping queries whose caller gave up."""
+    def oldest(self) -> tuple[Hashable, Waiting] | None:
+        """The group whose first live query has waited longest, dropping queries whose caller gave up."""
         best = None
-        for adapter, queue in list(self.queues.items()):
+        for group, queue in list(self.queues.items()):
             while queue and queue[0].future.done():
                 self.waiting -= queue.popleft().size
             if not queue:
-                del self.queues[adapter]
+                del self.queues[group]
             elif best is None or queue[0].since < best[1].since:
-                best = (adapter, queue[0])
+                best = (group, queue[0])
         return best
 
-    def take(self, adapter: str) -> list[Waiting]:
-        """The live queries of `adapter` for one batch: oldest first, up to `max_batch` texts (at least one)."""
-        queue = self.queues[adapter]
+    def take(self, group: Hashable) -> list[Waiting]:
+        """The live queries of `group` for one batch: oldest first, up to `max_batch` texts (at least one)."""
+        queue = self.queues[group]
         batch: list[Waiting] = []
         texts = 0
         while queue:
@@ -150,14 +170,14 @@ class MicroBatcher:
             self.waiting -= item.size
             texts += item.size
         if not queue:
-            del self.queues[adapter]
+            del self.queues[group]
         return batch
 
-    def ready(self, adapter: str, item: Waiting) -> float:
-        """Seconds until the batch of `adapter` should run (0: now)."""
+    def ready(self, group: Hashable, item: Waiting) -> float:
+        """Seconds until the batch of `group` should run (0: now)."""
         if not self.enabled:
             return 0.0
-        queued = sum(w.size for w in self.queues[adapter] if not w.future.done())
+        queued = sum(w.size for w in self.queues[group] if not w.future.done())
         if queued >= self.max_batch:
             return 0.0
         return max(0.0, item.since + self.max_wait - time.monotonic())
@@ -170,8 +190,8 @@ class MicroBatcher:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            adapter, first = found
-            delay = self.ready(adapter, first)
+            group, first = found
+            delay = self.ready(group, first)
             if delay > 0:
                 self.wake.clear()
                 try:
@@ -179,21 +199,35 @@ class MicroBatcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            batch = self.take(adapter)
+            batch = self.take(group)
             if not batch:
                 continue
+            by_adapter: dict[str, list[Waiting]] = {}
+            for item in batch:
+                by_adapter.setdefault(item.adapter, []).append(item)
             size = sum(item.size for item in batch)
             self.stats.batches += 1
             self.stats.texts += size
+            self.stats.adapters += len(by_adapter)
             self.stats.sizes.append(size)
+            queries = {adapter: [w.query for w in items] for adapter, items in by_adapter.items()}
             try:
-                answers = await loop.run_in_executor(self.executor, self.run, adapter, [w.query for w in batch])
+                answers = await loop.run_in_executor(self.executor, self.run, queries)
             except Exception as err:  # the batch function failed as a whole: every query in it gets the error
-                answers = [err] * len(batch)
-            for item, answer in zip(batch, answers):
-                if item.future.done():
-                    continue
-                if isinstance(answer, BaseException):
-                    item.future.set_exception(answer)
-                else:
-                    item.future.set_result(answer)
+                answers = {adapter: [err] * len(items) for adapter, items in by_adapter.items()}
+            for adapter, items in by_adapter.items():
+                given = list(answers.get(adapter, ()))
+                missing = RuntimeError(f"The batch function gave {len(given)} answers for {len(items)} queries.")
+                for index, item in enumerate(items):
+                    answer = given[index] if index < len(given) else missing
+                    if item.future.done():
+                        continue
+                    if isinstance(answer, BaseException):
+                        item.future.set_exception(answer)
+                    else:
+                        item.future.set_result(answer)
+
+
+def same_adapter(adapter: str) -> str:
+    """The default group of an adapter: itself (batches per adapter)."""
+    return adapter

@@ -3,6 +3,11 @@
 PEFT keeps every adapter's tensors in the one model (`load_adapter`, `set_adapter`), so many tasks cost one copy of
 the base model. The model has one active adapter at a time and its feature cache and tokenizer state are shared,
 so every call that switches the adapter and classifies runs under one lock.
+
+Adapters whose forward pass over a text is the same (the classifier's `pass_key`; for DecT one template and no
+prompt of their own, as `predict_many` groups them) form one group (`group_of`): `run_group` classifies the queries of
+several adapters of a group with one backbone batch over all their texts, then derives each adapter's answers from
+the shared features (kept in the feature cache for the call, whatever its bound).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +81,13 @@ class Answer:
 
 @dataclass
 class Adapter:
-    """A served adapter: its name, where it came from, and its card's metrics (if it has a card)."""
+    """A served adapter: its name, where it came from, its card's metrics (if it has a card) and its group (the
+    adapters one backbone pass serves)."""
 
     name: str
     source: str
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    group: str = ""
 
 
 def card_metrics(source: str) -> list[dict[str, Any]]:
@@ -100,7 +107,7 @@ def card_metrics(source: str) -> list[dict[str, Any]]:
 
 
 class AdapterRegistry:
-    """peft-dect adapters on one base model, classified one adapter at a time under a lock.
+    """peft-dect adapters on one base model, classified one group of adapters at a time under a lock.
 
     Args:
         model: the base model (a transformers LM, not a PeftModel): every adapter is loaded onto it.
@@ -146,7 +153,8 @@ class AdapterRegistry:
                 if type(self.peft_model.peft_config[name]) is not type(self.peft_model.active_peft_config):
                     self.peft_model.delete_adapter(name)
                     raise ValueError(f"{source} is not a peft-dect adapter of the kind already served.")
-        self.adapters[name] = Adapter(name, source, card_metrics(source))
+            group = classifier_of(self.peft_model).pass_key(name)
+        self.adapters[name] = Adapter(name, source, card_metrics(source), group)
         logger.info("adapter loaded", extra={"event": "adapter_loaded", "adapter": name, "source": source})
         return name
 
@@ -165,26 +173,45 @@ class AdapterRegistry:
             "metrics": self.adapters[name].metrics,
         }
 
+    def group_of(self, name: str) -> str:
+        """The group of adapter `name`: adapters of one group share a backbone pass (the classifier's `pass_key`)."""
+        return self.adapters[name].group
+
     def run(self, name: str, queries: Sequence[Query]) -> list[Answer | Exception]:
         """Classify the texts of every query with adapter `name` in one backbone batch; one answer (or the error a
         query's own options caused) per query."""
+        return self.run_group({name: queries})[name]
+
+    def run_group(self, queries: Mapping[str, Sequence[Query]]) -> dict[str, list[Answer | Exception]]:
+        """Classify the queries of adapters of one group with one backbone batch: the first adapter's features are
+        extracted over the texts of all of them, and the others' are read from those (held in the feature cache for
+        the call). One answer (or the error a query's own options caused) per query, by adapter."""
+        names = list(queries)
+        if len({self.group_of(n) for n in names}) > 1:
+            raise ValueError(f"run_group takes adapters of one group (see group_of), got {names}; run them apart.")
+        others = [t for n in names[1:] for q in queries[n] for t in q.texts]
+        with self.lock, classifier_of(self.peft_model).keeping_features():
+            return {n: self._run(n, queries[n], others if i == 0 else []) for i, n in enumerate(names)}
+
+    def _run(self, name: str, queries: Sequence[Query], others: list[str]) -> list[Answer | Exception]:
+        """The answers of adapter `name`; its features are extracted together with those of `others` (the texts of
+        the other adapters of its group). Called under the lock."""
         texts = [t for q in queries for t in q.texts]
-        with self.lock:
-            self.peft_model.set_adapter(name)
-            classifier = classifier_of(self.peft_model)
-            try:
-                logits = classifier.checked_logits(texts)
-            except (ValueError, TypeError) as err:
-                if len(queries) == 1:
-                    return [err]
-                return [self._one(classifier, q) for q in queries]  # find the query whose texts are refused
-            answers: list[Answer | Exception] = []
-            start = 0
-            for query in queries:
-                rows = logits[start : start + len(query.texts)]
-                start += len(query.texts)
-                answers.append(self._answer(classifier, query, rows))
-            return answers
+        self.peft_model.set_adapter(name)
+        classifier = classifier_of(self.peft_model)
+        try:
+            logits = classifier.checked_logits(texts + others)[: len(texts)]
+        except (ValueError, TypeError) as err:
+            if len(queries) == 1 and not others:
+                return [err]
+            return [self._one(classifier, q) for q in queries]  # find the query whose texts are refused
+        answers: list[Answer | Exception] = []
+        start = 0
+        for query in queries:
+            rows = logits[start : start + len(query.texts)]
+            start += len(query.texts)
+            answers.append(self._answer(classifier, query, rows))
+        return answers
 
     def _one(self, classifier, query: Query) -> Answer | Exception:
         try:
