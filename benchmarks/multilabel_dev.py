@@ -1,9 +1,10 @@
-"""How far multi-label auto mode's epoch grid and learning rate should reach, chosen on held-out training data only.
+"""Multi-label auto mode's epoch grid, learning rate and score scale, chosen on held-out training data only.
 
     python -m benchmarks.multilabel_dev --data ../shared/data/nlupp
 
 NLU++ banking, the low-data setting's training folds 0-4 (about 100 sentences each, 48 intents), SmolLM2-135M-Instruct
-with `tasks.NLUPP_CAUSAL` and the intents' names as label words. For each candidate (epoch grid, learning rate)
+with `tasks.NLUPP_CAUSAL` and the intents' names as label words. For each candidate (epoch grid, learning rate,
+`multilabel.ML_SCORE_SCALE`)
 DecT multi-label is fitted through the public `fit`, and the figure is auto mode's own held-out micro-F1 (4-fold
 cross-validation of the training fold): no test fold is read. Results: `benchmarks/results/multilabel_dev.json`.
 """
@@ -17,11 +18,16 @@ from pathlib import Path
 
 
 OUT = Path(__file__).parent / "results" / "multilabel_dev.json"
-CANDIDATES = {
-    "epochs (30, 100, 300), lr 0.01": ((30, 100, 300), 0.01),
-    "epochs (100, 300, 1000), lr 0.01": ((100, 300, 1000), 0.01),
-    "epochs (30, 100, 300), lr 0.03": ((30, 100, 300), 0.03),
-    "epochs (100, 300, 1000), lr 0.03": ((100, 300, 1000), 0.03),
+CANDIDATES = {  # name: (epoch grid, learning rate, score scale)
+    "epochs (30, 100, 300), lr 0.01, scale 1": ((30, 100, 300), 0.01, 1.0),
+    "epochs (100, 300, 1000), lr 0.01, scale 1": ((100, 300, 1000), 0.01, 1.0),
+    "epochs (30, 100, 300), lr 0.03, scale 1": ((30, 100, 300), 0.03, 1.0),
+    "epochs (100, 300, 1000), lr 0.03, scale 1": ((100, 300, 1000), 0.03, 1.0),
+    "epochs (30, 100, 300), lr 0.01, scale 3": ((30, 100, 300), 0.01, 3.0),
+    "epochs (30, 100, 300), lr 0.01, scale 10": ((30, 100, 300), 0.01, 10.0),
+    "epochs (30, 100, 300), lr 0.01, scale 20": ((30, 100, 300), 0.01, 20.0),
+    "epochs (30, 100, 300), lr 0.01, scale 40": ((30, 100, 300), 0.01, 40.0),
+    "epochs (100, 300, 1000), lr 0.01, scale 10": ((100, 300, 1000), 0.01, 10.0),
 }
 
 
@@ -29,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the nlupp folder (ontology.json, banking/fold*.json)")
     parser.add_argument("--folds", default="0,1,2,3,4")
+    parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"), help="feature cache folder")
     args = parser.parse_args(argv)
     from peft import get_peft_model
 
@@ -45,9 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     config = DecTConfig(template=NLUPP_CAUSAL, label_words=label_words_from_names(classes), multi_label=True,
                         label_column="labels", text_column="text")  # fmt: skip
     peft_model = get_peft_model(model, config)
+    peft_model.base_model.use_cache_dir(args.cache)
     results: dict[str, dict] = {}
-    for name, (epochs, lr) in CANDIDATES.items():
-        multilabel.ML_AUTO_EPOCHS = epochs
+    for name, (epochs, lr, scale) in CANDIDATES.items():
+        multilabel.ML_AUTO_EPOCHS, multilabel.ML_SCORE_SCALE = epochs, scale
         peft_model.peft_config["default"].learning_rate = lr
         per_fold = {}
         for fold in folds:

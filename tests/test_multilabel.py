@@ -14,7 +14,10 @@ from transformers import Trainer, TrainingArguments
 
 from peft_dect import DecTConfig
 from peft_dect.data import read_multi_labels
+from peft_dect.dect import decoder, multilabel
+from peft_dect.dect.fit import fusion_grid
 from peft_dect.dect.multilabel import best_cut, fit_binary_temperature
+from peft_dect.features import Features
 from peft_dect.metrics import multi_label_value
 
 
@@ -150,6 +153,43 @@ def test_binary_temperature_recovers_a_scaled_sigmoid():
     logits = torch.randn(20000, generator=gen) * 3
     targets = torch.bernoulli(torch.sigmoid(logits / 2.5), generator=gen)
     assert fit_binary_temperature(logits, targets) == pytest.approx(2.5, rel=0.1)
+
+
+def _synthetic_features(n: int, seed: int) -> tuple[Features, torch.Tensor]:
+    """Hidden states whose direction tells 4 classes apart, label-word scores and multi-hot labels."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, 4, generator=gen) < 0.4).float()
+    hidden = labels @ torch.randn(4, 16, generator=torch.Generator().manual_seed(99)) + torch.randn(
+        n, 16, generator=gen
+    )
+    return Features(hidden, torch.randn(n, 4, generator=gen) + labels), labels
+
+
+@pytest.mark.parametrize("scale", [multilabel.ML_SCORE_SCALE, 3.0])
+def test_auto_mode_trains_at_the_score_scale_and_stores_the_unscaled_form(monkeypatch, scale):
+    """The decoder is trained on scale * (r - distance) + lam * a (not on the unscaled scores), and the adapter
+    keeps lam / scale, so its stored scores are the trained ones divided by the scale."""
+    monkeypatch.setattr(multilabel, "ML_SCORE_SCALE", scale)
+    cfg = _config()
+    train, labels = _synthetic_features(48, seed=1)
+    held, held_labels = _synthetic_features(24, seed=2)
+    content_free = torch.zeros(4)
+    result, choice = multilabel.fit_multilabel(train, labels, content_free, cfg, held, held_labels)
+    assert result.report["score_scale"] == scale
+    shots = multilabel.shots_of(labels, 4)
+    assert result.lam * scale == pytest.approx(min(fusion_grid(shots), key=lambda v: abs(v - result.lam * scale)))
+    prior = multilabel.prior_log_odds(train.label_logits, content_free if result.calibrate else None)
+    _, snaps = decoder.train(
+        train.hidden, labels, prior, torch.full((1,), 1.0 / shots), num_classes=4, decoder_dim=cfg.decoder_dim,
+        epochs=result.epochs, lr=cfg.learning_rate, seed=cfg.seed, checkpoints=(result.epochs,),
+        radius_init=cfg.radius_init, scale=scale,
+    )  # fmt: skip
+    torch.testing.assert_close(result.weights.W, snaps[result.epochs].W, atol=1e-4, rtol=1e-4)
+    unscaled, _ = decoder.train(
+        train.hidden, labels, prior, torch.full((1,), 1.0 / shots), num_classes=4, decoder_dim=cfg.decoder_dim,
+        epochs=result.epochs, lr=cfg.learning_rate, seed=cfg.seed, radius_init=cfg.radius_init,
+    )  # fmt: skip
+    assert not torch.allclose(result.weights.W, unscaled.W, atol=1e-3)
 
 
 # ---------------------------------------------------------------- DecT multi-label

@@ -125,14 +125,16 @@ def train(
     weight: torch.Tensor | None = None,
     checkpoints: tuple[int, ...] = (),
     radius_init: str = "reference",
+    scale: float = 1.0,
 ) -> tuple[DecoderWeights, dict[int, DecoderWeights]]:
     """Full-batch Adam on the cross-entropy of the scores, for G members at once; for multi-hot labels (N, C), on
     the binary cross-entropy of every class's sigmoid(score_k) (multi-label: `peft_dect.dect.multilabel`).
 
     hidden (N, H), labels (N,) or (N, C), q (G, N, C) or (N, C), lam (G,), weight (G, N) marks each member's
     training rows (all ones by default), `radius_init` one of RADIUS_INITS (here, as in `init_radii`, the reference
-    code's by default, so these functions reproduce it; `DecTConfig` defaults to "normalized"). Returns the final
-    weights and snapshots at the given epoch `checkpoints`.
+    code's by default, so these functions reproduce it; `DecTConfig` defaults to "normalized"). `scale` multiplies
+    the decoder's term in the loss, scale * (r_k - distance) + lam * q_k (a cosine classifier's scale; 1 is the
+    paper's). Returns the final weights and snapshots at the given epoch `checkpoints`.
     """
     if radius_init not in RADIUS_INITS:
         raise ValueError(f"radius_init must be one of {RADIUS_INITS}, got {radius_init!r}.")
@@ -153,7 +155,7 @@ def train(
     with torch.enable_grad():
         for epoch in range(1, epochs + 1):
             opt.zero_grad(set_to_none=True)
-            s = scores(DecoderWeights(W, radii, prototypes), hidden, q, lam)
+            s = scale * scores(DecoderWeights(W, radii, prototypes), hidden, q, lam / scale)
             nll = loss_per_example(s, labels)
             loss = ((nll * weight).sum(1) / denom).sum()
             loss.backward()
