@@ -120,7 +120,8 @@ def setfit(train, test_texts, seed: int, iterations: int):
 
 
 def cost(peft_model, model, tokenizer, train, dev, repeats: int = 1) -> dict:
-    """Seed 13's costs, cold: DecT's fit against plain inference plus the continuation cost, exact vs first."""
+    """Costs of a cold fit on `train` (and `dev`, its eval set; None: none): DecT's fit against plain inference
+    plus the continuation cost, exact vs first-token label scores."""
     from benchmarks.dect_bench import plain_inference
     from peft_dect.features import FeatureCache
     from peft_dect.prompting import content_free_texts
@@ -129,7 +130,7 @@ def cost(peft_model, model, tokenizer, train, dev, repeats: int = 1) -> dict:
     report = peft_model.fit(train, tokenizer=tokenizer, eval_dataset=dev, show_progress=False)
     fit_seconds = time.perf_counter() - start
     bb = peft_model.base_model.backbone(tokenizer)
-    texts = list(train["text"]) + list(dev["text"]) + [content_free_texts(bb.template)[0]]
+    texts = list(train["text"]) + (list(dev["text"]) if dev is not None else []) + [content_free_texts(bb.template)[0]]
     prompts = [bb.render(t) for t in texts]
     first = first_token_backbone(bb)
     timings: dict[str, list[float]] = {"plain": [], "first": [], "exact": []}

@@ -34,6 +34,10 @@ so a sentence costs one SmolLM2 pass in the whole run: later cells mostly read t
 is one SmolLM2 pass per training sentence, and for SetFit its MiniLM passes: both sides of every pair, then every
 sentence once for the head). DecT's own `evaluate` is stored beside it as a check. Results:
 `benchmarks/results/nlupp.json` (written after every cell, and read back: the run resumes).
+
+Cost (`cost` in the JSON, before any cell, cold caches; `--no-cost` skips it): a DecT fit on training fold 0
+against one plain inference pass of SmolLM2 over the same inputs plus the label names' continuation (exact
+multi-token scores), alternated `--cost-repeats` times, the faster run of each (`benchmarks.banking77.cost`).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ PROBE_C = (1.0, 0.1, 10.0, 0.01, 100.0)  # ties go to the first: sklearn's defau
 PROBE_THRESHOLD = 0.5
 SETFIT_ITERATIONS = 20  # setfit's default
 SETFIT_SEED = 42  # the low-data cells' (a k16 cell uses its sampling seed)
+COST_FOLD = 0  # the training fold of the cold fit-cost timing
 
 
 def multi_hot(labels: list[list[str]], classes: list[str]) -> np.ndarray:
@@ -186,6 +191,17 @@ def make_config(classes: list[str]):
         return DecTConfig(**common), False
 
 
+def fit_cost(peft_model, model, tokenizer, columns: dict, fold: int, repeats: int) -> dict:
+    """A cold DecT multi-label fit on one training fold against one plain inference pass over the same inputs
+    (plus the label names' continuation, scored exactly), by `benchmarks.banking77.cost`: alternated `repeats`
+    times, the faster run of each."""
+    from benchmarks.banking77 import cost
+
+    rows = [i for i, f in enumerate(columns["fold"]) if f == fold]
+    train = {"text": [columns["text"][i] for i in rows], "labels": [columns["labels"][i] for i in rows]}
+    return cost(peft_model, model, tokenizer, train, None, repeats) | {"fold": fold, "repeats": repeats}
+
+
 def cells(args) -> list[tuple[str, list[int], int | None, list[int]]]:
     """(key, training folds, sampling seed or None, test folds) of the cells asked for."""
     if args.setting == "low":
@@ -219,14 +235,20 @@ def run(args) -> dict:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
-    if not todo_cells:
+    timing = args.cost and "cost" not in results
+    if not todo_cells and not timing:
         return results
     peft_model = dect_model = tokenizer = None
     multi_label = False
-    if any(m in SMOLLM2_METHODS for *_, todo in todo_cells for m in todo):  # SetFit alone needs no SmolLM2
+    if timing or any(m in SMOLLM2_METHODS for *_, todo in todo_cells for m in todo):  # SetFit alone needs none
         model, tokenizer = load_smollm2()
         cfg, multi_label = make_config(classes)
         peft_model = get_peft_model(model, cfg)
+        if multi_label and timing:  # first: its caches must be cold
+            results["cost"] = fit_cost(peft_model, model, tokenizer, columns, COST_FOLD, args.cost_repeats)
+            save()
+            logging.info("cost: %s", {k: v for k, v in results["cost"].items() if k != "fit_report"})
+            peft_model.base_model.reset_adapter()
         peft_model.base_model.use_cache_dir(args.cache)
         dect_model = peft_model.base_model
 
@@ -346,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-size", type=int, default=None, help="a seeded sample of each test set (quick runs)")
     parser.add_argument("--setfit-iterations", type=int, default=SETFIT_ITERATIONS)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--no-cost", dest="cost", action="store_false", help="skip the cold fit-cost timing")
+    parser.add_argument("--cost-repeats", type=int, default=3, help="alternated runs of the cost timing")
     parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"))
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--table", action="store_true", help="print the README table from --out and stop")

@@ -25,17 +25,24 @@ def cli(*args, stdin=None, env=None):
     )
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, bpe_tokenizer):
-    root = tmp_path_factory.mktemp("cli")
+def write_workspace(root, tokenizer):
+    """The tiny Llama saved under `root/tiny-llama` and 16 train / 10 test sentiment rows as `root/{train,test}.csv`
+    (columns sentence, label); returns the model folder."""
     model_dir = root / "tiny-llama"
-    tiny_llama(bpe_tokenizer).save_pretrained(model_dir)
-    bpe_tokenizer.save_pretrained(model_dir)
+    tiny_llama(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
     for name, data in (("train", sentiment_data(16, 1)), ("test", sentiment_data(10, 2))):
         with open(root / f"{name}.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["sentence", "label"])
             writer.writerows(zip(data["sentence"], ["negative" if y == 0 else "positive" for y in data["label"]]))
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, bpe_tokenizer):
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = write_workspace(root, bpe_tokenizer)
     adapter = root / "adapter"
     fit = cli(
         "fit",

@@ -10,7 +10,6 @@ llama.cpp on the float32 GGUF file agrees with PyTorch to 2e-3 on features (see 
 probabilities through the same decoder are asserted within 1e-2.
 """
 
-import csv
 import json
 import os
 import socket
@@ -19,7 +18,7 @@ import pytest
 import torch
 from conftest import LABEL_WORDS, TEMPLATE, sentiment_data, tiny_llama
 from peft import get_peft_model
-from test_cli import ENV, cli
+from test_cli import ENV, cli, write_workspace
 
 from peft_dect import DecTConfig, commands
 from peft_dect.backbone import Backbone
@@ -34,14 +33,7 @@ LLAMA_CPP_PROBABILITY_TOLERANCE = 1e-2
 def workspace(tmp_path_factory, bpe_tokenizer):
     """(root, model folder, float32 adapter fitted by `peft-dect fit`, test file) on the tiny Llama."""
     root = tmp_path_factory.mktemp("cli-backbone")
-    model_dir = root / "tiny-llama"
-    tiny_llama(bpe_tokenizer).save_pretrained(model_dir)
-    bpe_tokenizer.save_pretrained(model_dir)
-    for name, data in (("train", sentiment_data(16, 1)), ("test", sentiment_data(10, 2))):
-        with open(root / f"{name}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["sentence", "label"])
-            writer.writerows(zip(data["sentence"], ["negative" if y == 0 else "positive" for y in data["label"]]))
+    model_dir = write_workspace(root, bpe_tokenizer)
     adapter = root / "adapter"
     run(
         "fit", "--model", str(model_dir), "--train", str(root / "train.csv"), "--template", TEMPLATE,
