@@ -5,12 +5,14 @@ test accuracy of auto mode per seed, SST-2 and CR 16-shot.
 
 Paths: ``float32`` (PyTorch, the GGUF de-quantised, today's default), ``llama.cpp`` (the body run in-process by
 llama.cpp from the GGUF file as stored, Q4_1; `model.base_model.use_llama_cpp(...)`), ``int8`` (PyTorch's dynamic
-int8 quantisation of the linear layers) and ``bfloat16`` (PyTorch). Prediction throughput is DecT's `predict` from a
-cold cache on the first `--predict-size` test sentences of each task, each path timed alternating with float32
-in one run (`--repeats` pairs); the ratio is that of the medians. Accuracy: auto mode with the seed's dev split on
-the full test sets, for every path at least as fast as float32 (a slower path is reported without it). Also: the
-fit of seed 13 from a cold cache against one plain pass of the same path over the same inputs, and a second adapter
-with other label words fitted on texts already seen (model passes and seconds). Results go to
+int8 quantisation of the linear layers), ``int8_outliers`` (the same by `peft_dect.quantize.quantize_int8`, which
+keeps the layers with outlier inputs on 8 training texts and the LM head in float32) and ``bfloat16`` (PyTorch).
+Prediction throughput is DecT's `predict` from a cold cache on the first `--predict-size` test sentences of each
+task, each path timed alternating with float32 in one run (`--repeats` pairs); the ratio is that of the medians.
+Accuracy: auto mode with the seed's dev split on the full test sets (`--test-size` caps them), for every path at
+least as fast as float32 (a slower path is reported without it). Also: the fit of seed 13 from a cold cache against
+one plain pass of the same path over the same inputs, and a second adapter with other label words fitted on texts
+already seen (model passes and seconds). Results go to
 `benchmarks/results/speed.json`; `--table` prints the README table from it.
 """
 
@@ -33,7 +35,7 @@ from .dect_bench import LABEL_WORDS, TEMPLATE, plain_inference
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = (13, 21, 42, 87, 100)
-PATHS = ("float32", "llama.cpp", "int8", "bfloat16")
+PATHS = ("float32", "llama.cpp", "int8", "int8_outliers", "bfloat16")
 OTHER_WORDS = {"negative": ["terrible"], "positive": ["good"]}
 
 
@@ -54,11 +56,13 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def build(path: str, base, tokenizer, gguf: Path, threads: int):
-    """A DecT PEFT model whose backbone runs along `path`, and the RSS it added (MB)."""
+def build(path: str, base, tokenizer, gguf: Path, threads: int, calibration: list[str]):
+    """A DecT PEFT model whose backbone runs along `path`, and the RSS it added (MB); `calibration`: the texts that
+    locate int8_outliers' float32 layers."""
     from peft import get_peft_model
 
     from peft_dect import DecTConfig
+    from peft_dect.quantize import quantize_int8
 
     before = rss_mb()
     with warnings.catch_warnings():
@@ -70,6 +74,8 @@ def build(path: str, base, tokenizer, gguf: Path, threads: int):
         elif path == "int8":  # the body's linear layers (the LM head, tied to the embeddings, stays float32)
             model = copy.deepcopy(base)
             model.model = torch.ao.quantization.quantize_dynamic(model.model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif path == "int8_outliers":  # the same, but layers with outlier inputs (and the LM head) stay float32
+            model, _ = quantize_int8(base, tokenizer, calibration)
         elif path == "bfloat16":
             model = copy.deepcopy(base).to(torch.bfloat16)
         else:
@@ -161,11 +167,12 @@ def run(args) -> dict:
     base, tokenizer = load_smollm2()
     folder, name = smollm2_gguf()
     gguf = folder / name
-    models, added = {}, {}
-    for path in args.paths:
-        models[path], added[path] = build(path, base, tokenizer, gguf, threads)
     splits = {t: {s: load_task(t, args.data, k=16, seed=s) for s in args.seeds} for t in args.tasks}
     first = args.seeds[0]
+    calibration = list(splits[args.tasks[0]][first]["train"]["text_a"][:8])
+    models, added = {}, {}
+    for path in args.paths:
+        models[path], added[path] = build(path, base, tokenizer, gguf, threads, calibration)
 
     # ---- prediction throughput, each path alternating with float32
     throughput = {}

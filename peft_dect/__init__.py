@@ -14,6 +14,7 @@ from .peft_model import PeftModelForFewShotClassification
 from .pipeline import FewShotClassificationPipeline
 from .prompt_tuning import PromptEnsemble, get_prompt_tuning_model, init_soft_prompt
 from .prompting import Template, Verbalizer
+from .quantize import quantize_int8
 from .settings import DemonstrationConfig, PromptSettings
 
 
@@ -37,4 +38,5 @@ __all__ = [
     "Verbalizer",
     "get_prompt_tuning_model",
     "init_soft_prompt",
+    "quantize_int8",
 ]
