@@ -10,7 +10,7 @@ import torch
 from conftest import NEGATIVE, POSITIVE, tiny_bert, tiny_llama
 from peft import PeftModel, get_peft_model
 from sklearn.metrics import f1_score, hamming_loss
-from transformers import Trainer, TrainingArguments
+from test_trainer import full_batch_trainer
 
 from peft_dect import DecTConfig
 from peft_dect.data import read_multi_labels
@@ -309,23 +309,7 @@ def test_trainer_matches_fit_for_multi_label(bpe_tokenizer, ml_train, ml_test, t
     slow = get_peft_model(tiny_llama(bpe_tokenizer), _config(mode="faithful"))
     train = slow.prepare_dataset(ml_train, tokenizer=bpe_tokenizer)
     assert len(train[0]["labels"]) == 4
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=len(train),
-        num_train_epochs=30,
-        learning_rate=0.01,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        warmup_steps=0,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    Trainer(model=slow, args=args, train_dataset=train, data_collator=slow.collate).train()
+    full_batch_trainer(slow, train, None, tmp_path).train()
     # Same data, full batch, Adam(lr=0.01) for 30 epochs, the same BCE: equal up to float summation order.
     layer_fast, layer_slow = fast.base_model.dect_layer, slow.base_model.dect_layer
     torch.testing.assert_close(layer_slow.dect_W["default"], layer_fast.dect_W["default"], atol=1e-3, rtol=1e-3)

@@ -11,7 +11,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from peft_dect import DecTConfig
 
 
-def _trainer(model, train, evaluation, tmp_path, epochs=30):
+def full_batch_trainer(model, train, evaluation, tmp_path, epochs=30):
+    """A Trainer with full-batch Adam at a constant lr 0.01, as `fit` trains the decoder (accuracy as its metric)."""
     args = TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=len(train),
@@ -64,7 +65,7 @@ def test_trainer_matches_fit(maker, bpe_tokenizer, wordpiece_tokenizer, sentimen
     slow = get_peft_model(maker(tok), DecTConfig(**cfg))
     train = slow.prepare_dataset(sentiment_train, tokenizer=tok)
     test = slow.prepare_dataset(sentiment_test)
-    trainer = _trainer(slow, train, test, tmp_path)
+    trainer = full_batch_trainer(slow, train, test, tmp_path)
     trainer.train()
     trainer_acc = trainer.evaluate()["eval_accuracy"]
     # Same data, full batch, Adam(lr=0.01) for 30 epochs: the two paths agree up to float summation order.
@@ -81,7 +82,7 @@ def test_trainer_leaves_the_base_model_frozen(bpe_tokenizer, sentiment_train, tm
     model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "dect_" not in n}
     train = model.prepare_dataset(sentiment_train, tokenizer=bpe_tokenizer)
-    _trainer(model, train, None, tmp_path, epochs=2).train()
+    full_batch_trainer(model, train, None, tmp_path, epochs=2).train()
     for n, p in model.named_parameters():
         if "dect_" not in n:
             assert torch.equal(p, before[n]), n
