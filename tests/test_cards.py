@@ -43,3 +43,16 @@ def test_a_card_the_user_wrote_is_kept(fitted, tmp_path):
     fitted.save_pretrained(tmp_path)
     card = ModelCard.load(tmp_path / "README.md")
     assert "Hand-written notes." in card.text and card.data.library_name == "peft"
+
+
+def test_fit_sentence_states_the_score_scale_of_a_many_class_fit():
+    """A fit trained at a score scale (auto mode above 10 classes) says so; a scale-1 fit reads as before."""
+    from types import SimpleNamespace
+
+    from peft_dect.dect.card import fit_sentence
+
+    fit = {"train_examples": 616, "shots": 8, "model_passes": 617, "mode": "auto", "lam": 0.032, "calibrate": True,
+           "epochs": 60, "selected_on": "4-fold cross-validation", "heldout_accuracy": 0.6}  # fmt: skip
+    config = SimpleNamespace(learning_rate=0.01, seed=0)
+    assert "scale" not in fit_sentence(fit | {"score_scale": 1.0}, config)
+    assert "trained at scale 7.7" in fit_sentence(fit | {"score_scale": 7.7}, config)

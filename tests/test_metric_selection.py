@@ -105,3 +105,29 @@ def test_fit_by_a_metric_is_reported_by_evaluate_and_unknown_metrics_fail_before
     assert set(metrics) == {"accuracy", "macro_f1"}
     logits = model.predict_logits(test, tokenizer=bpe_tokenizer)
     assert metrics["macro_f1"] == macro_f1(logits.argmax(-1).numpy(), np.asarray(test["label"]))
+
+
+def test_auto_mode_trains_at_the_class_counts_score_scale_and_stores_the_unscaled_form():
+    """With many classes the decoder is trained on scale * (r - distance) + lam * q, and the fit keeps lam / scale:
+    the stored scores are the trained ones over the scale. Up to 10 classes the scale is 1, the paper's scores."""
+    from peft_dect.dect import decoder
+    from peft_dect.dect.fit import fusion_grid, score_scale
+
+    assert [score_scale(c) for c in (2, 6, 10)] == [1.0, 1.0, 1.0]
+    assert 1.0 < score_scale(40) < score_scale(77) <= score_scale(1000)
+    classes = 40
+    gen = torch.Generator().manual_seed(3)
+    y = torch.arange(classes).repeat(4)
+    h = torch.randn(classes, 16, generator=gen)[y] * 2 + torch.randn(len(y), 16, generator=gen)
+    train = Features(h, torch.log_softmax(torch.randn(len(y), classes, generator=gen), -1))
+    scale = score_scale(classes)
+    cf = torch.zeros(classes)
+    result = fit_auto(train, y, cf, cfg(), classes)
+    assert result.report["score_scale"] == scale
+    assert min(abs(result.lam * scale - v) for v in fusion_grid(4)) < 1e-9  # a grid value over the scale
+    q = torch.softmax(train.label_logits - (cf if result.calibrate else 0.0), -1)
+    common = dict(num_classes=classes, decoder_dim=8, epochs=result.epochs, lr=0.01, seed=0, radius_init="normalized")
+    scaled, _ = decoder.train(train.hidden, y, q, torch.tensor([0.25]), scale=scale, **common)
+    torch.testing.assert_close(result.weights.W, scaled.W)
+    unscaled, _ = decoder.train(train.hidden, y, q, torch.tensor([0.25]), **common)
+    assert not torch.allclose(result.weights.W, unscaled.W, atol=1e-3)

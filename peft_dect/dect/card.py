@@ -16,6 +16,11 @@ def fit_sentence(fit: dict, config) -> str:
         f"calibration {'on' if fit['calibrate'] else 'off'}, {fit['epochs']} epochs of Adam (lr "
         f"{config.learning_rate:g}), decoder seed {config.seed}."
     )
+    if fit.get("score_scale", 1.0) != 1.0:
+        text += (
+            f" The decoder's term was trained at scale {fit['score_scale']:g} (many classes); lam is given in the "
+            "stored, unscaled form."
+        )
     if fit.get("multi_label") and fit.get("selected_on"):
         text += (
             f" Multi-label: one sigmoid per class; auto mode chose these settings on {fit['selected_on']} (held-out "

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..features import Features
 from ..uncertainty import golden_section_min
 from . import decoder
-from .fit import AUTO_FOLDS, FitResult, fusion_grid, preference, shots_of
+from .fit import AUTO_FOLDS, FitResult, fusion_grid, preference, shots_of, train_members, train_one
 
 
 logger = logging.getLogger(__name__)
@@ -154,29 +154,6 @@ def to_probability(cut: float, temperature: float) -> float:
     return float(torch.sigmoid(torch.tensor(cut / temperature, dtype=torch.float64)))
 
 
-def train_members(train: Features, labels, priors, members, cfg, epochs: tuple[int, ...], scale: float = 1.0):
-    """Train every member (calibration option, training rows) in one batched loop, the decoder's term at `scale`;
-    snapshots at `epochs`."""
-    shots = shots_of(labels, labels.shape[1])
-    q = torch.stack([priors[c] for c, _, _ in members])
-    _, snaps = decoder.train(
-        train.hidden,
-        labels,
-        q,
-        torch.full((len(members),), 1.0 / shots),
-        num_classes=labels.shape[1],
-        decoder_dim=cfg.decoder_dim,
-        epochs=max(epochs),
-        lr=cfg.learning_rate,
-        seed=cfg.seed,
-        weight=torch.stack([rows.float() for _, rows, _ in members]),
-        checkpoints=epochs,
-        radius_init=cfg.radius_init,
-        scale=scale,
-    )
-    return snaps
-
-
 def fit_multilabel(
     train: Features,
     labels: torch.Tensor,
@@ -196,8 +173,7 @@ def fit_multilabel(
         lam = cfg.lam if cfg.lam is not None else 1.0 / shots
         calibrate = cfg.calibrate and content_free is not None
         prior = prior_log_odds(train.label_logits, content_free if calibrate else None)
-        members = [(calibrate, torch.ones(labels.shape[0], dtype=torch.bool), None)]
-        weights = train_members(train, labels, {calibrate: prior}, members, cfg, (cfg.epochs,))[cfg.epochs]
+        weights = train_one(train, labels, prior, 1.0 / shots, cfg, num_classes, cfg.epochs)
         report = {"mode": "faithful", "lam": lam, "calibrate": calibrate, "epochs": cfg.epochs, "multi_label": True}
         return FitResult(weights, lam, calibrate, cfg.epochs, report), MultiLabelChoice(thresholds=None)
     calib_options = [True, False] if content_free is not None else [False]
@@ -210,7 +186,7 @@ def fit_multilabel(
     splits = [(~held, held) for held in folds] + ([(everything, None)] if eval_features is not None else [])
     members = [(c, rows, held) for c in calib_options for rows, held in splits]
     scale = ML_SCORE_SCALE
-    snaps = train_members(train, labels, priors, members, cfg, ML_AUTO_EPOCHS, scale)
+    snaps = train_members(train, labels, priors, members, cfg, num_classes, ML_AUTO_EPOCHS, scale)
     fusion = fusion_grid(shots)
     held_parts = [labels[held] for _, held in splits if held is not None] + ([eval_labels] if eval_priors else [])
     held_targets = torch.cat(held_parts)  # in the order the members' held-out rows are scored below
@@ -272,6 +248,5 @@ def fit_multilabel(
     if on_all:
         weights = snaps[epochs].member(on_all[0])
     else:
-        full = [(calibrate, everything, None)]
-        weights = train_members(train, labels, priors, full, cfg, (epochs,), scale)[epochs]
+        weights = train_one(train, labels, priors[calibrate], 1.0 / shots, cfg, num_classes, epochs, scale)
     return FitResult(weights, lam / scale, calibrate, epochs, report), choice
