@@ -168,3 +168,15 @@ def test_distances_never_build_the_examples_by_classes_by_dim_tensor():
         got = decoder.distances(z, prototypes)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert Largest.numel <= 2 * 300 * 150
+
+
+def test_training_shows_a_progress_bar_only_when_asked(capsys):
+    """Long decoder training (many classes, auto mode's members) can show its epochs; by default it is silent."""
+    h, y = torch.randn(12, 6), torch.arange(3).repeat(4)
+    q = torch.full((12, 3), 1 / 3)
+    common = dict(num_classes=3, decoder_dim=4, epochs=5, lr=0.01, seed=0)
+    quiet, _ = decoder.train(h, y, q, torch.tensor([0.25]), **common)
+    assert "decoder" not in capsys.readouterr().err
+    shown, _ = decoder.train(h, y, q, torch.tensor([0.25]), progress=True, **common)
+    assert "decoder" in capsys.readouterr().err
+    torch.testing.assert_close(shown.W, quiet.W)

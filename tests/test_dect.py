@@ -247,3 +247,12 @@ def test_weights_of_another_method_are_refused(bpe_tokenizer, tmp_path):
     save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(2, 2)}, tmp_path / "adapter_model.safetensors")
     with pytest.raises(ValueError, match="come from different adapters"):
         PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
+
+
+def test_fit_shows_the_decoders_progress_with_show_progress(bpe_tokenizer, sentiment_train, capsys):
+    """fit(show_progress=True) shows the decoder's epochs beside the extraction's batches; False silences both."""
+    peft_model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    peft_model.fit(sentiment_train, tokenizer=bpe_tokenizer, show_progress=False)
+    assert "decoder" not in capsys.readouterr().err
+    peft_model.fit(sentiment_train, tokenizer=bpe_tokenizer, show_progress=True)
+    assert "decoder" in capsys.readouterr().err

@@ -38,6 +38,7 @@ class FeatureSource(Protocol):
     """What the core needs of a model: the prompt's template and features for texts (see `Backbone.extract`)."""
 
     template: Template
+    show_progress: bool  # progress bars on long work (extraction, the decoder's training)
 
     def extract(
         self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None, *, desc: str = "features"
@@ -214,7 +215,9 @@ class DecTCore:
         content_free = content_free.detach().clone().cpu() if (cfg.calibrate or cfg.mode == "auto") else None
         if with_decoder and cfg.multi_label:
             evaluated = rest[0] if use_eval else None
-            result, choice = fit_multilabel(train, labels, content_free, cfg, evaluated, eval_labels)
+            result, choice = fit_multilabel(
+                train, labels, content_free, cfg, evaluated, eval_labels, self.source.show_progress
+            )
             self.state.write(result)
             report = self.write_multi_label(choice, cfg.read_texts(train_dataset))
             return {
@@ -227,7 +230,9 @@ class DecTCore:
             }
         if with_decoder:
             evaluated = rest[0] if use_eval else None
-            result = fit_decoder(train, labels, content_free, cfg, evaluated, eval_labels, metric)
+            result = fit_decoder(
+                train, labels, content_free, cfg, evaluated, eval_labels, metric, self.source.show_progress
+            )
         else:
             result = FitResult(None, 0.0, cfg.calibrate, 0, {"mode": "logits", "lam": 0.0, "calibrate": cfg.calibrate})
         self.state.write(result)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 
 RADIUS_INITS = ("normalized", "reference")
@@ -126,6 +127,7 @@ def train(
     checkpoints: tuple[int, ...] = (),
     radius_init: str = "reference",
     scale: float = 1.0,
+    progress: bool = False,
 ) -> tuple[DecoderWeights, dict[int, DecoderWeights]]:
     """Full-batch Adam on the cross-entropy of the scores, for G members at once; for multi-hot labels (N, C), on
     the binary cross-entropy of every class's sigmoid(score_k) (multi-label: `peft_dect.dect.multilabel`).
@@ -134,7 +136,8 @@ def train(
     training rows (all ones by default), `radius_init` one of RADIUS_INITS (here, as in `init_radii`, the reference
     code's by default, so these functions reproduce it; `DecTConfig` defaults to "normalized"). `scale` multiplies
     the decoder's term in the loss, scale * (r_k - distance) + lam * q_k (a cosine classifier's scale; 1 is the
-    paper's). Returns the final weights and snapshots at the given epoch `checkpoints`.
+    paper's). `progress` shows a bar over the epochs (long with many classes and members). Returns the final
+    weights and snapshots at the given epoch `checkpoints`.
     """
     if radius_init not in RADIUS_INITS:
         raise ValueError(f"radius_init must be one of {RADIUS_INITS}, got {radius_init!r}.")
@@ -153,7 +156,7 @@ def train(
     if 0 in checkpoints:
         snapshots[0] = DecoderWeights(W.detach().clone(), radii.detach().clone(), prototypes)
     with torch.enable_grad():
-        for epoch in range(1, epochs + 1):
+        for epoch in tqdm(range(1, epochs + 1), desc="decoder", unit="epoch", disable=not progress, leave=False):
             opt.zero_grad(set_to_none=True)
             s = scale * scores(DecoderWeights(W, radii, prototypes), hidden, q, lam / scale)
             nll = loss_per_example(s, labels)

@@ -100,18 +100,28 @@ def fit_decoder(
     eval_features: Features | None = None,
     eval_labels: torch.Tensor | None = None,
     metric=None,
+    progress: bool = False,
 ) -> FitResult:
     """The configured mode: `fit_faithful`, or `fit_auto` (which also reads the eval features, when given, and
-    maximises `metric`: a name of `peft_dect.metrics.METRICS`, a callable or an `evaluate` metric; None: accuracy)."""
+    maximises `metric`: a name of `peft_dect.metrics.METRICS`, a callable or an `evaluate` metric; None: accuracy).
+    `progress` shows the decoder's training."""
     if cfg.mode == "faithful":
-        return fit_faithful(train, labels, content_free, cfg, len(cfg.classes))
+        return fit_faithful(train, labels, content_free, cfg, len(cfg.classes), progress)
     if cfg.lam is not None:
         logger.warning("Auto mode chooses lam itself; the configured lam=%g is used by faithful mode only.", cfg.lam)
-    return fit_auto(train, labels, content_free, cfg, len(cfg.classes), eval_features, eval_labels, metric)
+    return fit_auto(train, labels, content_free, cfg, len(cfg.classes), eval_features, eval_labels, metric, progress)
 
 
 def train_one(
-    train: Features, labels, q, lam: float, cfg, num_classes: int, epochs: int, scale: float = 1.0
+    train: Features,
+    labels,
+    q,
+    lam: float,
+    cfg,
+    num_classes: int,
+    epochs: int,
+    scale: float = 1.0,
+    progress: bool = False,
 ) -> decoder.DecoderWeights:
     """One decoder trained on all of `train` with fusion weight `lam` for `epochs`, its term at `scale`."""
     weights, _ = decoder.train(
@@ -126,12 +136,21 @@ def train_one(
         seed=cfg.seed,
         radius_init=cfg.radius_init,
         scale=scale,
+        progress=progress,
     )
     return weights
 
 
 def train_members(
-    train: Features, labels, priors: dict, members, cfg, num_classes: int, epochs: tuple[int, ...], scale: float = 1.0
+    train: Features,
+    labels,
+    priors: dict,
+    members,
+    cfg,
+    num_classes: int,
+    epochs: tuple[int, ...],
+    scale: float = 1.0,
+    progress: bool = False,
 ) -> dict[int, decoder.DecoderWeights]:
     """Train every member (calibration option, training rows, held-out rows) in one batched loop with lam = 1/shots,
     the decoder's term at `scale`; `priors` maps a calibration option to its q (N, C). Snapshots at `epochs`."""
@@ -150,18 +169,24 @@ def train_members(
         checkpoints=tuple(epochs),
         radius_init=cfg.radius_init,
         scale=scale,
+        progress=progress,
     )
     return snaps
 
 
 def fit_faithful(
-    train: Features, labels: torch.Tensor, content_free: torch.Tensor | None, cfg, num_classes: int
+    train: Features,
+    labels: torch.Tensor,
+    content_free: torch.Tensor | None,
+    cfg,
+    num_classes: int,
+    progress: bool = False,
 ) -> FitResult:
     """The paper's recipe: lam = cfg.lam or 1/shots, cfg.epochs of Adam, calibration as configured."""
     lam = cfg.lam if cfg.lam is not None else 1.0 / shots_of(labels, num_classes)
     calibrate = cfg.calibrate and content_free is not None
     q = probs(train.label_logits, content_free, calibrate)
-    weights = train_one(train, labels, q, lam, cfg, num_classes, cfg.epochs)
+    weights = train_one(train, labels, q, lam, cfg, num_classes, cfg.epochs, progress=progress)
     report = {"mode": "faithful", "lam": lam, "calibrate": calibrate, "epochs": cfg.epochs}
     return FitResult(weights, lam, calibrate, cfg.epochs, report)
 
@@ -226,7 +251,17 @@ class AutoTable:
 
 
 def auto_table(
-    train, labels, q_train, cfg, num_classes, folds, eval_features, eval_labels, content_free, scale: float = 1.0
+    train,
+    labels,
+    q_train,
+    cfg,
+    num_classes,
+    folds,
+    eval_features,
+    eval_labels,
+    content_free,
+    scale: float = 1.0,
+    progress: bool = False,
 ):
     """Train every member (calibration option x CV fold, plus one on all data when an eval set is given) in one
     batched loop, the decoder's term at `scale`, and count each (calibration, epochs, fusion) candidate's held-out
@@ -237,7 +272,7 @@ def auto_table(
     splits = [(~held, held) for held in folds] + ([(everything, None)] if eval_features is not None else [])
     members = [(c, rows, held) for c in q_train for rows, held in splits]
     q = torch.stack([q_train[c] for c, _, _ in members])
-    snaps = train_members(train, labels, q_train, members, cfg, num_classes, AUTO_EPOCHS, scale)
+    snaps = train_members(train, labels, q_train, members, cfg, num_classes, AUTO_EPOCHS, scale, progress)
     held_mask = torch.stack([h.float() if h is not None else torch.zeros(len(labels)) for _, _, h in members])
     evaluated = [g for g, (_, _, h) in enumerate(members) if h is None]
     if evaluated:
@@ -377,6 +412,7 @@ def fit_auto(
     eval_features: Features | None = None,
     eval_labels: torch.Tensor | None = None,
     metric=None,
+    progress: bool = False,
 ) -> FitResult:
     """Choose calibration, epochs and fusion weight on held-out data by `metric` (accuracy when None; see
     `peft_dect.metrics.resolve_metric`), then return the decoder that uses them.
@@ -391,14 +427,14 @@ def fit_auto(
     folds = stratified_folds(labels, k, cfg.seed) if k >= 2 else []
     if not folds and eval_features is None:
         logger.warning("Auto mode needs an eval set or 2 examples per class; fitting with the paper's recipe.")
-        result = fit_faithful(train, labels, content_free, cfg, num_classes)
+        result = fit_faithful(train, labels, content_free, cfg, num_classes, progress)
         if shots < AUTO_MIN_SHOTS and content_free is not None:  # nothing held out to beat the prior with
             result.lam, result.calibrate = max(fusion_grid(shots)), True
             result.report.update(lam=result.lam, calibrate=True, rule=low_shot_rule())
         return result
     scale = score_scale(num_classes)
     table = auto_table(
-        train, labels, q_train, cfg, num_classes, folds, eval_features, eval_labels, content_free, scale
+        train, labels, q_train, cfg, num_classes, folds, eval_features, eval_labels, content_free, scale, progress
     )
     name, fn = resolve_metric(metric)
     q_eval = {c: probs(eval_features.label_logits, content_free, c) for c in q_train} if eval_features else {}
@@ -414,5 +450,5 @@ def fit_auto(
     on_all = [g for g, (c, _, held) in enumerate(table.members) if held is None and c == calibrate]
     if on_all:  # the member trained on all the training data was kept at this epoch count
         return FitResult(table.snapshots[epochs].member(on_all[0]), lam, calibrate, epochs, report, heldout)
-    weights = train_one(train, labels, q_train[calibrate], 1.0 / shots, cfg, num_classes, epochs, scale)
+    weights = train_one(train, labels, q_train[calibrate], 1.0 / shots, cfg, num_classes, epochs, scale, progress)
     return FitResult(weights, lam, calibrate, epochs, report, heldout)

@@ -161,8 +161,10 @@ def fit_multilabel(
     cfg,
     eval_features: Features | None = None,
     eval_labels: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> tuple[FitResult, MultiLabelChoice]:
-    """Fit a multi-label decoder on multi-hot `labels` (N, C): the configured mode, thresholds and temperature."""
+    """Fit a multi-label decoder on multi-hot `labels` (N, C): the configured mode, thresholds and temperature;
+    `progress` shows the decoder's training."""
     num_classes = labels.shape[1]
     shots = shots_of(labels, num_classes)
     if cfg.mode == "faithful" or (labels.shape[0] < 2 * AUTO_FOLDS and eval_features is None):
@@ -173,7 +175,7 @@ def fit_multilabel(
         lam = cfg.lam if cfg.lam is not None else 1.0 / shots
         calibrate = cfg.calibrate and content_free is not None
         prior = prior_log_odds(train.label_logits, content_free if calibrate else None)
-        weights = train_one(train, labels, prior, 1.0 / shots, cfg, num_classes, cfg.epochs)
+        weights = train_one(train, labels, prior, 1.0 / shots, cfg, num_classes, cfg.epochs, progress=progress)
         report = {"mode": "faithful", "lam": lam, "calibrate": calibrate, "epochs": cfg.epochs, "multi_label": True}
         return FitResult(weights, lam, calibrate, cfg.epochs, report), MultiLabelChoice(thresholds=None)
     calib_options = [True, False] if content_free is not None else [False]
@@ -186,7 +188,7 @@ def fit_multilabel(
     splits = [(~held, held) for held in folds] + ([(everything, None)] if eval_features is not None else [])
     members = [(c, rows, held) for c in calib_options for rows, held in splits]
     scale = ML_SCORE_SCALE
-    snaps = train_members(train, labels, priors, members, cfg, num_classes, ML_AUTO_EPOCHS, scale)
+    snaps = train_members(train, labels, priors, members, cfg, num_classes, ML_AUTO_EPOCHS, scale, progress)
     fusion = fusion_grid(shots)
     held_parts = [labels[held] for _, held in splits if held is not None] + ([eval_labels] if eval_priors else [])
     held_targets = torch.cat(held_parts)  # in the order the members' held-out rows are scored below
@@ -248,5 +250,5 @@ def fit_multilabel(
     if on_all:
         weights = snaps[epochs].member(on_all[0])
     else:
-        weights = train_one(train, labels, priors[calibrate], 1.0 / shots, cfg, num_classes, epochs, scale)
+        weights = train_one(train, labels, priors[calibrate], 1.0 / shots, cfg, num_classes, epochs, scale, progress)
     return FitResult(weights, lam / scale, calibrate, epochs, report), choice

@@ -84,6 +84,11 @@ class RemoteBackbone:
             **options,
         )
 
+    @property
+    def show_progress(self) -> bool:
+        """Whether long work shows progress bars: the endpoint's setting (its request loop has the bar)."""
+        return self.endpoint.show_progress
+
     def render(self, text_a: str, text_b: str | None = None) -> str:
         return self.template.render(text_a, text_b)
 
