@@ -163,9 +163,9 @@ def summary(results: dict) -> dict:
             for g, cells in groups.items()}  # fmt: skip
 
 
-def table(results: dict) -> str:
-    """Dev accuracy per class count (rows) and candidate (columns), the mean over shots, seeds and subsets."""
-    s = results["summary"]
+def table(results: dict, shots: tuple[int, ...] = SHOTS) -> str:
+    """Dev accuracy per class count (rows) and candidate (columns), the mean over `shots`, seeds and subsets."""
+    s = {g: v for g, v in results["summary"].items() if int(g.split(";")[1][2:]) in shots}
     order = {name: i for i, name in enumerate(SCALES)}
     cands = sorted({";".join(g.split(";")[2:]) for g in s}, key=lambda x: (order.get(x.split(";")[0][6:], 99), x))
     counts = sorted({g.split(";")[0] for g in s}, key=lambda x: int(x[2:]))
@@ -198,14 +198,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.table:
-        print(table(json.loads(Path(args.out).read_text())))
+        results = json.loads(Path(args.out).read_text())
+        print(table(results))
+        others = sorted({int(g.split(";")[1][2:]) for g in results["summary"]} - set(SHOTS))
+        for k in others:  # e.g. 16 shots, run for fewer candidates and seeds
+            print(f"\n{k} shots:\n" + table(results, (k,)))
         return
     if args.extract_only:
         extract(args)
         return
     results = run(args)
     save(args.out, results)
-    print(table(results))
+    print(table(results, tuple(args.shots)))
 
 
 if __name__ == "__main__":
