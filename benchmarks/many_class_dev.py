@@ -145,6 +145,8 @@ def run(args) -> dict:
     finally:
         fit.AUTO_EPOCHS, fit.score_scale = default_epochs, default_scale
     results["summary"] = summary(results)
+    for name, part in (("shots", 1), ("seeds", 2), ("classes", 0)):  # of every cell, earlier runs' included
+        results[name] = sorted({int(key.split(";")[part].split("=")[1]) for key in results["cells"]})
     return results
 
 
