@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="what auto mode maximises on held-out data (default: the task's metric, else accuracy)",
     )
     fit.add_argument("--lam", type=float, default=None, help="fusion weight (faithful mode); default 1/shots")
+    fit.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="model passes per training input auto mode may spend on prompt candidates (default 2: the template "
+        "alone and with one demonstration set; 1: the template alone)",
+    )
+    fit.add_argument(
+        "--max-passes-per-input",
+        type=int,
+        default=None,
+        help="most model passes per input the chosen prompt may cost at prediction time (default 1)",
+    )
     fit.add_argument("--decoder-seed", type=int, default=0, help="seed of the decoder initialisation")
     fit.add_argument("--text-column", help="column of the first text (default: text, sentence, ...)")
     fit.add_argument("--text-pair-column", help="column of the second text, for {text_b} templates")

@@ -290,6 +290,7 @@ def cmd_fit(args) -> None:
         text_pair_column=args.text_pair_column or ("text_b" if spec else None),
         label_column=args.label_column,
         multi_label=args.multi_label,
+        **{k: getattr(args, k) for k in ("budget", "max_passes_per_input") if getattr(args, k, None) is not None},
     )
     _check_labels(args, config, ("train", "eval"))
     if args.endpoint:

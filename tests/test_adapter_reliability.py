@@ -25,7 +25,8 @@ TEXTS = ["a gorgeous , moving film", "a dull , tedious film"]
 
 
 def fitted(tok, flip=False, **config):
-    config = {"template": TEMPLATE, "label_words": LABEL_WORDS, **config}
+    # budget=1: the template alone, whose model passes these tests count (prompt candidates: test_prompt_search.py)
+    config = {"template": TEMPLATE, "label_words": LABEL_WORDS, "budget": 1, **config}
     model = get_peft_model(tiny_llama(tok), DecTConfig(**config))
     data = sentiment_data(8, 1)
     if flip:

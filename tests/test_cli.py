@@ -58,6 +58,8 @@ def workspace(tmp_path_factory, bpe_tokenizer):
         str(adapter),
         "--json",
         "--quiet",
+        "--budget",
+        "1",  # the template alone, whose passes are counted
     )
     assert fit.returncode == 0, fit.stderr
     return root, model_dir, adapter, json.loads(fit.stdout.strip().splitlines()[-1])
@@ -238,7 +240,9 @@ def test_a_bad_label_in_a_file_names_its_line(workspace, tmp_path):
 def test_fit_samples_k_per_class_from_a_big_file_and_names_become_words(workspace, tmp_path):
     root, model_dir, _, _ = workspace
     out = tmp_path / "k4"
-    run = fit_file(model_dir, root / "train.csv", out, "--k", "4", "--seed", "21", "--json", label_words="names")
+    run = fit_file(
+        model_dir, root / "train.csv", out, "--k", "4", "--seed", "21", "--json", "--budget", "1", label_words="names"
+    )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     # 4 + 4 rows per class (train and its dev split, which auto mode reads) and the content-free input

@@ -24,7 +24,8 @@ def rebuild(model, tokenizer):
 
 def make(lm, **kwargs):
     model, tok, _ = lm
-    cfg = DecTConfig(**{"template": TEMPLATE, "label_words": LABEL_WORDS, **kwargs})
+    # budget=1: the template alone, whose model passes these tests count (prompt candidates: test_prompt_search.py)
+    cfg = DecTConfig(**{"template": TEMPLATE, "label_words": LABEL_WORDS, "budget": 1, **kwargs})
     return get_peft_model(model, cfg), tok
 
 

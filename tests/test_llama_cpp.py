@@ -51,7 +51,8 @@ def test_features_match_pytorch_on_a_tiny_model(tiny_gguf, bpe_tokenizer):
 
 
 def test_dect_fits_and_predicts_through_llama_cpp(tiny_gguf, bpe_tokenizer, sentiment_train, sentiment_test):
-    peft_model = get_peft_model(tiny_llama(bpe_tokenizer), DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, budget=1)  # the template alone: passes counted
+    peft_model = get_peft_model(tiny_llama(bpe_tokenizer), config)
     peft_model.fit(sentiment_train, bpe_tokenizer, show_progress=False)
     texts = sentiment_test["sentence"]
     torch_proba = peft_model.predict_proba(texts)
@@ -61,8 +62,8 @@ def test_dect_fits_and_predicts_through_llama_cpp(tiny_gguf, bpe_tokenizer, sent
     assert tuner.backbone().passes == len(texts) + 1  # its own features (and content-free input), apart from PyTorch's
     report = peft_model.fit(sentiment_train, show_progress=False)
     assert report["model_passes"] == len(sentiment_train["sentence"])
-    peft_model.add_adapter("words", DecTConfig(template=TEMPLATE, label_words={"negative": ["awful"],
-                                                                               "positive": ["fun"]}))  # fmt: skip
+    words = {"negative": ["awful"], "positive": ["fun"]}
+    peft_model.add_adapter("words", DecTConfig(template=TEMPLATE, label_words=words, budget=1))
     peft_model.set_adapter("words")
     assert peft_model.fit(sentiment_train, show_progress=False)["model_passes"] == 0
     peft_model.set_adapter("default")

@@ -83,7 +83,7 @@ def test_sst2_fit_through_the_server_matches_in_process(server_url, smollm2, tmp
     assert remote.fit(data["train"])["requests"] == 0  # every prompt answered from the cache
     remote_acc = remote.evaluate(test)["accuracy"]
 
-    local = get_peft_model(model, DecTConfig(template=TEMPLATE, label_words=WORDS))
+    local = get_peft_model(model, DecTConfig(template=TEMPLATE, label_words=WORDS, budget=1))  # the server's prompt
     local.fit(data["train"], tok, show_progress=False)
     local_acc = local.evaluate(test)["accuracy"]
     agreement = float((remote.predict_logits(test).argmax(-1) == local.predict_logits(test).argmax(-1)).float().mean())

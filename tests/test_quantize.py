@@ -50,7 +50,8 @@ def test_dect_fits_and_predicts_on_an_int8_model(bpe_tokenizer):
     quantized, _ = quantize_int8(model, bpe_tokenizer, list(train["sentence"][:8]))
     results = {}
     for name, base in (("float32", model), ("int8", quantized)):
-        peft_model = get_peft_model(base, DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+        config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, budget=1)  # one prompt on both paths
+        peft_model = get_peft_model(base, config)
         peft_model.fit(train, bpe_tokenizer, show_progress=False)
         results[name] = peft_model.predict_proba(test, bpe_tokenizer)
     assert results["int8"].shape == (20, 2)  # 10 per class

@@ -20,7 +20,9 @@ def test_dect_on_smollm2_sst2(tmp_path):
     data = load_task("SST-2", packaged_data_dir(), seed=13)
     test = data["test"].select(range(200))
     cfg = DecTConfig(
-        template="{text_a} In summary, it was {mask}", label_words={"negative": ["bad"], "positive": ["great"]}
+        template="{text_a} In summary, it was {mask}",
+        label_words={"negative": ["bad"], "positive": ["great"]},
+        budget=1,  # the template alone, whose passes are counted below
     )
     peft_model = get_peft_model(model, cfg)
     with peft_model.disable_adapter():

@@ -13,7 +13,17 @@ from . import SEEDS, SHOTS, TASKS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
-METHODS = ("zero_shot", "calibrated_zero_shot", "icl", "dect", "linear_probe", "setfit", "prompt_tuning", "lmbff_ft")
+METHODS = (
+    "zero_shot",
+    "calibrated_zero_shot",
+    "icl",
+    "dect",
+    "dect_prompts",
+    "linear_probe",
+    "setfit",
+    "prompt_tuning",
+    "lmbff_ft",
+)
 
 
 def method_factories(args) -> dict:

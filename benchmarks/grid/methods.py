@@ -69,6 +69,7 @@ class SmolLM:
             label_words=spec.label_words,
             text_column="text_a",
             text_pair_column="text_b",
+            budget=1,  # the grid's "dect": the template alone, as before prompt candidates ("dect_prompts": default)
         )
 
     def activate(self, task: str):
@@ -280,6 +281,64 @@ class DecT(ZeroShot):
         return MethodResult(pred, fit_seconds, train_passes, len(data.test), extra)
 
 
+class DecTPrompts(ZeroShot):
+    """DecT's default config (`budget=2`): auto mode also chooses the prompt, the template alone or with one set of
+    LM-BFF demonstrations, on the same held-out data (CV + dev split) as its other settings.
+
+    Features with demonstrations differ per seed (their pool is the seed's training split), test rows included. In
+    the timing seeds the fit starts from an empty in-memory cache and pays for every candidate's model passes; the
+    prediction time over the test rows is recorded in every cell.
+    """
+
+    name = "dect_prompts"
+
+    def run(self, data: CellData) -> MethodResult:
+        from peft_dect.dect.prompt_search import DEFAULT_BUDGET
+        from peft_dect.tasks import get_task
+
+        lm = self.lm
+        lm.activate(data.task)
+        name = f"{data.task}-prompts"
+        peft_model = lm.peft_model
+        if name not in peft_model.peft_config:
+            config = lm._config(data.task)
+            config.budget = DEFAULT_BUDGET
+            peft_model.add_adapter(name, config)
+        peft_model.set_adapter(name)
+        tuner = peft_model.base_model
+        tuner.reset_adapter()
+        cold = data.seed in lm.timing_seeds
+        tuner.use_cache_dir(None if cold else lm.cache.directory)
+        spec = get_task(data.task)
+        metric = spec.metric if spec.metric in ("f1", "matthews_correlation") else None
+        try:
+            start = time.perf_counter()
+            report = peft_model.fit(
+                data.train, lm.tokenizer, data.dev, batch_size=lm.batch_size, show_progress=False, metric=metric
+            )
+            fit_seconds = time.perf_counter() - start
+        finally:
+            tuner.use_cache_dir(lm.cache.directory)
+        start = time.perf_counter()
+        pred = tuner.predict_logits(data.test).argmax(-1).tolist()
+        predict_seconds = time.perf_counter() - start
+        extra: dict[str, Any] = {
+            "timing": "cold" if cold else "warm",
+            "mode": report["mode"],
+            "choice": {k: report[k] for k in CHOICE_KEYS},
+            "prompt": report["prompt"],
+            "prompt_candidates": report.get("prompt_candidates"),
+            "predict_passes_per_input": report["predict_passes_per_input"],
+            "prompt_tokens_per_input": report["prompt_tokens_per_input"],
+            "predict_seconds_per_input": predict_seconds / len(data.test),
+            "feature_seconds": report["feature_seconds"],
+        }
+        tried = len(report.get("prompt_candidates") or [None])
+        train_passes = report["model_passes"] if cold else tried * (len(data.train) + len(data.dev) + 1)
+        predict_passes = report["predict_passes_per_input"] * len(data.test)
+        return MethodResult(pred, fit_seconds, train_passes, predict_passes, extra)
+
+
 class InContextLearning(ZeroShot):
     """LM-BFF's in-context learning: the prompt carries one solved training example per class (sampled per query,
     seeded), label words are scored as in zero-shot, nothing is trained (`peft_dect.prompting.demonstrations`).
@@ -331,4 +390,4 @@ class InContextLearning(ZeroShot):
         return MethodResult(logits.argmax(-1).tolist(), 0.0, 0, len(index), extra, test_index=index)
 
 
-LM_METHODS = {m.name: m for m in (ZeroShot, CalibratedZeroShot, LinearProbe, DecT, InContextLearning)}
+LM_METHODS = {m.name: m for m in (ZeroShot, CalibratedZeroShot, LinearProbe, DecT, DecTPrompts, InContextLearning)}

@@ -24,6 +24,7 @@ METHOD_ORDER = (
     "prompt_tuning",
     "lmbff_ft",
     "dect",
+    "dect_prompts",
 )
 LABELS = {
     "zero_shot": "zero-shot",
@@ -34,6 +35,7 @@ LABELS = {
     "prompt_tuning": "prompt tuning",
     "lmbff_ft": "LM-BFF fine-tuning (LoRA)",
     "dect": "DecT",
+    "dect_prompts": "DecT, prompt chosen (default)",
 }
 PEERS = ("calibrated_zero_shot", "icl", "linear_probe", "setfit", "prompt_tuning", "lmbff_ft")
 WHY_SUBSAMPLED = {
@@ -155,12 +157,14 @@ def dect_ratios(grid: Grid, shots: int) -> dict[str, float]:
     return out
 
 
-def verdict(grid: Grid, shots: int = 16) -> str:
-    """Plain statements: is DecT ahead of each peer (mean over tasks), and is its training cost within 1.1x?"""
+def verdict(grid: Grid, shots: int = 16, method: str = "dect") -> str:
+    """Plain statements: is DecT (`method`) ahead of each peer (mean over tasks), and by how much; for "dect",
+    is its training cost within 1.1x?"""
     lines = []
-    dect = grid.task_means("dect", shots)
+    dect = grid.task_means(method, shots)
+    name = LABELS.get(method, method)
     if not dect:
-        return "No DecT records at this shot count yet."
+        return f"No {name} records at this shot count yet."
     for peer in PEERS:
         other = grid.task_means(peer, shots)
         common = [t for t in dect if t in other]
@@ -171,9 +175,11 @@ def verdict(grid: Grid, shots: int = 16) -> str:
         o = statistics.mean(other[t] for t in common)
         behind = [f"{t} ({dect[t]:.1f} vs {other[t]:.1f})" for t in common if dect[t] < other[t]]
         word = "ahead of" if d > o else "NOT ahead of"
-        line = f"- DecT is {word} {LABELS[peer]}: {d:.1f} vs {o:.1f} (mean over {len(common)} tasks)"
+        line = f"- {name} is {word} {LABELS[peer]}: {d:.1f} vs {o:.1f} (mean over {len(common)} tasks)"
         line += f"; behind on {', '.join(behind)}." if behind else "; ahead or equal on every task."
         lines.append(line)
+    if method != "dect":
+        return "\n".join(lines)
     ratios = dect_ratios(grid, shots)
     if ratios:
         median = statistics.median(ratios.values())
@@ -302,6 +308,10 @@ def render(grid: Grid) -> str:
     k = 16 if 16 in grid.shots else grid.shots[0]
     parts += [f"\n### Cost at {k} shots\n", cost_table(grid, k), f"\n### DecT at {k} shots against its peers\n"]
     parts.append(verdict(grid, k))
+    for shots in grid.shots:
+        if grid.task_means("dect_prompts", shots):
+            parts += [f"\n### {LABELS['dect_prompts']} at {shots} shots against its peers\n"]
+            parts.append(verdict(grid, shots, "dect_prompts"))
     parts += [f"\n### What DecT's auto mode chose, {k} shots\n", dect_diagnostics(grid, k)]
     return "\n".join(parts) + "\n"
 

@@ -21,6 +21,7 @@ def fit_sentence(fit: dict, config) -> str:
             f" The decoder's term was trained at scale {fit['score_scale']:g} (many classes); lam is given in the "
             "stored, unscaled form."
         )
+    text += prompt_sentence(fit)
     if fit.get("multi_label") and fit.get("selected_on"):
         text += (
             f" Multi-label: one sigmoid per class; auto mode chose these settings on {fit['selected_on']} (held-out "
@@ -32,6 +33,22 @@ def fit_sentence(fit: dict, config) -> str:
             f"{100 * fit['heldout_accuracy']:.1f})."
         )
     return text
+
+
+def prompt_sentence(fit: dict) -> str:
+    """Which prompt the fit chose and what it costs per input at prediction time; "" for a report without it."""
+    if "predict_passes_per_input" not in fit:
+        return ""
+    passes = fit["predict_passes_per_input"]
+    cost = (
+        f"{passes} model pass{'es' if passes > 1 else ''} per input at prediction time (mean "
+        f"{fit['prompt_tokens_per_input']:.0f} prompt tokens over the training inputs)"
+    )
+    candidates = fit.get("prompt_candidates")
+    if not candidates:
+        return f" Prompt: {fit['prompt']}, {cost}."
+    scores = ", ".join(f"{name} {100 * score:.1f}" for name, score in candidates.items())
+    return f" Prompt chosen on held-out data ({scores}): {fit['prompt']}, {cost}."
 
 
 def uncertainty_sentence(config) -> str:

@@ -18,6 +18,7 @@ from ..settings import DemonstrationConfig, PromptSettings, check_choice, check_
 from ..uncertainty import Calibration, check_alpha
 from .checks import check_saved_shapes
 from .decoder import RADIUS_INITS
+from .prompt_search import DEFAULT_BUDGET, DEFAULT_MAX_PASSES
 
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,15 @@ def check_thresholds(thresholds, num_classes: int) -> None:
     for t in thresholds:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
             raise ValueError(f"Every threshold must be a probability in [0, 1], got {t!r}.")
+
+
+def check_passes(name: str, value, what: str) -> None:
+    """A count of model passes: an integer >= 1 (one pass, the template alone, is the least a prompt costs)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{name} counts {what} and must be an integer >= 1, got {value!r}; use {name}=1 for one pass (the "
+            "template alone)."
+        )
 
 
 def default_decoder_dim(num_classes: int) -> int:
@@ -96,7 +106,15 @@ class DecTConfig(PromptSettings, PeftConfig):
             when DecT reads the model; set by `use_soft_prompt()`.
         demonstrations: LM-BFF demonstrations in every prompt (a `DemonstrationConfig`, a dict of its settings, or
             the number of sets per input); None for none. The training data of `fit` become the pool, saved beside
-            the adapter in `demonstration_pool.json`.
+            the adapter in `demonstration_pool.json`. Set, they fix the prompt: auto mode then tries no other.
+        budget: model passes per training input that auto mode may spend on prompt candidates (2, the default:
+            the template alone and the template with one set of LM-BFF demonstrations, chosen on the same held-out
+            data as lam; see `peft_dect.dect.prompt_search`). 1 tries the template alone, as before this setting.
+            In-process models only: the black-box backend sends the template alone.
+        max_passes_per_input: the most model passes per input the chosen prompt may cost at prediction time (1:
+            one pass, as without demonstrations; a candidate with `s` demonstration sets costs `s`).
+        chosen_prompt: written by an auto-mode `fit` that chose among prompt candidates: the chosen one's name (its
+            demonstrations, if any, are in `demonstrations`). None when the config fixes the prompt itself.
         calibrate_probabilities: fit a temperature for `predict_proba` on auto mode's held-out predictions (True,
             the default); False keeps softmax(logits) as it is. Prediction sets and rejection use it too.
         reject_label: what `predict(texts, reject=True)` answers for an input judged out of scope (None by
@@ -159,6 +177,21 @@ class DecTConfig(PromptSettings, PeftConfig):
             "help": "LM-BFF demonstrations: a DemonstrationConfig (or a dict of its settings, or the number of sets "
             "per input); None: no demonstrations. fit() records its training data as the demonstration pool."
         },
+    )
+    budget: int = field(
+        default=DEFAULT_BUDGET,
+        metadata={
+            "help": "Model passes per training input auto mode may spend on prompt candidates (template alone, with "
+            "demonstrations); 1: the template alone."
+        },
+    )
+    max_passes_per_input: int = field(
+        default=DEFAULT_MAX_PASSES,
+        metadata={"help": "Most model passes per input the prompt auto mode chooses may cost at prediction time."},
+    )
+    chosen_prompt: str | None = field(
+        default=None,
+        metadata={"help": "The prompt candidate an auto-mode fit chose (written by fit); None: fixed by the config."},
     )
     calibrate_probabilities: bool = field(
         default=True, metadata={"help": "Temperature-scale predict_proba on auto mode's held-out predictions."}
@@ -232,6 +265,8 @@ class DecTConfig(PromptSettings, PeftConfig):
         check_int("decoder_dim", self.decoder_dim, 1)
         check_int("epochs", self.epochs, 0)
         check_int("seed", self.seed, 0, 2**63 - 1)
+        check_passes("budget", self.budget, "model passes per training input")
+        check_passes("max_passes_per_input", self.max_passes_per_input, "model passes per input at prediction")
         check_number("learning_rate", self.learning_rate, minimum=0, strict=True)
         if self.lam is not None:
             check_number("lam", self.lam, minimum=0)

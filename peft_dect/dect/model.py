@@ -25,6 +25,7 @@ from ..llama_cpp_runner import LlamaCppRunner
 from ..prompt_tuning import SOFT_PROMPT_FOLDER, check_prompt_model, load_prompt_model
 from ..prompting import Template
 from ..saving import inside_folder
+from . import prompt_search
 from .card import dect_card, dect_record
 from .checks import check_base_model, check_label_token_ids, output_embedding_name
 from .core import ConfigUncertainty, DecTCore, class_logits
@@ -321,21 +322,59 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         show_progress: bool = True,
         metric=None,
     ) -> dict[str, Any]:
-        """Train the decoder of the active adapter: one model pass per new input, then decoder fitting.
+        """Train the decoder of the active adapter: one model pass per new input and prompt candidate, then decoder
+        fitting.
 
         `train_dataset` (and `eval_dataset`) is a `datasets.Dataset` or a dict of columns with the text column(s)
         and labels. In auto mode cross-validation (plus the eval split, if given) chooses lam, epochs, calibration
-        by `metric` (accuracy, f1, macro_f1, matthews_correlation, a callable or an `evaluate` metric), which
-        `evaluate()` then reports next to accuracy.
+        and, within the config's `budget`, the prompt (the template alone or with demonstrations, see
+        `peft_dect.dect.prompt_search`) by `metric` (accuracy, f1, macro_f1, matthews_correlation, a callable or an
+        `evaluate` metric), which `evaluate()` then reports next to accuracy.
         Returns a report with the choice, timings and the number of model passes.
         """
         cfg = self.config_of_active
         if cache_dir is not None:
             self.use_cache_dir(cache_dir)
-        if cfg.demonstrations is not None:  # the pool holds in-scope examples only
-            pool = train_dataset
-            if cfg.out_of_scope_label is not None:
-                pool, _ = split_by_label(train_dataset, cfg.label_column, cfg.out_of_scope_label)
+        pool = train_dataset  # the demonstration pool holds in-scope examples only
+        if cfg.out_of_scope_label is not None:
+            pool, _ = split_by_label(train_dataset, cfg.label_column, cfg.out_of_scope_label)
+        counts = []
+        if not cfg.multi_label and cfg.mode == "auto" and cfg.budget > 1:
+            counts = prompt_search.distinct_per_class(*cfg.read_texts(pool), cfg.read_labels(pool), len(cfg.classes))
+        candidates = prompt_search.plan(cfg, counts)
+        fit_args = (train_dataset, pool, tokenizer, eval_dataset, batch_size, show_progress, metric)
+        reports = []
+        for candidate in candidates:
+            self.use_prompt(candidate)
+            reports.append(self.fit_prompt(*fit_args))
+        passes = sum(r["model_passes"] for r in reports)
+        chosen = 0
+        if len(candidates) > 1:
+            chosen = prompt_search.best(candidates, [prompt_search.heldout_score(r) for r in reports])
+        report = reports[chosen]
+        if chosen != len(candidates) - 1:  # the last fit is in the state: fit the chosen one again (cached features)
+            self.use_prompt(candidates[chosen])
+            report = self.fit_prompt(*fit_args)
+            passes += report["model_passes"]
+        if len(candidates) > 1 or cfg.chosen_prompt is not None:
+            cfg.chosen_prompt = candidates[chosen].name
+        report = {**report, "model_passes": passes, **self.prompt_report(candidates, reports, chosen, pool)}
+        self.run_record.start_fit(report)
+        return report
+
+    def use_prompt(self, candidate: prompt_search.PromptCandidate) -> None:
+        """Prompt the active adapter as `candidate` says from now on (its features and content-free scores anew)."""
+        cfg = self.config_of_active
+        if cfg.demonstrations == candidate.demonstrations:
+            return
+        cfg.demonstrations = candidate.demonstrations
+        self.sources.drop_backbone(self.active_name)
+        self.state().content_free = None
+
+    def fit_prompt(self, train_dataset, pool, tokenizer, eval_dataset, batch_size, show_progress, metric) -> dict:
+        """Fit the active adapter with the prompt its config holds now; the core's report and the passes it ran."""
+        cfg = self.config_of_active
+        if cfg.demonstrations is not None:
             self.set_demonstrations(pool, tokenizer)
         core = self.core(tokenizer, refit=True)
         check_label_token_ids(cfg, core.source.verbalizer, record=True)
@@ -347,8 +386,22 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         report = core.fit(train_dataset, eval_dataset, metric=metric)
         report["model_passes"] = core.source.passes - passes
         self.fit_metric = metric
-        self.run_record.start_fit(report)
         return report
+
+    def prompt_report(self, candidates, reports: list[dict], chosen: int, pool) -> dict:
+        """What the fit report says of the prompt: the one chosen, what it costs per input at prediction (model
+        passes, mean prompt tokens over the training inputs), and every candidate's held-out score."""
+        texts_a, texts_b = self.config_of_active.read_texts(pool)
+        ids = self.backbone().tokenize(texts_a, texts_b)
+        out = {
+            "prompt": candidates[chosen].name,
+            "predict_passes_per_input": candidates[chosen].passes,
+            "prompt_tokens_per_input": candidates[chosen].passes * sum(map(len, ids)) / max(1, len(ids)),
+        }
+        if len(candidates) > 1:
+            scores = [prompt_search.heldout_score(r) for r in reports]
+            out["prompt_candidates"] = {c.name: s for c, s in zip(candidates, scores)}
+        return out
 
     @property
     def classes(self) -> list[str]:

@@ -93,6 +93,10 @@ class AdapterSources:
         for per_adapter in (self.backbones, self.soft_prompts, self.demo_pools):
             per_adapter.pop(adapter_name, None)
 
+    def drop_backbone(self, adapter_name: str) -> None:
+        """Build adapter `adapter_name`'s feature extractor anew on next use (its demonstrations changed)."""
+        self.backbones.pop(adapter_name, None)
+
     def set_tokenizer(self, tokenizer) -> bool:
         """Use `tokenizer` from now on; True when it replaced another one (features of the old one no longer apply)."""
         if tokenizer is None or tokenizer is self.tokenizer:

@@ -1,0 +1,146 @@
+"""Auto mode's prompt candidates on dev data: the template alone, with one demonstration set, and the choice between.
+
+    nice -n 5 env OMP_NUM_THREADS=2 python -m benchmarks.prompt_search_dev --data ../shared/data/fewshot
+
+For each of the grid's 8 tasks and the seeds given, the k-shot training split is drawn from the seed's 16-shot
+training file as the grid draws it (`benchmarks.grid.data`); the fit sees that split alone (auto mode's
+cross-validation folds, no eval split) and is scored on the seed's whole 16-shot dev file, which it never sees (no
+test data). Each candidate is fitted on its own with `budget=1` (SmolLM2, the grid's templates and label words, the
+task's metric); the table also shows what a choice between them by held-out score (cross-validation) gives: the
+higher one (ties to either), and the default's rule (`peft_dect.dect.prompt_search.best`: demonstrations unless the
+template beats them by PROMPT_MARGIN). The default budget and the margin were chosen by this study; results go to
+`benchmarks/results/prompt_search_dev.json` (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+RESULTS = Path(__file__).parent / "results"
+CANDIDATES = ("template", "demonstrations")
+
+
+def fit_and_score(lm, task: str, name: str, demos, train, dev, metric) -> tuple[float, float]:
+    """(held-out score of the fit, dev score) of one candidate fitted on `train` alone."""
+    from peft_dect.tasks import main_metric, task_metric
+
+    peft_model = lm.peft_model
+    if name not in peft_model.peft_config:
+        cfg = lm._config(task)
+        cfg.budget, cfg.demonstrations = 1, demos
+        peft_model.add_adapter(name, cfg)
+    peft_model.set_adapter(name)
+    tuner = peft_model.base_model
+    tuner.reset_adapter()
+    report = peft_model.fit(train, lm.tokenizer, batch_size=lm.batch_size, show_progress=False, metric=metric)
+    pred = tuner.predict_logits(dev).argmax(-1).tolist()
+    score = task_metric(task, pred, dev["label"])[main_metric(task)]
+    key = report.get("selected_by", "accuracy")
+    return float(report.get(f"heldout_{key}", report["heldout_accuracy"])), float(score)
+
+
+def run(args) -> dict:
+    from benchmarks.grid import TASKS
+    from benchmarks.grid.data import FULL_SHOTS, per_class_subsample
+    from benchmarks.grid.methods import SmolLM
+    from peft_dect import DemonstrationConfig
+    from peft_dect.dect import prompt_search
+    from peft_dect.tasks import get_task, load_task
+
+    out_path = Path(args.out)
+    out = json.loads(out_path.read_text()) if out_path.exists() else {"cells": {}}
+    lm = SmolLM(cache_dir=args.cache)
+    demos = DemonstrationConfig(num_sets=1, per_class=1, filter=prompt_search.DEMO_FILTER)
+    for seed in args.seeds:
+        for task in args.tasks or TASKS:
+            for k in args.shots:
+                key = f"{task};k={k};seed={seed}"
+                if key in out["cells"]:
+                    continue
+                lm.activate(task)
+                lm.peft_model.base_model.use_cache_dir(args.cache)
+                full = load_task(task, args.data, k=FULL_SHOTS, seed=seed)
+                train = full["train"].select(per_class_subsample(full["train"]["label"], k, seed))
+                spec = get_task(task)
+                metric = spec.metric if spec.metric in ("f1", "matthews_correlation") else None
+                cell = {"task": task, "shots": k, "seed": seed, "dev_rows": len(full["validation"])}
+                for cand, d in zip(CANDIDATES, (None, demos)):
+                    name = f"{task}-{cand}-{k}-{seed}"
+                    held, dev = fit_and_score(lm, task, name, d, train, full["validation"], metric)
+                    cell[cand] = {"heldout": held, "dev": dev}
+                    lm.peft_model.delete_adapter(name)
+                chosen = shipped_choice(cell)
+                cell["search"] = {"chosen": chosen, "dev": cell[chosen]["dev"]}
+                out["cells"][key] = cell
+                out["settings"] = {"data": args.data, "model": "SmolLM2-135M-Instruct", "demonstrations": str(demos)}
+                out_path.write_text(json.dumps(out, indent=1))
+                print(key, {c: round(100 * cell[c]["dev"], 1) for c in (*CANDIDATES, "search")}, flush=True)
+    return out
+
+
+def shipped_choice(cell: dict) -> str:
+    """The candidate the default's rule (`peft_dect.dect.prompt_search.best`) picks from a cell's held-out scores."""
+    from peft_dect import DemonstrationConfig
+    from peft_dect.dect.prompt_search import DEMO_FILTER, PromptCandidate, best
+
+    candidates = [PromptCandidate(), PromptCandidate(DemonstrationConfig(filter=DEMO_FILTER))]
+    return CANDIDATES[best(candidates, [cell[c]["heldout"] for c in CANDIDATES])]
+
+
+def with_ties_to(cell: dict, first: str) -> float:
+    """Dev score of the search had `first` won ties of held-out score (the shipped rule: the template)."""
+    other = CANDIDATES[1 - CANDIDATES.index(first)]
+    return cell[first]["dev"] if cell[first]["heldout"] >= cell[other]["heldout"] else cell[other]["dev"]
+
+
+def table(out: dict) -> str:
+    """Per shot count: per task, the mean dev score over seeds of each candidate and of the search, in %."""
+    cells = list(out["cells"].values())
+    columns = {
+        "template": lambda c: c["template"]["dev"],
+        "demonstrations": lambda c: c["demonstrations"]["dev"],
+        "higher held-out (ties: template)": lambda c: with_ties_to(c, "template"),
+        "higher held-out (ties: demonstrations)": lambda c: with_ties_to(c, "demonstrations"),
+        "default (margin)": lambda c: c[shipped_choice(c)]["dev"],
+    }
+    rows = []
+    for k in sorted({c["shots"] for c in cells}, reverse=True):
+        at = [c for c in cells if c["shots"] == k]
+        tasks = list(dict.fromkeys(c["task"] for c in at))
+        rows += [f"\n{k} shots ({len({c['seed'] for c in at})} seeds)\n", "| task | " + " | ".join(columns) + " |"]
+        rows.append("|---" * (len(columns) + 1) + "|")
+        means = {m: [] for m in columns}
+        for t in tasks:
+            mine = [c for c in at if c["task"] == t]
+            per = {m: statistics.mean(100 * f(c) for c in mine) for m, f in columns.items()}
+            for m, v in per.items():
+                means[m].append(v)
+            chosen = sum(shipped_choice(c) == "demonstrations" for c in mine)
+            values = " | ".join(f"{v:.1f}" for v in per.values())
+            rows.append(f"| {t} ({len(mine)}; demonstrations chosen {chosen}) | {values} |")
+        rows.append("| mean | " + " | ".join(f"{statistics.mean(v):.1f}" for v in means.values()) + " |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    from benchmarks.grid import SEEDS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/fewshot")
+    parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"), help="the grid's feature cache")
+    parser.add_argument("--shots", nargs="+", type=int, default=[16, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS[:3]))
+    parser.add_argument("--tasks", nargs="+", default=None)
+    parser.add_argument("--out", default=str(RESULTS / "prompt_search_dev.json"))
+    parser.add_argument("--table", action="store_true", help="print the table of an existing result file")
+    args = parser.parse_args(argv)
+    out = json.loads(Path(args.out).read_text()) if args.table else run(args)
+    print(table(out))
+
+
+if __name__ == "__main__":
+    main()
