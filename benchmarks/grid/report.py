@@ -71,14 +71,20 @@ class Grid:
         self.methods = _ordered({r["method"] for r in records}, METHOD_ORDER)
         self.shots = _ordered({int(r["shots"]) for r in records}, SHOTS)
 
-    def scores(self, task: str, method: str, shots: int) -> list[float]:
-        return [100 * r["score"] for r in self.cells.get((task, method, shots), [])]
+    def scores(self, task: str, method: str, shots: int, seeds: set | None = None) -> list[float]:
+        rs = self.cells.get((task, method, shots), [])
+        return [100 * r["score"] for r in rs if seeds is None or r["seed"] in seeds]
 
-    def task_means(self, method: str, shots: int) -> dict[str, float]:
-        """Mean over seeds per task, for the tasks this method has records of."""
+    def seeds(self, task: str, method: str, shots: int) -> set:
+        return {r["seed"] for r in self.cells.get((task, method, shots), [])}
+
+    def task_means(self, method: str, shots: int, like: str | None = None) -> dict[str, float]:
+        """Mean over seeds per task, for the tasks this method has records of (only the seeds that method `like`
+        has records of, when given: a paired comparison with a method run on fewer seeds)."""
         out = {}
         for task in self.tasks:
-            xs = self.scores(task, method, shots)
+            seeds = None if like is None else self.seeds(task, like, shots)
+            xs = self.scores(task, method, shots, seeds)
             if xs:
                 out[task] = statistics.mean(xs)
         return out
@@ -165,8 +171,9 @@ def verdict(grid: Grid, shots: int = 16, method: str = "dect") -> str:
     name = LABELS.get(method, method)
     if not dect:
         return f"No {name} records at this shot count yet."
-    for peer in PEERS:
-        other = grid.task_means(peer, shots)
+    paired = method != "dect"  # a newer method may have fewer seeds: its peers are averaged over the same ones
+    for peer in ("dect", *PEERS) if paired else PEERS:
+        other = grid.task_means(peer, shots, like=method if paired else None)
         common = [t for t in dect if t in other]
         if not common:
             lines.append(f"- {LABELS[peer]}: no records, no comparison.")
@@ -178,7 +185,9 @@ def verdict(grid: Grid, shots: int = 16, method: str = "dect") -> str:
         line = f"- {name} is {word} {LABELS[peer]}: {d:.1f} vs {o:.1f} (mean over {len(common)} tasks)"
         line += f"; behind on {', '.join(behind)}." if behind else "; ahead or equal on every task."
         lines.append(line)
-    if method != "dect":
+    if paired:
+        seeds = sorted({seed for task in dect for seed in grid.seeds(task, method, shots)})
+        lines.insert(0, f"Paired on the seeds {name} has records of ({', '.join(map(str, seeds))}).")
         return "\n".join(lines)
     ratios = dect_ratios(grid, shots)
     if ratios:
