@@ -56,6 +56,13 @@ def test_no_demonstration_candidate_when_a_class_has_one_example():
     assert names(config(), counts=(1, 8)) == [TEMPLATE_ONLY]  # its only example cannot demonstrate itself
 
 
+def test_no_demonstration_candidate_above_the_class_count_the_study_measured():
+    words = {f"c{i}": [f"w{i}"] for i in range(prompt_search.DEMO_MAX_CLASSES + 1)}
+    cfg = DecTConfig(template=TEMPLATE, label_words=words)
+    assert [c.name for c in prompt_search.plan(cfg, [8] * len(words))] == [TEMPLATE_ONLY]
+    assert names(config(), counts=[8] * prompt_search.DEMO_MAX_CLASSES) == [TEMPLATE_ONLY, ONE_SET]
+
+
 def test_demonstrations_an_earlier_fit_chose_do_not_fix_the_prompt():
     cfg = config(demonstrations=DemonstrationConfig(), chosen_prompt=ONE_SET)
     assert names(cfg) == [TEMPLATE_ONLY, ONE_SET]
