@@ -50,7 +50,7 @@ def run(args) -> dict:
     lm = SmolLM(cache_dir=args.cache)
     cells = []
     for task in TASKS:
-        cfg = lm._config(task)
+        cfg = lm.config(task)
         content_free, _, _ = lm.content_free(task)
         for seed in SEEDS:
             full = load_task(task, args.data, k=FULL_SHOTS, seed=seed)

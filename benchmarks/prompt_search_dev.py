@@ -30,7 +30,7 @@ def fit_and_score(lm, task: str, name: str, demos, train, dev, metric) -> tuple[
 
     peft_model = lm.peft_model
     if name not in peft_model.peft_config:
-        cfg = lm._config(task)
+        cfg = lm.config(task)
         cfg.budget, cfg.demonstrations = 1, demos
         peft_model.add_adapter(name, cfg)
     peft_model.set_adapter(name)

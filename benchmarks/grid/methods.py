@@ -59,7 +59,8 @@ class SmolLM:
         self.tokenizer = None
         self._backbones: dict[str, Any] = {}
 
-    def _config(self, task: str):
+    def config(self, task: str):
+        """The DecT config of a task in the grid: its causal template and label words, the template alone."""
         from peft_dect import DecTConfig
         from peft_dect.tasks import get_task
 
@@ -81,9 +82,9 @@ class SmolLM:
         if self.peft_model is None:
             torch.manual_seed(0)
             model, self.tokenizer = load_smollm2()
-            self.peft_model = get_peft_model(model, self._config(task), adapter_name=task)
+            self.peft_model = get_peft_model(model, self.config(task), adapter_name=task)
         elif task not in self.peft_model.peft_config:
-            self.peft_model.add_adapter(task, self._config(task))
+            self.peft_model.add_adapter(task, self.config(task))
         self.peft_model.set_adapter(task)
         return self.peft_model.base_model
 
@@ -301,7 +302,7 @@ class DecTPrompts(ZeroShot):
         name = f"{data.task}-prompts"
         peft_model = lm.peft_model
         if name not in peft_model.peft_config:
-            config = lm._config(data.task)
+            config = lm.config(data.task)
             config.budget = DEFAULT_BUDGET
             peft_model.add_adapter(name, config)
         peft_model.set_adapter(name)
