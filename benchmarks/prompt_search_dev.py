@@ -24,14 +24,15 @@ RESULTS = Path(__file__).parent / "results"
 CANDIDATES = ("template", "demonstrations")
 
 
-def fit_and_score(lm, task: str, name: str, demos, train, dev, metric) -> tuple[float, float]:
-    """(held-out score of the fit, dev score) of one candidate fitted on `train` alone."""
+def fit_and_score(lm, task: str, name: str, demos, train, dev, metric, chat: bool = False) -> tuple[float, float]:
+    """(held-out score of the fit, dev score) of one candidate (`chat`: wrapped in the chat template) fitted on
+    `train` alone."""
     from peft_dect.tasks import main_metric, task_metric
 
     peft_model = lm.peft_model
     if name not in peft_model.peft_config:
         cfg = lm.config(task)
-        cfg.budget, cfg.demonstrations = 1, demos
+        cfg.budget, cfg.demonstrations, cfg.chat_template = 1, demos, chat
         peft_model.add_adapter(name, cfg)
     peft_model.set_adapter(name)
     tuner = peft_model.base_model

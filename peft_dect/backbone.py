@@ -53,7 +53,8 @@ class Backbone:
     The prediction position is the mask token for a masked LM and the last prompt token for a causal LM (the
     prompt ends where the label word would follow). Only that position goes through the LM head. With
     `demonstrations` every prompt carries one sampled set of solved training examples (see `PromptEncoder`), and
-    `extract` averages the features of the `num_sets` demonstration sets of each input.
+    `extract` averages the features of the `num_sets` demonstration sets of each input. With `chat` a causal LM's
+    prompt is wrapped in its tokenizer's chat template (see `PromptEncoder`).
 
     Public interface: `tokenize` / `render` (prompting), `collate`, `positions`, `forward` (a tokenised batch),
     `from_embeddings` (a batch given as input embeddings), `label_scores` (vocabulary logits to class scores),
@@ -74,6 +75,7 @@ class Backbone:
         cache: FeatureCache | None = None,
         demonstrations: Demonstrations | None = None,
         runner=None,
+        chat: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -81,7 +83,7 @@ class Backbone:
         self.verbalizer = verbalizer
         self.kind = lm_kind(model)
         self.encoder = PromptEncoder(
-            tokenizer, template, self.kind, max_length or default_max_length(model, tokenizer), demonstrations
+            tokenizer, template, self.kind, max_length or default_max_length(model, tokenizer), demonstrations, chat
         )
         self.batch_size = batch_size  # validated by the property's setter
         self.show_progress = show_progress
@@ -113,6 +115,9 @@ class Backbone:
         if self.plan is not None:  # keys of single-token words stay those of earlier versions
             parts += [f"{verbalizer.multi_token}={verbalizer.sequences}"]
         prompt = [tokenizer_fingerprint(tokenizer), template.text, self.kind, str(self.max_length)]
+        if chat:  # keys of plain prompts stay those of earlier versions
+            chat_key = [f"chat={tokenizer.chat_template}"]
+            parts, prompt = parts + chat_key, prompt + chat_key
         if demonstrations is not None:
             demos = [f"demos={demonstrations.fingerprint}", repr(self.encoder.demo_separator)]
             parts, prompt = parts + demos, prompt + demos

@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="most model passes per input the chosen prompt may cost at prediction time (default 1)",
     )
+    fit.add_argument(
+        "--chat-template",
+        choices=["on", "off", "auto"],
+        default=None,
+        help="wrap the prompt in the tokenizer's chat template (on), not (off, the default), or let auto mode try "
+        "both within --budget (auto)",
+    )
     fit.add_argument("--decoder-seed", type=int, default=0, help="seed of the decoder initialisation")
     fit.add_argument("--text-column", help="column of the first text (default: text, sentence, ...)")
     fit.add_argument("--text-pair-column", help="column of the second text, for {text_b} templates")

@@ -38,6 +38,9 @@ EMBEDDED = "smollm2"
 DEVICE = "cpu"  # where the command line runs an in-process model (where transformers loads it)
 
 
+CHAT_CHOICES = {"on": True, "off": False, "auto": None}  # --chat-template -> DecTConfig(chat_template=...)
+
+
 def _backbone(args) -> tuple[torch.dtype, Path | None]:
     """(--dtype, the GGUF file of --llama-cpp or None), checked before any model is loaded by the checks the Python
     API makes (`resolve_dtype`, `LlamaCppRunner`'s); --llama-cpp smollm2 is the embedded SmolLM2's GGUF file."""
@@ -291,6 +294,7 @@ def cmd_fit(args) -> None:
         label_column=args.label_column,
         multi_label=args.multi_label,
         **{k: getattr(args, k) for k in ("budget", "max_passes_per_input") if getattr(args, k, None) is not None},
+        **({"chat_template": CHAT_CHOICES[args.chat_template]} if getattr(args, "chat_template", None) else {}),
     )
     _check_labels(args, config, ("train", "eval"))
     if args.endpoint:

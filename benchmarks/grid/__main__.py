@@ -21,6 +21,7 @@ METHODS = (
     "dect_prompts",
     "linear_probe",
     "setfit",
+    "setfit_i20",
     "prompt_tuning",
     "lmbff_ft",
 )
@@ -40,12 +41,13 @@ def method_factories(args) -> dict:
     factories = {name: (lambda cls=cls: cls(lm())) for name, cls in LM_METHODS.items()}
     factories["icl"] = lambda: LM_METHODS["icl"](lm(), test_cap=args.icl_test_cap or None)
 
-    def setfit():
+    def setfit(num_iterations):
         from .setfit_method import SetFit
 
-        return SetFit()
+        return SetFit(num_iterations=num_iterations)
 
-    factories["setfit"] = setfit
+    factories["setfit"] = lambda: setfit(2)
+    factories["setfit_i20"] = lambda: setfit(20)  # setfit's documented default budget
 
     def trained(name):
         from .trained_methods import TRAINED_METHODS

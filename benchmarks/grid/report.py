@@ -21,6 +21,7 @@ METHOD_ORDER = (
     "icl",
     "linear_probe",
     "setfit",
+    "setfit_i20",
     "prompt_tuning",
     "lmbff_ft",
     "dect",
@@ -31,13 +32,14 @@ LABELS = {
     "calibrated_zero_shot": "calibrated zero-shot",
     "icl": "in-context learning",
     "linear_probe": "linear probe",
-    "setfit": "SetFit",
+    "setfit": "SetFit (num_iterations=2)",
+    "setfit_i20": "SetFit (num_iterations=20, its default)",
     "prompt_tuning": "prompt tuning",
     "lmbff_ft": "LM-BFF fine-tuning (LoRA)",
     "dect": "DecT",
     "dect_prompts": "DecT, prompt chosen (default)",
 }
-PEERS = ("calibrated_zero_shot", "icl", "linear_probe", "setfit", "prompt_tuning", "lmbff_ft")
+PEERS = ("calibrated_zero_shot", "icl", "linear_probe", "setfit", "setfit_i20", "prompt_tuning", "lmbff_ft")
 WHY_SUBSAMPLED = {
     "icl": "its prompts carry demonstrations and are several times longer",
     "prompt_tuning": "it trains and runs the whole model, with no feature cache to share",

@@ -2,7 +2,8 @@
 
 Budget for 2 CPU cores shared by six jobs (a contrastive step of batch 16 took 10 s of wall time there):
 `num_iterations=2` (2 positive and 2 negative pairs per training example, a tenth of the paper's 20) and one epoch,
-batch 16: a 16-shot binary task trains on 128 pairs (8 steps), SST-5 on 320 pairs (20 steps).
+batch 16: a 16-shot binary task trains on 128 pairs (8 steps), SST-5 on 320 pairs (20 steps). The grid's
+`setfit_i20` runs setfit's documented default, `num_iterations=20` (ten times the pairs), when the cores are free.
 Sentence pairs (NLI, paraphrase) are joined with the encoder's separator token. SetFit reads no dev split.
 """
 

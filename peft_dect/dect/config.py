@@ -109,12 +109,19 @@ class DecTConfig(PromptSettings, PeftConfig):
             the adapter in `demonstration_pool.json`. Set, they fix the prompt: auto mode then tries no other.
         budget: model passes per training input that auto mode may spend on prompt candidates (2, the default:
             the template alone and the template with one set of LM-BFF demonstrations, chosen on the same held-out
-            data as lam; see `peft_dect.dect.prompt_search`). 1 tries the template alone, as before this setting.
+            data as lam; see `peft_dect.dect.prompt_search`). 1 tries the template alone, as before this setting;
+            with `chat_template=None`, 3 adds the prompt wrapped in the chat template and 4 that one with
+            demonstrations.
             In-process models only: the black-box backend sends the template alone.
         max_passes_per_input: the most model passes per input the chosen prompt may cost at prediction time (1:
             one pass, as without demonstrations; a candidate with `s` demonstration sets costs `s`).
         chosen_prompt: written by an auto-mode `fit` that chose among prompt candidates: the chosen one's name (its
             demonstrations, if any, are in `demonstrations`). None when the config fixes the prompt itself.
+        chat_template: wrap a causal LM's prompt in its tokenizer's chat template, the text as the user's message and
+            the template's words before `{mask}` opening the answer (True); the plain prompt (False, the default);
+            None: auto mode tries both within `budget`, the chat candidates after the plain ones of equal cost.
+            True with a tokenizer that has no chat template, or a masked LM, is an error.
+        chat_chosen: written by an auto-mode `fit` with `chat_template=None`: whether the chosen prompt is wrapped.
         calibrate_probabilities: fit a temperature for `predict_proba` on auto mode's held-out predictions (True,
             the default); False keeps softmax(logits) as it is. Prediction sets and rejection use it too.
         reject_label: what `predict(texts, reject=True)` answers for an input judged out of scope (None by
@@ -193,6 +200,17 @@ class DecTConfig(PromptSettings, PeftConfig):
         default=None,
         metadata={"help": "The prompt candidate an auto-mode fit chose (written by fit); None: fixed by the config."},
     )
+    chat_template: bool | None = field(
+        default=False,
+        metadata={
+            "help": "Wrap a causal LM's prompt in its tokenizer's chat template (True), not (False), or let auto "
+            "mode choose within budget (None)."
+        },
+    )
+    chat_chosen: bool | None = field(
+        default=None,
+        metadata={"help": "Whether the prompt an auto-mode fit chose with chat_template=None is wrapped (by fit)."},
+    )
     calibrate_probabilities: bool = field(
         default=True, metadata={"help": "Temperature-scale predict_proba on auto mode's held-out predictions."}
     )
@@ -267,6 +285,9 @@ class DecTConfig(PromptSettings, PeftConfig):
         check_int("seed", self.seed, 0, 2**63 - 1)
         check_passes("budget", self.budget, "model passes per training input")
         check_passes("max_passes_per_input", self.max_passes_per_input, "model passes per input at prediction")
+        for name in ("chat_template", "chat_chosen"):
+            if not (getattr(self, name) is None or isinstance(getattr(self, name), bool)):
+                raise TypeError(f"{name} must be True, False or None, got {getattr(self, name)!r}.")
         check_number("learning_rate", self.learning_rate, minimum=0, strict=True)
         if self.lam is not None:
             check_number("lam", self.lam, minimum=0)
@@ -281,6 +302,11 @@ class DecTConfig(PromptSettings, PeftConfig):
         if demo_pool is not None and not (isinstance(demo_pool, dict) and {"text_a", "label"} <= set(demo_pool)):
             raise ValueError("demo_pool must be a dict with 'text_a', 'label' (and 'text_b' for pairs) lists.")
         self.inline_demo_pool = demo_pool  # format 1.0 kept the pool in the config; saves now write it beside it
+
+    @property
+    def uses_chat_template(self) -> bool:
+        """Whether the prompt is wrapped in the tokenizer's chat template: as set, or as an auto-mode fit chose."""
+        return self.chat_template if self.chat_template is not None else bool(self.chat_chosen)
 
     def check_uncertainty_settings(self) -> None:
         """reject_label and out_of_scope_label must not name a class; reject_rate is a share in (0, 1)."""

@@ -341,7 +341,7 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         counts = []
         if not cfg.multi_label and cfg.mode == "auto" and cfg.budget > 1:
             counts = prompt_search.distinct_per_class(*cfg.read_texts(pool), cfg.read_labels(pool), len(cfg.classes))
-        candidates = prompt_search.plan(cfg, counts)
+        candidates = prompt_search.plan(cfg, counts, self.chat_available(tokenizer))
         fit_args = (train_dataset, pool, tokenizer, eval_dataset, batch_size, show_progress, metric)
         reports = []
         for candidate in candidates:
@@ -362,12 +362,21 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         self.run_record.start_fit(report)
         return report
 
+    def chat_available(self, tokenizer=None) -> bool:
+        """Whether the base model is a causal LM whose tokenizer (this one, or the one set before) has a chat
+        template: auto mode may then try the prompt wrapped in it."""
+        tokenizer = tokenizer if tokenizer is not None else self.sources.tokenizer
+        return lm_kind(self.model) == CAUSAL and bool(getattr(tokenizer, "chat_template", None))
+
     def use_prompt(self, candidate: prompt_search.PromptCandidate) -> None:
         """Prompt the active adapter as `candidate` says from now on (its features and content-free scores anew)."""
         cfg = self.config_of_active
-        if cfg.demonstrations == candidate.demonstrations:
+        chat_changes = cfg.chat_template is None and cfg.chat_chosen != candidate.chat
+        if cfg.demonstrations == candidate.demonstrations and not chat_changes:
             return
         cfg.demonstrations = candidate.demonstrations
+        if cfg.chat_template is None:
+            cfg.chat_chosen = candidate.chat
         self.sources.drop_backbone(self.active_name)
         self.state().content_free = None
 

@@ -1,8 +1,10 @@
 """Auto mode's prompt candidates: the configured prompt alone, or with LM-BFF demonstrations, chosen on held-out data.
 
-Each candidate is one way to prompt the frozen model. Its cost is counted in model passes per input: a candidate with
-`s` demonstration sets runs `s` passes per input (their features are averaged), at training and at prediction time.
-`plan` lists the candidates a config allows, cheapest first, within two bounds:
+Each candidate is one way to prompt the frozen model: with or without demonstrations, and, for a causal LM whose
+tokenizer has a chat template and a config with `chat_template=None`, plain or wrapped in that template. Its cost
+is counted in model passes per input: a candidate with `s` demonstration sets runs `s` passes per input (their
+features are averaged), at training and at prediction time.
+`plan` lists the candidates a config allows, cheapest first (plain before chat at equal cost), within two bounds:
 
     training:   sum of the candidates' passes per training input <= budget
     prediction: each candidate's passes per input <= max_passes_per_input
@@ -44,9 +46,11 @@ class PromptCandidate:
 
     Args:
         demonstrations: the demonstrations every prompt of this candidate carries (None: the template alone).
+        chat: whether the prompt is wrapped in the tokenizer's chat template.
     """
 
     demonstrations: DemonstrationConfig | None = None
+    chat: bool = False
 
     @property
     def passes(self) -> int:
@@ -57,9 +61,9 @@ class PromptCandidate:
     def name(self) -> str:
         d = self.demonstrations
         if d is None:
-            return "template"
+            return "chat template" if self.chat else "template"
         sets = f"{d.num_sets} set{'s' if d.num_sets > 1 else ''}"
-        return f"demonstrations ({sets}, {d.per_class} per class, {d.filter})"
+        return f"{'chat template, ' if self.chat else ''}demonstrations ({sets}, {d.per_class} per class, {d.filter})"
 
 
 def distinct_per_class(texts_a, texts_b, labels, num_classes: int) -> list[int]:
@@ -71,24 +75,33 @@ def distinct_per_class(texts_a, texts_b, labels, num_classes: int) -> list[int]:
     return [len(s) for s in seen]
 
 
-def plan(cfg, class_counts: list[int]) -> list[PromptCandidate]:
-    """The candidates auto mode tries for `cfg` on training data with `class_counts` distinct texts per class.
+def plan(cfg, class_counts: list[int], chat_available: bool = False) -> list[PromptCandidate]:
+    """The candidates auto mode tries for `cfg` on training data with `class_counts` distinct texts per class;
+    `chat_available`: the model is a causal LM whose tokenizer has a chat template.
 
-    Only the configured prompt when the config fixes it (faithful mode, demonstrations set by the user, multi-label
-    data, a budget of 1), and demonstrations only when every class has 2 distinct texts: a query never demonstrates
-    itself.
-    Demonstrations that an earlier fit chose (`cfg.chosen_prompt`) do not fix the prompt: the template comes first.
+    Only the configured prompt when the config fixes it (faithful mode, multi-label data, a soft prompt, a budget of
+    1). Demonstrations set by the user fix that part, as `chat_template=True` / `False` fixes the other; new
+    demonstrations only when every class has 2 distinct texts (a query never demonstrates itself), chat candidates
+    only with `chat_template=None`. What an earlier fit chose (`cfg.chosen_prompt`) fixes nothing: the plain
+    template comes first.
     """
     chosen_before = cfg.chosen_prompt is not None
-    configured = [PromptCandidate(None if chosen_before else cfg.demonstrations)]
     fixed = cfg.demonstrations is not None and not chosen_before
-    if cfg.mode != "auto" or fixed or cfg.multi_label or cfg.soft_prompt:
-        return configured
-    if not class_counts or min(class_counts) < 2 or len(class_counts) > DEMO_MAX_CLASSES:
-        return configured
-    out, spent = configured, 1
-    for sets in range(1, cfg.max_passes_per_input + 1):
-        candidate = PromptCandidate(DemonstrationConfig(num_sets=sets, per_class=1, filter=DEMO_FILTER))
+    demos = [None if chosen_before else cfg.demonstrations]
+    chats = [cfg.chat_template is True]
+    searching = cfg.mode == "auto" and not (cfg.multi_label or cfg.soft_prompt)
+    if searching and not fixed and class_counts and min(class_counts) >= 2 and len(class_counts) <= DEMO_MAX_CLASSES:
+        demos += [
+            DemonstrationConfig(num_sets=sets, per_class=1, filter=DEMO_FILTER)
+            for sets in range(1, cfg.max_passes_per_input + 1)
+        ]
+    if searching and cfg.chat_template is None and chat_available:
+        chats.append(True)
+    everything = [PromptCandidate(d, chat) for chat in chats for d in demos]
+    out, spent = everything[:1], everything[0].passes
+    for candidate in sorted(everything[1:], key=lambda c: c.passes):  # stable: plain before chat
+        if candidate.passes > cfg.max_passes_per_input:
+            continue
         if spent + candidate.passes > cfg.budget:
             break
         out.append(candidate)

@@ -27,7 +27,7 @@ from .checks import check_label_token_ids
 def prompt_key(config) -> str:
     """The prompt settings a backbone is built from: a change of any (in place, on the config) builds a new one."""
     fields = ("template", "label_words", "label_word_aggregation", "multi_token", "max_length")
-    return json.dumps([getattr(config, f) for f in fields], sort_keys=False, default=repr)
+    return json.dumps([*(getattr(config, f) for f in fields), config.uses_chat_template], default=repr)
 
 
 def pass_key(config, adapter_name: str) -> str:
@@ -38,7 +38,8 @@ def pass_key(config, adapter_name: str) -> str:
     key/value cache need the pass itself: such an adapter shares only with adapters of the same words, which the key
     cannot tell (it then runs a pass of its own; its answers are the same)."""
     own = adapter_name if config.demonstrations is not None or config.soft_prompt else None
-    return json.dumps([config.template, config.max_length, own])
+    chat = [True] if config.uses_chat_template else []  # keys of plain prompts stay those of earlier versions
+    return json.dumps([config.template, config.max_length, own, *chat])
 
 
 def load_recorded_tokenizer(config):
@@ -141,7 +142,7 @@ class AdapterSources:
             demos = self.demonstrations(name, config, template, verbalizer)
             self.backbones[name] = Backbone(
                 model, self.tokenizer, template, verbalizer, max_length=config.max_length, cache=self.cache,
-                demonstrations=demos, runner=self.runner,
+                demonstrations=demos, runner=self.runner, chat=config.uses_chat_template,
             )  # fmt: skip
             self.backbone_keys[name] = key
         return self.backbones[name]

@@ -26,13 +26,29 @@ def water_fill(counts: dict[str, int], budget: int) -> dict[str, int]:
     return {f: min(n, cap) for f, n in counts.items()}
 
 
+def check_chat(tokenizer, kind: str) -> None:
+    """A chat prompt needs a causal LM whose tokenizer has a chat template; else an error naming the tokenizer."""
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if kind != CAUSAL:
+        raise ValueError(
+            f"A chat template wraps a causal LM's prompt; {name!r} belongs to a masked LM: set chat_template=False."
+        )
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"The tokenizer {name!r} has no chat template (tokenizer.chat_template is None): set "
+            "chat_template=False, or give the tokenizer of the chat model."
+        )
+
+
 class PromptEncoder:
     """Renders inputs with a template for a masked or causal LM and tokenises them within `max_length` tokens.
 
     The prediction position is the mask token for a masked LM; a causal prompt ends where the label word would
     follow. With `demonstrations` every prompt carries one sampled set of solved training examples: after the query
     for a masked LM (separated by the tokenizer's separator token), before it for a causal LM (separated by a blank
-    line), so that a causal prompt still ends at the query's prediction position.
+    line), so that a causal prompt still ends at the query's prediction position. With `chat` (causal LMs whose
+    tokenizer has a chat template) the prompt becomes the user's message but for the last line of the template's
+    `answer_prefix` (e.g. "It was", "Answer:"), which opens the assistant's answer, where the label word follows.
     """
 
     def __init__(
@@ -42,7 +58,10 @@ class PromptEncoder:
         kind: str,
         max_length: int,
         demonstrations: Demonstrations | None = None,
+        chat: bool = False,
     ) -> None:
+        if chat:
+            check_chat(tokenizer, kind)
         if kind == CAUSAL:
             template.check_causal()
         elif tokenizer.mask_token is None:
@@ -53,6 +72,8 @@ class PromptEncoder:
         self.max_length = max_length
         self.truncated = 0  # inputs whose text was cut, for tests and reports
         self.demonstrations = demonstrations
+        self.chat = chat
+        self.special = not chat  # a chat template writes the special tokens itself (a BOS twice would shift it)
         self.demo_separator = " "
         if demonstrations is not None:
             if demonstrations.template.is_pair != template.is_pair:
@@ -79,9 +100,25 @@ class PromptEncoder:
         """The prompt of one input (with demonstration set `set_index` when there are demonstrations)."""
         query = self.render_query(text_a, text_b)
         if self.demonstrations is None:
-            return query
+            return self.finish(query)
         demos = self.demonstrations.render(text_a, text_b, set_index, separator=self.demo_separator)
-        return self.join(query, demos)
+        return self.finish(self.join(query, demos))
+
+    def finish(self, prompt: str) -> str:
+        """The prompt as the model reads it: wrapped in the tokenizer's chat template when `chat` is set."""
+        if not self.chat:
+            return prompt
+        # the last line of the template's words before the mask ("Answer:" of "...\nYes or no?\nAnswer:"), as the
+        # causal rendering ends it, opens the answer; the lines before it stay in the user's message
+        lead = self.template.answer_prefix.rstrip(" ").split("\n")[-1]
+        head = prompt[: len(prompt) - len(lead)] if lead and prompt.endswith(lead) else prompt
+        message = [{"role": "user", "content": head.strip()}]
+        opening = self.tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True)
+        return opening + lead.strip()
+
+    def ids(self, prompts):
+        """Token ids of finished prompt(s) (special tokens as the tokenizer adds them, or as the chat template has)."""
+        return self.tokenizer(prompts, add_special_tokens=self.special)["input_ids"]
 
     # ---------------------------------------------------------------- tokens
     def tokenize(
@@ -93,7 +130,7 @@ class PromptEncoder:
         if self.demonstrations is not None:
             self.demonstrations.prepare(texts_a, texts_b)
         prompts = [self.render(a, b, set_index) for a, b in zip(texts_a, texts_b)]
-        ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        ids = self.ids(prompts)
         truncated = cut_demos = 0
         for i, row in enumerate(ids):
             if len(row) <= self.max_length:
@@ -138,7 +175,7 @@ class PromptEncoder:
         query = self.render_query(text_a, text_b)
         demos = self.demonstrations.render(text_a, text_b, set_index, separator=self.demo_separator)
         for _ in range(8):
-            ids = self.tokenizer(self.join(query, demos), add_special_tokens=True)["input_ids"]
+            ids = self.ids(self.finish(self.join(query, demos)))
             excess = len(ids) - self.max_length
             if excess <= 0:
                 return ids, False
@@ -147,7 +184,7 @@ class PromptEncoder:
             if keep <= 0:
                 break
             demos = self.tokenizer.decode(pieces[:keep] if self.kind == MASKED else pieces[-keep:])
-        ids = self.tokenizer(query, add_special_tokens=True)["input_ids"]
+        ids = self.ids(self.finish(query))
         if len(ids) <= self.max_length:
             return ids, False
         return self.truncate(text_a, text_b), True
@@ -163,8 +200,7 @@ class PromptEncoder:
         texts = {"text_a": text_a, "text_b": text_b}
 
         def prompt_ids(values: dict) -> list[int]:
-            prompt = self.render_query(values["text_a"], values["text_b"])
-            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            return self.ids(self.finish(self.render_query(values["text_a"], values["text_b"])))
 
         bare = len(prompt_ids({f: ("" if f in fields else v) for f, v in texts.items()}))
         if bare > self.max_length:

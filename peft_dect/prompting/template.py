@@ -126,6 +126,15 @@ class Template:
         return kind == "literal" and value.endswith(" ")
 
     @property
+    def answer_prefix(self) -> str:
+        """The literal text between the last text field and `{mask}` (`" It was"` in `"{text_a} It was {mask}."`):
+        a chat prompt opens the model's answer with its last line, so the label word still follows it."""
+        start = i = self._mask_index
+        while start > 0 and self.segments[start - 1][0] == "literal":
+            start -= 1
+        return "".join(value for _, value in self.segments[start:i])
+
+    @property
     def suffix(self) -> str:
         """Everything after `{mask}` rendered as a string with placeholders, for messages and checks."""
         return "".join(

@@ -1,0 +1,118 @@
+"""The chat-template prompt candidates on dev data, beside the plain ones of `benchmarks.prompt_search_dev`.
+
+    nice -n 5 env OMP_NUM_THREADS=2 python -m benchmarks.chat_prompt_dev --data ../shared/data/fewshot
+
+SmolLM2-135M-Instruct is an instruct model: its tokenizer has a chat template. For each cell of
+`benchmarks/results/prompt_search_dev.json` (task, shots, seed: the same training split, fitted alone, scored on the
+seed's whole 16-shot dev file, never a test set) this fits the two chat candidates, the prompt wrapped in the chat
+template (`DecTConfig(chat_template=True)`) without and with one demonstration set, each with `budget=1`, and
+compares the choices auto mode would make between 2 candidates (the default budget: template, demonstrations), 3
+(+ the chat template) and 4 (+ the chat template with demonstrations) by `peft_dect.dect.prompt_search.best`.
+Results go to `benchmarks/results/chat_prompt_dev.json` (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from .prompt_search_dev import RESULTS, fit_and_score
+
+
+PLAIN = ("template", "demonstrations")
+CHAT = ("chat", "chat_demonstrations")
+
+
+def run(args) -> dict:
+    from benchmarks.grid.data import FULL_SHOTS, per_class_subsample
+    from benchmarks.grid.methods import SmolLM
+    from peft_dect import DemonstrationConfig
+    from peft_dect.dect import prompt_search
+    from peft_dect.tasks import get_task, load_task
+
+    plain = json.loads(Path(args.plain).read_text())["cells"]
+    out_path = Path(args.out)
+    out = json.loads(out_path.read_text()) if out_path.exists() else {"cells": {}}
+    lm = SmolLM(cache_dir=args.cache)
+    demos = DemonstrationConfig(num_sets=1, per_class=1, filter=prompt_search.DEMO_FILTER)
+    for key, base in plain.items():
+        if key in out["cells"] or base["shots"] not in args.shots or (args.tasks and base["task"] not in args.tasks):
+            continue
+        task, k, seed = base["task"], base["shots"], base["seed"]
+        lm.activate(task)
+        lm.peft_model.base_model.use_cache_dir(args.cache)
+        full = load_task(task, args.data, k=FULL_SHOTS, seed=seed)
+        train = full["train"].select(per_class_subsample(full["train"]["label"], k, seed))
+        spec = get_task(task)
+        metric = spec.metric if spec.metric in ("f1", "matthews_correlation") else None
+        cell = {c: base[c] for c in ("task", "shots", "seed", "dev_rows", *PLAIN)}
+        for cand, d in zip(CHAT, (None, demos)):
+            name = f"{task}-{cand}-{k}-{seed}"
+            held, dev = fit_and_score(lm, task, name, d, train, full["validation"], metric, chat=True)
+            cell[cand] = {"heldout": held, "dev": dev}
+            lm.peft_model.delete_adapter(name)
+        out["cells"][key] = cell
+        out["settings"] = {"data": args.data, "model": "SmolLM2-135M-Instruct", "demonstrations": str(demos)}
+        out_path.write_text(json.dumps(out, indent=1))
+        print(key, {c: round(100 * cell[c]["dev"], 1) for c in (*PLAIN, *CHAT)}, flush=True)
+    return out
+
+
+def choice(cell: dict, names: tuple[str, ...]) -> str:
+    """The candidate `peft_dect.dect.prompt_search.best` picks among `names` (in auto mode's order)."""
+    from peft_dect import DemonstrationConfig
+    from peft_dect.dect.prompt_search import DEMO_FILTER, PromptCandidate, best
+
+    demos = DemonstrationConfig(filter=DEMO_FILTER)
+    known = {
+        "template": PromptCandidate(),
+        "demonstrations": PromptCandidate(demos),
+        "chat": PromptCandidate(chat=True),
+        "chat_demonstrations": PromptCandidate(demos, chat=True),
+    }
+    return names[best([known[n] for n in names], [cell[n]["heldout"] for n in names])]
+
+
+def table(out: dict) -> str:
+    """Per shot count: per task, the mean dev score over seeds of each candidate and of each budget's choice, in %."""
+    cells = list(out["cells"].values())
+    columns = {name: (lambda c, n=name: c[n]["dev"]) for name in (*PLAIN, *CHAT)}
+    for budget, names in ((2, PLAIN), (3, (*PLAIN, "chat")), (4, (*PLAIN, *CHAT))):
+        columns[f"budget {budget}"] = lambda c, names=names: c[choice(c, names)]["dev"]
+    rows = []
+    for k in sorted({c["shots"] for c in cells}, reverse=True):
+        at = [c for c in cells if c["shots"] == k]
+        tasks = list(dict.fromkeys(c["task"] for c in at))
+        rows += [f"\n{k} shots ({len({c['seed'] for c in at})} seeds)\n", "| task | " + " | ".join(columns) + " |"]
+        rows.append("|---" * (len(columns) + 1) + "|")
+        means = {m: [] for m in columns}
+        for t in tasks:
+            mine = [c for c in at if c["task"] == t]
+            per = {m: statistics.mean(100 * f(c) for c in mine) for m, f in columns.items()}
+            for m, v in per.items():
+                means[m].append(v)
+            chat = sum(choice(c, (*PLAIN, *CHAT)).startswith("chat") for c in mine)
+            values = " | ".join(f"{v:.1f}" for v in per.values())
+            rows.append(f"| {t} ({len(mine)}; chat chosen at budget 4: {chat}) | {values} |")
+        rows.append("| mean | " + " | ".join(f"{statistics.mean(v):.1f}" for v in means.values()) + " |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/fewshot")
+    parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"), help="the grid's feature cache")
+    parser.add_argument("--shots", nargs="+", type=int, default=[16, 4])
+    parser.add_argument("--tasks", nargs="+", default=None)
+    parser.add_argument("--plain", default=str(RESULTS / "prompt_search_dev.json"), help="the plain candidates' cells")
+    parser.add_argument("--out", default=str(RESULTS / "chat_prompt_dev.json"))
+    parser.add_argument("--table", action="store_true", help="print the table of an existing result file")
+    args = parser.parse_args(argv)
+    out = json.loads(Path(args.out).read_text()) if args.table else run(args)
+    print(table(out))
+
+
+if __name__ == "__main__":
+    main()
