@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
-from .prompt_search_dev import RESULTS, fit_and_score
+from .prompt_search_dev import RESULTS, dev_table, fit_and_score
 
 
 PLAIN = ("template", "demonstrations")
@@ -77,27 +76,14 @@ def choice(cell: dict, names: tuple[str, ...]) -> str:
 
 def table(out: dict) -> str:
     """Per shot count: per task, the mean dev score over seeds of each candidate and of each budget's choice, in %."""
-    cells = list(out["cells"].values())
     columns = {name: (lambda c, n=name: c[n]["dev"]) for name in (*PLAIN, *CHAT)}
     for budget, names in ((2, PLAIN), (3, (*PLAIN, "chat")), (4, (*PLAIN, *CHAT))):
         columns[f"budget {budget}"] = lambda c, names=names: c[choice(c, names)]["dev"]
-    rows = []
-    for k in sorted({c["shots"] for c in cells}, reverse=True):
-        at = [c for c in cells if c["shots"] == k]
-        tasks = list(dict.fromkeys(c["task"] for c in at))
-        rows += [f"\n{k} shots ({len({c['seed'] for c in at})} seeds)\n", "| task | " + " | ".join(columns) + " |"]
-        rows.append("|---" * (len(columns) + 1) + "|")
-        means = {m: [] for m in columns}
-        for t in tasks:
-            mine = [c for c in at if c["task"] == t]
-            per = {m: statistics.mean(100 * f(c) for c in mine) for m, f in columns.items()}
-            for m, v in per.items():
-                means[m].append(v)
-            chat = sum(choice(c, (*PLAIN, *CHAT)).startswith("chat") for c in mine)
-            values = " | ".join(f"{v:.1f}" for v in per.values())
-            rows.append(f"| {t} ({len(mine)}; chat chosen at budget 4: {chat}) | {values} |")
-        rows.append("| mean | " + " | ".join(f"{statistics.mean(v):.1f}" for v in means.values()) + " |")
-    return "\n".join(rows)
+
+    def note(mine: list[dict]) -> str:
+        return f"chat chosen at budget 4: {sum(choice(c, (*PLAIN, *CHAT)).startswith('chat') for c in mine)}"
+
+    return dev_table(list(out["cells"].values()), columns, note)
 
 
 def main(argv=None) -> None:

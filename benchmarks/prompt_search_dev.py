@@ -100,7 +100,6 @@ def with_ties_to(cell: dict, first: str) -> float:
 
 def table(out: dict) -> str:
     """Per shot count: per task, the mean dev score over seeds of each candidate and of the search, in %."""
-    cells = list(out["cells"].values())
     columns = {
         "template": lambda c: c["template"]["dev"],
         "demonstrations": lambda c: c["demonstrations"]["dev"],
@@ -108,6 +107,16 @@ def table(out: dict) -> str:
         "higher held-out (ties: demonstrations)": lambda c: with_ties_to(c, "demonstrations"),
         "default (margin)": lambda c: c[shipped_choice(c)]["dev"],
     }
+
+    def note(mine: list[dict]) -> str:
+        return f"demonstrations chosen {sum(shipped_choice(c) == 'demonstrations' for c in mine)}"
+
+    return dev_table(list(out["cells"].values()), columns, note)
+
+
+def dev_table(cells: list[dict], columns: dict, note) -> str:
+    """Per shot count, a markdown table: per task the mean over seeds of each column (a cell's dev score, in %),
+    with `note(cells of the task)` beside its name, and the mean over tasks."""
     rows = []
     for k in sorted({c["shots"] for c in cells}, reverse=True):
         at = [c for c in cells if c["shots"] == k]
@@ -120,9 +129,8 @@ def table(out: dict) -> str:
             per = {m: statistics.mean(100 * f(c) for c in mine) for m, f in columns.items()}
             for m, v in per.items():
                 means[m].append(v)
-            chosen = sum(shipped_choice(c) == "demonstrations" for c in mine)
             values = " | ".join(f"{v:.1f}" for v in per.values())
-            rows.append(f"| {t} ({len(mine)}; demonstrations chosen {chosen}) | {values} |")
+            rows.append(f"| {t} ({len(mine)}; {note(mine)}) | {values} |")
         rows.append("| mean | " + " | ".join(f"{statistics.mean(v):.1f}" for v in means.values()) + " |")
     return "\n".join(rows)
 

@@ -285,9 +285,9 @@ class DecTConfig(PromptSettings, PeftConfig):
         check_int("seed", self.seed, 0, 2**63 - 1)
         check_passes("budget", self.budget, "model passes per training input")
         check_passes("max_passes_per_input", self.max_passes_per_input, "model passes per input at prediction")
-        for name in ("chat_template", "chat_chosen"):
-            if not (getattr(self, name) is None or isinstance(getattr(self, name), bool)):
-                raise TypeError(f"{name} must be True, False or None, got {getattr(self, name)!r}.")
+        for name, value in (("chat_template", self.chat_template), ("chat_chosen", self.chat_chosen)):
+            if not (value is None or isinstance(value, bool)):
+                raise TypeError(f"{name} must be True, False or None, got {value!r}.")
         check_number("learning_rate", self.learning_rate, minimum=0, strict=True)
         if self.lam is not None:
             check_number("lam", self.lam, minimum=0)

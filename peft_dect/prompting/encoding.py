@@ -73,7 +73,6 @@ class PromptEncoder:
         self.truncated = 0  # inputs whose text was cut, for tests and reports
         self.demonstrations = demonstrations
         self.chat = chat
-        self.special = not chat  # a chat template writes the special tokens itself (a BOS twice would shift it)
         self.demo_separator = " "
         if demonstrations is not None:
             if demonstrations.template.is_pair != template.is_pair:
@@ -99,10 +98,10 @@ class PromptEncoder:
     def render(self, text_a: str, text_b: str | None = None, set_index: int = 0) -> str:
         """The prompt of one input (with demonstration set `set_index` when there are demonstrations)."""
         query = self.render_query(text_a, text_b)
-        if self.demonstrations is None:
-            return self.finish(query)
-        demos = self.demonstrations.render(text_a, text_b, set_index, separator=self.demo_separator)
-        return self.finish(self.join(query, demos))
+        if self.demonstrations is not None:
+            demos = self.demonstrations.render(text_a, text_b, set_index, separator=self.demo_separator)
+            query = self.join(query, demos)
+        return self.finish(query)
 
     def finish(self, prompt: str) -> str:
         """The prompt as the model reads it: wrapped in the tokenizer's chat template when `chat` is set."""
@@ -117,8 +116,9 @@ class PromptEncoder:
         return opening + lead.strip()
 
     def ids(self, prompts):
-        """Token ids of finished prompt(s) (special tokens as the tokenizer adds them, or as the chat template has)."""
-        return self.tokenizer(prompts, add_special_tokens=self.special)["input_ids"]
+        """Token ids of finished prompt(s): special tokens as the tokenizer adds them, or as the chat template wrote
+        them (adding a BOS again would shift the prompt)."""
+        return self.tokenizer(prompts, add_special_tokens=not self.chat)["input_ids"]
 
     # ---------------------------------------------------------------- tokens
     def tokenize(
