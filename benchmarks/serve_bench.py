@@ -149,6 +149,16 @@ def remote_load(port: int, jobs: list[tuple[str, str]], clients: int, workdir: P
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def batch_totals(port: int) -> tuple[int, float]:
+    """(backbone batches, texts in them) so far, read from the server's `/metrics` as a user's scraper would."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("peft_dect_batch_size_"))
+    return int(values.get("peft_dect_batch_size_count", 0)), float(values.get("peft_dect_batch_size_sum", 0.0))
+
+
 def rss_mb() -> float:
     """The resident set size of this process now, in MB (Linux /proc)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -220,7 +230,11 @@ def run(args) -> dict:
             references.append({"clients": clients, "seconds": seconds, "texts_per_second": len(jobs) / seconds})
             logging.info("in-process predict: %.2f texts/s", len(jobs) / seconds)
             for batching, server in ((True, batched), (False, alone)):
+                batches, texts = batch_totals(server.port)
                 result = remote_load(server.port, jobs, clients, workdir) | {"batching": batching}
+                after = batch_totals(server.port)
+                result["backbone_batches"] = after[0] - batches
+                result["mean_batch_size"] = (after[1] - texts) / max(1, after[0] - batches)
                 logging.info("%s", result)
                 runs.append(result)
     ref_seconds = statistics.median(r["seconds"] for r in references)
@@ -263,15 +277,17 @@ def table(result: dict) -> str:
     refs = {r["clients"]: r["texts_per_second"] for r in result["references"]}
     lines = [
         "| clients | micro-batching: texts/s | p50 / p95 ms | no batching: texts/s | p50 / p95 ms "
-        "| in-process `predict`: texts/s | batching vs in-process | batching vs none |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| in-process `predict`: texts/s | batching vs in-process | batching vs none | texts per batch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for clients in CLIENTS:
         on, off, ref = by[(True, clients)], by[(False, clients)], refs[clients]
+        per_batch = f"{on['mean_batch_size']:.1f}" if "mean_batch_size" in on else "–"  # older result files: none
         lines.append(
             f"| {clients} | {on['texts_per_second']:.2f} | {on['p50_ms']:.0f} / {on['p95_ms']:.0f} "
             f"| {off['texts_per_second']:.2f} | {off['p50_ms']:.0f} / {off['p95_ms']:.0f} | {ref:.2f} "
-            f"| {100 * on['texts_per_second'] / ref:.0f} % | {on['texts_per_second'] / off['texts_per_second']:.1f}x |"
+            f"| {100 * on['texts_per_second'] / ref:.0f} % | {on['texts_per_second'] / off['texts_per_second']:.1f}x "
+            f"| {per_batch} |"
         )
     failed = sum(r["failed"] for r in result["runs"])
     lines.append(f"\n{result['texts']} texts per run, one per request; failed requests: {failed}.")

@@ -58,12 +58,16 @@ class DemonstrationConfig:
             draws one set for every input (a training input's own text aside), so causal prompts share their
             demonstrations as a prefix, which the backbone runs once per batch.
         seed: seed of the sampling; None uses the method's own seed (DecT's `seed`, 0 for LM-BFF).
+        self_if_alone: a training input that is its class's only example demonstrates that class itself (else it
+            is an error: a query never demonstrates itself). Auto mode sets it at one example per class, where the
+            decoder is not relied on and other inputs get the example as their demonstration.
     """
 
     num_sets: int = 1
     per_class: int = 1
     filter: str = "random"
     seed: int | None = None
+    self_if_alone: bool = False
 
     def __post_init__(self) -> None:
         check_int("demonstrations num_sets", self.num_sets, 1)
@@ -71,6 +75,8 @@ class DemonstrationConfig:
         check_choice("demonstrations filter", self.filter, FILTERS)
         if self.seed is not None:
             check_int("demonstrations seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.self_if_alone, bool):
+            raise TypeError(f"demonstrations self_if_alone must be True or False, got {self.self_if_alone!r}.")
 
     @classmethod
     def coerce(cls, value: DemonstrationConfig | dict | None) -> DemonstrationConfig | None:
@@ -81,7 +87,8 @@ class DemonstrationConfig:
             unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
             if unknown:
                 raise ValueError(
-                    f"Unknown demonstration setting(s) {unknown}; the settings are num_sets, per_class, filter, seed."
+                    f"Unknown demonstration setting(s) {unknown}; the settings are num_sets, per_class, filter, seed, "
+                    "self_if_alone."
                 )
             return cls(**value)
         raise TypeError(
@@ -92,7 +99,8 @@ class DemonstrationConfig:
     def sampler_options(self, default_seed: int) -> dict[str, Any]:
         """Keyword arguments of `peft_dect.prompting.Demonstrations`."""
         seed = self.seed if self.seed is not None else default_seed
-        return {"per_class": self.per_class, "filter": self.filter, "num_sets": self.num_sets, "seed": seed}
+        options = {"per_class": self.per_class, "filter": self.filter, "num_sets": self.num_sets, "seed": seed}
+        return options | {"self_if_alone": self.self_if_alone}
 
 
 PROMPT_FIELDS = (

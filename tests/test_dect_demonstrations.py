@@ -25,6 +25,8 @@ def test_config_validates_demonstration_settings():
         DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, demonstrations=2, demo_filter="close")
     with pytest.raises(ValueError, match="demo_per_class"):
         DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, demonstrations=2, demo_per_class=0)
+    with pytest.raises(TypeError, match="self_if_alone must be True or False"):
+        DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, demonstrations={"self_if_alone": "yes"})
 
 
 def test_fit_with_demonstrations_saves_and_reloads(tiny, sentiment_train, sentiment_test, tmp_path):

@@ -153,3 +153,13 @@ def test_the_fixed_filter_gives_every_query_one_set_and_causal_prompts_one_prefi
     with pytest.raises(ValueError, match="demo_filter"):
         DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, demonstrations=1, demo_filter="first")
     assert DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, demonstrations=1, demo_filter="fixed")
+
+
+def test_self_if_alone_lets_a_lone_query_demonstrate_its_own_class_only():
+    d = Demonstrations(["a", "b", "c"], None, [0, 0, 1], TEMPLATE, WORDS, self_if_alone=True)
+    chosen = d.select("c")
+    assert chosen[1] == 2  # "c" is its class's only example: it demonstrates that class
+    assert chosen[0] in (0, 1)  # the other class is sampled as before
+    assert d.select("a")[0] == 1  # a query with a classmate never gets itself
+    plain = Demonstrations(["a", "b", "c"], None, [0, 0, 1], TEMPLATE, WORDS)
+    assert d.fingerprint != plain.fingerprint  # features of the two samplers never share a cache entry

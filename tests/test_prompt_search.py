@@ -56,6 +56,18 @@ def test_no_demonstration_candidate_when_a_class_has_one_example():
     assert names(config(), counts=(1, 8)) == [TEMPLATE_ONLY]  # its only example cannot demonstrate itself
 
 
+ONE_SHOT = "demonstrations (1 set, 1 per class, random, a lone example its own)"
+
+
+def test_one_example_per_class_is_prompted_with_demonstrations_alone():
+    (only,) = prompt_search.plan(config(), [1, 1])
+    assert only.name == ONE_SHOT and only.passes == 1 and only.demonstrations.self_if_alone
+    assert names(config(budget=1), counts=(1, 1)) == [TEMPLATE_ONLY]  # budget 1: the configured prompt
+    assert names(config(mode="faithful"), counts=(1, 1)) == [TEMPLATE_ONLY]
+    pair = DecTConfig(template="{text_a} ? {mask} , {text_b}", label_words=LABEL_WORDS)
+    assert names(pair, counts=(1, 1)) == [TEMPLATE_ONLY]  # pairs: demonstrations lost on the 1-shot dev study
+
+
 def test_no_demonstration_candidate_above_the_class_count_the_study_measured():
     words = {f"c{i}": [f"w{i}"] for i in range(prompt_search.DEMO_MAX_CLASSES + 1)}
     cfg = DecTConfig(template=TEMPLATE, label_words=words)
@@ -173,3 +185,22 @@ def test_the_card_states_the_chosen_prompt_and_its_cost(bpe_tokenizer, sentiment
     card = peft_model.base_model.model_card("default")
     assert f"Prompt chosen on held-out data (template {100 * report['prompt_candidates'][TEMPLATE_ONLY]:.1f}" in card
     assert f": {report['prompt']}, 1 model pass per input at prediction time" in card
+
+
+def test_a_one_shot_fit_uses_demonstrations_and_saves_and_reloads_them(bpe_tokenizer, sentiment_train, tmp_path):
+    first = [sentiment_train["label"].index(c) for c in (0, 1)]
+    one_shot = {k: [sentiment_train[k][i] for i in first] for k in ("sentence", "label")}
+    peft_model = get_peft_model(tiny_llama(bpe_tokenizer), config())
+    report = peft_model.fit(one_shot, tokenizer=bpe_tokenizer, show_progress=False)
+    cfg = peft_model.peft_config["default"]
+    assert report["prompt"] == ONE_SHOT == cfg.chosen_prompt and "prompt_candidates" not in report
+    assert report["model_passes"] == 2 + 1 and report["predict_passes_per_input"] == 1
+    assert cfg.demonstrations == prompt_search.one_shot_candidate().demonstrations
+    texts = one_shot["sentence"] + ["a new film"]  # training texts predict too: each demonstrates its own class
+    expected = peft_model.predict_proba(texts)
+    peft_model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
+    assert loaded.peft_config["default"].demonstrations.self_if_alone
+    np.testing.assert_allclose(loaded.predict_proba(texts, tokenizer=bpe_tokenizer), expected, atol=1e-6)
+    again = peft_model.fit(sentiment_train, show_progress=False)  # more data: the candidates are searched again
+    assert list(again["prompt_candidates"]) == [TEMPLATE_ONLY, ONE_SET]

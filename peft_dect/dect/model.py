@@ -342,6 +342,7 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         if not cfg.multi_label and cfg.mode == "auto" and cfg.budget > 1:
             counts = prompt_search.distinct_per_class(*cfg.read_texts(pool), cfg.read_labels(pool), len(cfg.classes))
         candidates = prompt_search.plan(cfg, counts, self.chat_available(tokenizer))
+        replaced = candidates[0].demonstrations != cfg.demonstrations  # the plan's prompt is not the configured one
         fit_args = (train_dataset, pool, tokenizer, eval_dataset, batch_size, show_progress, metric)
         reports = []
         for candidate in candidates:
@@ -356,7 +357,7 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
             self.use_prompt(candidates[chosen])
             report = self.fit_prompt(*fit_args)
             passes += report["model_passes"]
-        if len(candidates) > 1 or cfg.chosen_prompt is not None:
+        if len(candidates) > 1 or cfg.chosen_prompt is not None or replaced:
             cfg.chosen_prompt = candidates[chosen].name
         report = {**report, "model_passes": passes, **self.prompt_report(candidates, reports, chosen, pool)}
         self.run_record.start_fit(report)

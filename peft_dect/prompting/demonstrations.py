@@ -5,7 +5,8 @@ the mask. For a query and a set index the demonstrations are sampled determinist
 and the query's text), so that the same query always gets the same demonstrations and features can be cached. With
 ``filter="similar"`` only the most similar half of each class (cosine similarity of sentence embeddings, LM-BFF's
 ``demo_filter`` with ``demo_filter_rate=0.5``) is sampled from. A training query never gets itself as a
-demonstration: examples whose texts equal the query's are excluded.
+demonstration: examples whose texts equal the query's are excluded, unless the sampler is told `self_if_alone` and
+the query is its class's only example (a 1-shot training set), which then demonstrates its own class.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class Demonstrations:
     `labels` are class indices into `label_words` (one word per class, a `{class: words}` mapping or a
     `Verbalizer`). `per_class` demonstrations of every class are drawn per set; `num_sets` sets are drawn per query
     at prediction time (their predictions are averaged). `encoder` maps a list of texts to sentence embeddings
-    (used by ``filter="similar"``; default all-MiniLM-L6-v2).
+    (used by ``filter="similar"``; default all-MiniLM-L6-v2). `self_if_alone`: a query that is its class's only
+    training example demonstrates that class itself instead of being refused (auto mode's 1-shot prompts).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class Demonstrations:
         num_sets: int = 1,
         seed: int = 0,
         encoder: Encoder | None = None,
+        self_if_alone: bool = False,
     ) -> None:
         self.template = template if isinstance(template, Template) else Template(template)
         self.texts_a = [str(t) for t in texts_a]
@@ -116,6 +119,7 @@ class Demonstrations:
                 f"{[self.words[i] for i in empty]} (label words). Add examples of those classes to the training data."
             )
         self.per_class, self.filter, self.num_sets, self.seed = per_class, filter, num_sets, seed
+        self.self_if_alone = bool(self_if_alone)
         self._encoder = encoder
         self._train_emb: np.ndarray | None = None
         self._emb_cache: dict[str, np.ndarray] = {}
@@ -133,6 +137,7 @@ class Demonstrations:
             seed,
             encoder_name if filter == "similar" else None,
         ]
+        spec += [True] if self.self_if_alone else []  # fingerprints of samplers without the option stay as they were
         self.fingerprint = hashlib.sha1(json.dumps(spec).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
     def __len__(self) -> int:
@@ -174,6 +179,8 @@ class Demonstrations:
             if a == text_a and (self.texts_b is None or self.texts_b[i] == text_b)
         }
         pools = [[i for i in members if i not in own] for members in self._by_class]
+        if self.self_if_alone:  # a query alone in its class demonstrates that class itself
+            pools = [pool or members for pool, members in zip(pools, self._by_class)]
         if self.filter == "similar":
             sims = self._embed(self._train_texts()) @ self._embed([self._joint(text_a, text_b)])[0]
             candidates = len(self) - len(own)
