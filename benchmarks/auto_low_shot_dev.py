@@ -14,7 +14,6 @@ re-checked by; results go to `benchmarks/results/auto_low_shot_dev.json`.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -23,8 +22,9 @@ from unittest import mock
 
 import torch
 
+from . import dev_study
 
-RESULTS = Path(__file__).parent / "results"
+
 # radius initialisation -> key prefix; the default's keys carry no prefix (as in result files made before the option)
 INITS = {"normalized": "", "reference": "reference/"}
 
@@ -106,15 +106,9 @@ def table(out: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/fewshot")
-    parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"), help="the grid's feature cache")
+    parser = dev_study.parser(__doc__, "auto_low_shot_dev.json", tasks=False)
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 4, 8])
-    parser.add_argument("--out", default=str(RESULTS / "auto_low_shot_dev.json"))
-    parser.add_argument("--table", action="store_true", help="print the table of an existing result file")
-    args = parser.parse_args(argv)
-    out = json.loads(Path(args.out).read_text()) if args.table else run(args)
-    print(table(out))
+    dev_study.run_or_table(parser.parse_args(argv), run, table)
 
 
 if __name__ == "__main__":

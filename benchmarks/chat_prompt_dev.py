@@ -13,11 +13,11 @@ Results go to `benchmarks/results/chat_prompt_dev.json` (resumable).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from .prompt_search_dev import RESULTS, dev_table, fit_and_score
+from . import dev_study
+from .prompt_search_dev import dev_table, fit_and_score
 
 
 PLAIN = ("template", "demonstrations")
@@ -87,17 +87,12 @@ def table(out: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/fewshot")
-    parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"), help="the grid's feature cache")
+    parser = dev_study.parser(__doc__, "chat_prompt_dev.json")
     parser.add_argument("--shots", nargs="+", type=int, default=[16, 4])
-    parser.add_argument("--tasks", nargs="+", default=None)
-    parser.add_argument("--plain", default=str(RESULTS / "prompt_search_dev.json"), help="the plain candidates' cells")
-    parser.add_argument("--out", default=str(RESULTS / "chat_prompt_dev.json"))
-    parser.add_argument("--table", action="store_true", help="print the table of an existing result file")
-    args = parser.parse_args(argv)
-    out = json.loads(Path(args.out).read_text()) if args.table else run(args)
-    print(table(out))
+    parser.add_argument(
+        "--plain", default=str(dev_study.RESULTS / "prompt_search_dev.json"), help="the plain candidates' cells"
+    )
+    dev_study.run_or_table(parser.parse_args(argv), run, table)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ pass per input) calibrated and not. Results go to `benchmarks/results/one_shot_d
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
 
+from . import dev_study
 
-RESULTS = Path(__file__).parent / "results"
+
 COLUMNS = ("calibrated_prior", "demonstrations_calibrated", "demonstrations_uncalibrated")
 
 
@@ -98,17 +98,10 @@ def table(out: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/fewshot")
-    parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"), help="the grid's feature cache")
+    parser = dev_study.parser(__doc__, "one_shot_demos_dev.json")
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
-    parser.add_argument("--tasks", nargs="+", default=None)
-    parser.add_argument("--out", default=str(RESULTS / "one_shot_demos_dev.json"))
-    parser.add_argument("--table", action="store_true", help="print the table of an existing result file")
-    args = parser.parse_args(argv)
-    out = json.loads(Path(args.out).read_text()) if args.table else run(args)
-    print(table(out))
+    dev_study.run_or_table(parser.parse_args(argv), run, table)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ template beats them by PROMPT_MARGIN). The default budget and the margin were ch
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
 
+from . import dev_study
 
-RESULTS = Path(__file__).parent / "results"
+
 CANDIDATES = ("template", "demonstrations")
 
 
@@ -138,17 +138,10 @@ def dev_table(cells: list[dict], columns: dict, note) -> str:
 def main(argv=None) -> None:
     from benchmarks.grid import SEEDS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/fewshot")
-    parser.add_argument("--cache", default=str(Path(__file__).parent / ".cache"), help="the grid's feature cache")
+    parser = dev_study.parser(__doc__, "prompt_search_dev.json")
     parser.add_argument("--shots", nargs="+", type=int, default=[16, 4])
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS[:3]))
-    parser.add_argument("--tasks", nargs="+", default=None)
-    parser.add_argument("--out", default=str(RESULTS / "prompt_search_dev.json"))
-    parser.add_argument("--table", action="store_true", help="print the table of an existing result file")
-    args = parser.parse_args(argv)
-    out = json.loads(Path(args.out).read_text()) if args.table else run(args)
-    print(table(out))
+    dev_study.run_or_table(parser.parse_args(argv), run, table)
 
 
 if __name__ == "__main__":
