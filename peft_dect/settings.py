@@ -99,8 +99,13 @@ class DemonstrationConfig:
     def sampler_options(self, default_seed: int) -> dict[str, Any]:
         """Keyword arguments of `peft_dect.prompting.Demonstrations`."""
         seed = self.seed if self.seed is not None else default_seed
-        options = {"per_class": self.per_class, "filter": self.filter, "num_sets": self.num_sets, "seed": seed}
-        return options | {"self_if_alone": self.self_if_alone}
+        return {
+            "per_class": self.per_class,
+            "filter": self.filter,
+            "num_sets": self.num_sets,
+            "seed": seed,
+            "self_if_alone": self.self_if_alone,
+        }
 
 
 PROMPT_FIELDS = (

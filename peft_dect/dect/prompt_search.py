@@ -87,8 +87,8 @@ def plan(cfg, class_counts: list[int], chat_available: bool = False) -> list[Pro
     demonstrations only when every class has 2 distinct texts (a query never demonstrates itself), chat candidates
     only with `chat_template=None`. With one text per class (1 shot) nothing is held out to choose by: for a template
     of one text the plain prompt with one demonstration set (`one_shot_candidate`) is then the only candidate
-    (`one_shot_demos`). What an
-    earlier fit chose (`cfg.chosen_prompt`) fixes nothing: the plain template comes first.
+    (`one_shot_demos`). What an earlier fit chose (`cfg.chosen_prompt`) fixes nothing: the plain template comes
+    first.
     """
     chosen_before = cfg.chosen_prompt is not None
     fixed = cfg.demonstrations is not None and not chosen_before
@@ -122,9 +122,8 @@ def plan(cfg, class_counts: list[int], chat_available: bool = False) -> list[Pro
 # 16-shot dev examples of the grid's 8 tasks x 5 seeds that the 1-shot splits leave unused (SmolLM2;
 # benchmarks/one_shot_demos_dev.py, never a test set), the calibrated prior with one demonstration set against
 # without: SST-2 72.7 / 67.3, SST-5 39.5 / 34.7, CR 80.0 / 76.7, MPQA 68.7 / 58.7, but for sentence pairs, whose
-# demonstrations triple a long prompt, RTE 46.7 / 54.7, MRPC (F1) 41.0 / 67.3, QNLI 50.7 / 50.7, SNLI 35.1 / 32.9
-# (at 16 shots the grid's pair tasks, too, lose a point with demonstrations). Templates of one text take them:
-# 58.3 against 55.4 on the 8-task mean.
+# demonstrations triple a long prompt, RTE 46.7 / 54.7, MRPC (F1) 41.0 / 67.3, QNLI 50.7 / 50.7, SNLI 35.1 / 32.9.
+# Templates of one text take them: 58.3 against 55.4 on the 8-task mean.
 def one_shot_demos(cfg) -> bool:
     """Whether auto mode prompts a 1-shot training set with demonstrations (see the study above): a budget above one
     pass, the plain prompt, a template of one text."""
