@@ -25,11 +25,9 @@ CHAT = ("chat", "chat_demonstrations")
 
 
 def run(args) -> dict:
-    from benchmarks.grid.data import FULL_SHOTS, per_class_subsample
     from benchmarks.grid.methods import SmolLM
     from peft_dect import DemonstrationConfig
     from peft_dect.dect import prompt_search
-    from peft_dect.tasks import get_task, load_task
 
     plain = json.loads(Path(args.plain).read_text())["cells"]
     out_path = Path(args.out)
@@ -40,16 +38,11 @@ def run(args) -> dict:
         if key in out["cells"] or base["shots"] not in args.shots or (args.tasks and base["task"] not in args.tasks):
             continue
         task, k, seed = base["task"], base["shots"], base["seed"]
-        lm.activate(task)
-        lm.peft_model.base_model.use_cache_dir(args.cache)
-        full = load_task(task, args.data, k=FULL_SHOTS, seed=seed)
-        train = full["train"].select(per_class_subsample(full["train"]["label"], k, seed))
-        spec = get_task(task)
-        metric = spec.metric if spec.metric in ("f1", "matthews_correlation") else None
+        train, dev_split, metric = dev_study.cell_data(lm, args, task, k, seed)
         cell = {c: base[c] for c in ("task", "shots", "seed", "dev_rows", *PLAIN)}
         for cand, d in zip(CHAT, (None, demos)):
             name = f"{task}-{cand}-{k}-{seed}"
-            held, dev = fit_and_score(lm, task, name, d, train, full["validation"], metric, chat=True)
+            held, dev = fit_and_score(lm, task, name, d, train, dev_split, metric, chat=True)
             cell[cand] = {"heldout": held, "dev": dev}
             lm.peft_model.delete_adapter(name)
         out["cells"][key] = cell

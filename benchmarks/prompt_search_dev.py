@@ -46,40 +46,28 @@ def fit_and_score(lm, task: str, name: str, demos, train, dev, metric, chat: boo
 
 def run(args) -> dict:
     from benchmarks.grid import TASKS
-    from benchmarks.grid.data import FULL_SHOTS, per_class_subsample
     from benchmarks.grid.methods import SmolLM
     from peft_dect import DemonstrationConfig
     from peft_dect.dect import prompt_search
-    from peft_dect.tasks import get_task, load_task
 
     out_path = Path(args.out)
-    out = json.loads(out_path.read_text()) if out_path.exists() else {"cells": {}}
+    out = dev_study.load_result(args)
     lm = SmolLM(cache_dir=args.cache)
     demos = DemonstrationConfig(num_sets=1, per_class=1, filter=prompt_search.DEMO_FILTER)
-    for seed in args.seeds:
-        for task in args.tasks or TASKS:
-            for k in args.shots:
-                key = f"{task};k={k};seed={seed}"
-                if key in out["cells"]:
-                    continue
-                lm.activate(task)
-                lm.peft_model.base_model.use_cache_dir(args.cache)
-                full = load_task(task, args.data, k=FULL_SHOTS, seed=seed)
-                train = full["train"].select(per_class_subsample(full["train"]["label"], k, seed))
-                spec = get_task(task)
-                metric = spec.metric if spec.metric in ("f1", "matthews_correlation") else None
-                cell = {"task": task, "shots": k, "seed": seed, "dev_rows": len(full["validation"])}
-                for cand, d in zip(CANDIDATES, (None, demos)):
-                    name = f"{task}-{cand}-{k}-{seed}"
-                    held, dev = fit_and_score(lm, task, name, d, train, full["validation"], metric)
-                    cell[cand] = {"heldout": held, "dev": dev}
-                    lm.peft_model.delete_adapter(name)
-                chosen = shipped_choice(cell)
-                cell["search"] = {"chosen": chosen, "dev": cell[chosen]["dev"]}
-                out["cells"][key] = cell
-                out["settings"] = {"data": args.data, "model": "SmolLM2-135M-Instruct", "demonstrations": str(demos)}
-                out_path.write_text(json.dumps(out, indent=1))
-                print(key, {c: round(100 * cell[c]["dev"], 1) for c in (*CANDIDATES, "search")}, flush=True)
+    for key, task, k, seed in dev_study.pending_cells(args, out, TASKS):
+        train, dev_split, metric = dev_study.cell_data(lm, args, task, k, seed)
+        cell = {"task": task, "shots": k, "seed": seed, "dev_rows": len(dev_split)}
+        for cand, d in zip(CANDIDATES, (None, demos)):
+            name = f"{task}-{cand}-{k}-{seed}"
+            held, dev = fit_and_score(lm, task, name, d, train, dev_split, metric)
+            cell[cand] = {"heldout": held, "dev": dev}
+            lm.peft_model.delete_adapter(name)
+        chosen = shipped_choice(cell)
+        cell["search"] = {"chosen": chosen, "dev": cell[chosen]["dev"]}
+        out["cells"][key] = cell
+        out["settings"] = {"data": args.data, "model": "SmolLM2-135M-Instruct", "demonstrations": str(demos)}
+        out_path.write_text(json.dumps(out, indent=1))
+        print(key, {c: round(100 * cell[c]["dev"], 1) for c in (*CANDIDATES, "search")}, flush=True)
     return out
 
 

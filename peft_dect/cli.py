@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="most model passes per input the chosen prompt may cost at prediction time (default 1)",
     )
     fit.add_argument(
+        "--templates",
+        nargs="+",
+        default=None,
+        metavar="TEMPLATE",
+        help="more templates auto mode may choose from, beside --template, within --budget (each with and without "
+        "demonstrations: raise --budget to 2 x (1 + their count) to try them all)",
+    )
+    fit.add_argument(
         "--chat-template",
         choices=["on", "off", "auto"],
         default=None,

@@ -293,7 +293,11 @@ def cmd_fit(args) -> None:
         text_pair_column=args.text_pair_column or ("text_b" if spec else None),
         label_column=args.label_column,
         multi_label=args.multi_label,
-        **{k: getattr(args, k) for k in ("budget", "max_passes_per_input") if getattr(args, k, None) is not None},
+        **{
+            k: getattr(args, k)
+            for k in ("budget", "max_passes_per_input", "templates")
+            if getattr(args, k, None) is not None
+        },
         **({"chat_template": CHAT_CHOICES[args.chat_template]} if getattr(args, "chat_template", None) else {}),
     )
     _check_labels(args, config, ("train", "eval"))

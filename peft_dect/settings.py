@@ -185,6 +185,11 @@ class PromptSettings:
         return list(self.label_words)
 
     @property
+    def active_template(self) -> str:
+        """The template the method prompts with (a config that chooses among several says which)."""
+        return self.template
+
+    @property
     def parsed_template(self) -> Template:
         return Template(self.template)
 

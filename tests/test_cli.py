@@ -298,3 +298,17 @@ def test_multi_label_fit_evaluate_and_predict_with_label_sets(workspace, tmp_pat
     bad.write_text("sentence,label\na film,plot|sarcasm\n")
     refused = fit_file(model_dir, bad, tmp_path / "no", "--multi-label", label_words="negative=bad,plot=plot")
     assert refused.returncode == 2 and "sarcasm" in refused.stderr
+
+
+def test_fit_tries_the_templates_given_and_saves_the_choice(workspace, tmp_path):
+    root, model_dir, _, _ = workspace
+    other = "{text_a} All in all, it was {mask}."
+    out = tmp_path / "templates"
+    run = fit_file(model_dir, root / "train.csv", out, "--templates", other, "--budget", "4", "--json", "--quiet")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(report["prompt_candidates"]) == 4 and f"template {other!r}" in report["prompt_candidates"]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["templates"] == [other] and config["template_chosen"] in (None, other)
+    refused = fit_file(model_dir, root / "train.csv", tmp_path / "bad", "--templates", "{text_a} no mask")
+    assert refused.returncode == 2 and "template candidate '{text_a} no mask' does not parse" in refused.stderr

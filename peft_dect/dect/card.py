@@ -86,7 +86,7 @@ def dect_record(config) -> RunRecord:
         card="dect",
         tags=["dect", "prompting"],
         base_model=config.base_model_name_or_path,
-        template=config.template,
+        template=config.active_template,
         label_words=config.label_words,
     )
 
@@ -96,7 +96,7 @@ def dect_card(record: RunRecord | None, config, repo: str | None = None) -> str:
     record = record or dect_record(config)
     record.base_model, record.template, record.label_words = (
         config.base_model_name_or_path,
-        config.template,
+        config.active_template,
         config.label_words,
     )
     record.training = fit_sentence(record.fit, config) + uncertainty_sentence(config)

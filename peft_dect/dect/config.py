@@ -13,6 +13,7 @@ from .._enums import DECT_TYPE, FEW_SHOT_CLS_TYPE
 from ..data import read_multi_labels
 from ..hub import local_adapter_folder
 from ..prompting.demonstrations import FILTERS
+from ..prompting.template import Template
 from ..saving import FORMAT_VERSION, check_format_version
 from ..settings import DemonstrationConfig, PromptSettings, check_choice, check_int, check_number
 from ..uncertainty import Calibration, check_alpha
@@ -117,6 +118,12 @@ class DecTConfig(PromptSettings, PeftConfig):
             one pass, as without demonstrations; a candidate with `s` demonstration sets costs `s`).
         chosen_prompt: written by an auto-mode `fit` that chose among prompt candidates: the chosen one's name (its
             demonstrations, if any, are in `demonstrations`). None when the config fixes the prompt itself.
+        templates: more templates auto mode may choose from, beside `template` (user-written, or ranked by
+            `peft_dect.lmbff.rank_templates`): each is tried after the configured template's candidates, with
+            the same demonstration candidates, within `budget` (one pass per training input each: to try `t`
+            templates with and without demonstrations, give `budget=2 * (t + 1)`). Each must have the same text
+            fields as `template`. In-process models only.
+        template_chosen: written by an auto-mode `fit` that chose one of `templates`; None: `template` is used.
         chat_template: wrap a causal LM's prompt in its tokenizer's chat template, the text as the user's message and
             the template's words before `{mask}` opening the answer (True); the plain prompt (False, the default);
             None: auto mode tries both within `budget`, the chat candidates after the plain ones of equal cost.
@@ -199,6 +206,14 @@ class DecTConfig(PromptSettings, PeftConfig):
     chosen_prompt: str | None = field(
         default=None,
         metadata={"help": "The prompt candidate an auto-mode fit chose (written by fit); None: fixed by the config."},
+    )
+    templates: list[str] | None = field(
+        default=None,
+        metadata={"help": "More templates auto mode may choose from, beside template, within budget."},
+    )
+    template_chosen: str | None = field(
+        default=None,
+        metadata={"help": "The one of templates an auto-mode fit chose (written by fit); None: template."},
     )
     chat_template: bool | None = field(
         default=False,
@@ -288,6 +303,7 @@ class DecTConfig(PromptSettings, PeftConfig):
         for name, value in (("chat_template", self.chat_template), ("chat_chosen", self.chat_chosen)):
             if not (value is None or isinstance(value, bool)):
                 raise TypeError(f"{name} must be True, False or None, got {value!r}.")
+        self.check_templates()
         check_number("learning_rate", self.learning_rate, minimum=0, strict=True)
         if self.lam is not None:
             check_number("lam", self.lam, minimum=0)
@@ -307,6 +323,37 @@ class DecTConfig(PromptSettings, PeftConfig):
     def uses_chat_template(self) -> bool:
         """Whether the prompt is wrapped in the tokenizer's chat template: as set, or as an auto-mode fit chose."""
         return self.chat_template if self.chat_template is not None else bool(self.chat_chosen)
+
+    @property
+    def active_template(self) -> str:
+        """The template the adapter prompts with: the one an auto-mode fit chose among `templates`, else `template`."""
+        return self.template_chosen if self.template_chosen is not None else self.template
+
+    def check_templates(self) -> None:
+        """`templates` is None or a list of templates with the text fields of `template`; `template_chosen` is
+        `template` or one of them."""
+        if self.templates is None:
+            if self.template_chosen not in (None, self.template):
+                raise ValueError(f"template_chosen={self.template_chosen!r} is not one of the config's templates.")
+            return
+        if isinstance(self.templates, str) or not isinstance(self.templates, (list, tuple)):
+            raise TypeError(f"templates must be a list of templates (strings) or None, got {self.templates!r}.")
+        pair = Template(self.template).is_pair
+        for template in self.templates:
+            if not isinstance(template, str):
+                raise TypeError(f"templates must hold strings, got {template!r}.")
+            try:
+                parsed = Template(template)
+            except ValueError as err:
+                raise ValueError(f"The template candidate {template!r} does not parse: {err}") from None
+            if parsed.is_pair != pair:
+                raise ValueError(
+                    f"The template candidate {template!r} must have the text fields of template={self.template!r} "
+                    f"({'{text_a} and {text_b}' if pair else '{text_a} alone'}): auto mode reads one data set for all."
+                )
+        self.templates = list(dict.fromkeys(self.templates))
+        if self.template_chosen not in (None, self.template, *self.templates):
+            raise ValueError(f"template_chosen={self.template_chosen!r} is not one of the config's templates.")
 
     def check_uncertainty_settings(self) -> None:
         """reject_label and out_of_scope_label must not name a class; reject_rate is a share in (0, 1)."""

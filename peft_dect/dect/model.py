@@ -65,7 +65,8 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
     def _check_new_adapter_config(self, config) -> None:
         """Run for every adapter added or loaded: the template must suit the LM, and the base model must match."""
         if lm_kind(self.model) == CAUSAL:
-            Template(config.template).check_causal()
+            for template in (config.template, *(config.templates or ())):
+                Template(template).check_causal()
         check_base_model(self.model, config)
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
@@ -342,7 +343,8 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         if not cfg.multi_label and cfg.mode == "auto" and cfg.budget > 1:
             counts = prompt_search.distinct_per_class(*cfg.read_texts(pool), cfg.read_labels(pool), len(cfg.classes))
         candidates = prompt_search.plan(cfg, counts, self.chat_available(tokenizer))
-        replaced = candidates[0].demonstrations != cfg.demonstrations  # the plan's prompt is not the configured one
+        first = candidates[0]  # is the plan's first prompt the one configured (or chosen before)?
+        replaced = first.demonstrations != cfg.demonstrations or first.template != cfg.template_chosen
         fit_args = (train_dataset, pool, tokenizer, eval_dataset, batch_size, show_progress, metric)
         reports = []
         for candidate in candidates:
@@ -373,9 +375,10 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         """Prompt the active adapter as `candidate` says from now on (its features and content-free scores anew)."""
         cfg = self.config_of_active
         chat_changes = cfg.chat_template is None and cfg.chat_chosen != candidate.chat
-        if cfg.demonstrations == candidate.demonstrations and not chat_changes:
+        same = cfg.demonstrations == candidate.demonstrations and cfg.template_chosen == candidate.template
+        if same and not chat_changes:
             return
-        cfg.demonstrations = candidate.demonstrations
+        cfg.demonstrations, cfg.template_chosen = candidate.demonstrations, candidate.template
         if cfg.chat_template is None:
             cfg.chat_chosen = candidate.chat
         self.sources.drop_backbone(self.active_name)

@@ -1,7 +1,8 @@
 """Auto mode's prompt candidates: the configured prompt alone, or with LM-BFF demonstrations, chosen on held-out data.
 
-Each candidate is one way to prompt the frozen model: with or without demonstrations, and, for a causal LM whose
-tokenizer has a chat template and a config with `chat_template=None`, plain or wrapped in that template. Its cost
+Each candidate is one way to prompt the frozen model: with or without demonstrations, with the configured template
+or one of the config's `templates`, and, for a causal LM whose tokenizer has a chat template and a config with
+`chat_template=None`, plain or wrapped in that template. Its cost
 is counted in model passes per input: a candidate with `s` demonstration sets runs `s` passes per input (their
 features are averaged), at training and at prediction time.
 `plan` lists the candidates a config allows, cheapest first (plain before chat at equal cost), within two bounds:
@@ -48,10 +49,12 @@ class PromptCandidate:
     Args:
         demonstrations: the demonstrations every prompt of this candidate carries (None: the template alone).
         chat: whether the prompt is wrapped in the tokenizer's chat template.
+        template: one of the config's `templates` (None: the configured `template`).
     """
 
     demonstrations: DemonstrationConfig | None = None
     chat: bool = False
+    template: str | None = None
 
     @property
     def passes(self) -> int:
@@ -60,13 +63,14 @@ class PromptCandidate:
 
     @property
     def name(self) -> str:
+        own = "" if self.template is None else f" {self.template!r}"
         d = self.demonstrations
         if d is None:
-            return "chat template" if self.chat else "template"
+            return f"chat template{own}" if self.chat else f"template{own}"
         sets = f"{d.num_sets} set{'s' if d.num_sets > 1 else ''}"
         alone = ", a lone example its own" if d.self_if_alone else ""
         chat = "chat template, " if self.chat else ""
-        return f"{chat}demonstrations ({sets}, {d.per_class} per class, {d.filter}{alone})"
+        return f"{chat}demonstrations ({sets}, {d.per_class} per class, {d.filter}{alone}){own and ', template'}{own}"
 
 
 def distinct_per_class(texts_a, texts_b, labels, num_classes: int) -> list[int]:
@@ -85,7 +89,8 @@ def plan(cfg, class_counts: list[int], chat_available: bool = False) -> list[Pro
     Only the configured prompt when the config fixes it (faithful mode, multi-label data, a soft prompt, a budget of
     1). Demonstrations set by the user fix that part, as `chat_template=True` / `False` fixes the other; new
     demonstrations only when every class has 2 distinct texts (a query never demonstrates itself), chat candidates
-    only with `chat_template=None`. With one text per class (1 shot) nothing is held out to choose by: for a template
+    only with `chat_template=None`. The config's `templates` follow the configured template, each with the same
+    demonstration candidates. With one text per class (1 shot) nothing is held out to choose by: for a template
     of one text the plain prompt with one demonstration set (`one_shot_candidate`) is then the only candidate
     (`one_shot_demos`). What an earlier fit chose (`cfg.chosen_prompt`) fixes nothing: the plain template comes
     first.
@@ -105,7 +110,10 @@ def plan(cfg, class_counts: list[int], chat_available: bool = False) -> list[Pro
         ]
     if searching and cfg.chat_template is None and chat_available:
         chats.append(True)
-    everything = [PromptCandidate(d, chat) for chat in chats for d in demos]
+    templates = [None]
+    if searching:
+        templates += [t for t in cfg.templates or () if t != cfg.template]
+    everything = [PromptCandidate(d, chat, t) for chat in chats for t in templates for d in demos]
     out, spent = everything[:1], everything[0].passes
     for candidate in sorted(everything[1:], key=lambda c: c.passes):  # stable: plain before chat
         if candidate.passes > cfg.max_passes_per_input:

@@ -26,7 +26,7 @@ from .checks import check_label_token_ids
 
 def prompt_key(config) -> str:
     """The prompt settings a backbone is built from: a change of any (in place, on the config) builds a new one."""
-    fields = ("template", "label_words", "label_word_aggregation", "multi_token", "max_length")
+    fields = ("active_template", "label_words", "label_word_aggregation", "multi_token", "max_length")
     return json.dumps([*(getattr(config, f) for f in fields), config.uses_chat_template], default=repr)
 
 
@@ -39,7 +39,7 @@ def pass_key(config, adapter_name: str) -> str:
     cannot tell (it then runs a pass of its own; its answers are the same)."""
     own = adapter_name if config.demonstrations is not None or config.soft_prompt else None
     chat = [True] if config.uses_chat_template else []  # keys of plain prompts stay those of earlier versions
-    return json.dumps([config.template, config.max_length, own, *chat])
+    return json.dumps([config.active_template, config.max_length, own, *chat])
 
 
 def load_recorded_tokenizer(config):
@@ -130,7 +130,7 @@ class AdapterSources:
             key = prompt_key(config)
             del self.backbones[name]
         if name not in self.backbones:
-            template = Template(config.template)
+            template = Template(config.active_template)
             verbalizer = Verbalizer.from_words(
                 config.label_words,
                 self.tokenizer,

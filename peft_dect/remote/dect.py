@@ -50,10 +50,11 @@ class BlackBoxDecT(ConfigUncertainty, FewShotClassifier):
             raise TypeError(f"config must be a DecTConfig, got {type(config).__name__}.")
         if not isinstance(endpoint, OpenAIEndpoint):
             raise TypeError(f"endpoint must be a peft_dect.remote.OpenAIEndpoint, got {type(endpoint).__name__}.")
-        if config.demonstrations or config.soft_prompt or config.chat_template:
+        if config.demonstrations or config.soft_prompt or config.chat_template or config.templates:
             raise ValueError(
-                "Black-box DecT sends the template alone: demonstrations, soft prompts and chat_template=True need "
-                "the model in-process (use get_peft_model with a transformers model)."
+                "Black-box DecT sends the template alone: demonstrations, soft prompts, template candidates "
+                "(templates=...) and chat_template=True need the model in-process (use get_peft_model with a "
+                "transformers model)."
             )
         if config.max_length is not None:
             raise ValueError(
@@ -74,7 +75,7 @@ class BlackBoxDecT(ConfigUncertainty, FewShotClassifier):
             tags=["dect", "black-box", "prompting"],
             library_name="peft-dect",
             base_model=endpoint.model,
-            template=config.template,
+            template=config.active_template,
             label_words=config.label_words,
         )
 

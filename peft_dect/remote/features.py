@@ -77,7 +77,7 @@ class RemoteBackbone:
         """The backbone of a method's prompt settings (template, label words, aggregation, multi-token rule)."""
         return cls(
             endpoint,
-            config.template,
+            config.active_template,
             config.label_words,
             aggregation=config.label_word_aggregation,
             multi_token=config.multi_token,

@@ -166,7 +166,7 @@ class AdapterRegistry:
             "name": name,
             "source": self.adapters[name].source,
             "classes": list(config.classes),
-            "template": config.template,
+            "template": config.active_template,
             "label_words": config.label_words,
             "reject_label": getattr(config, "reject_label", None),
             "calibrated": calibrated,

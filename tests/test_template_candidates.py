@@ -1,0 +1,138 @@
+"""Template candidates (`DecTConfig(templates=[...])`): auto mode chooses the template among the configured one and
+the user's, on held-out data within the budget; the choice predicts, saves, reloads and shows on the card."""
+
+import numpy as np
+import pytest
+from conftest import LABEL_WORDS, TEMPLATE, tiny_llama, tiny_roberta
+from peft import PeftConfig, PeftModel, get_peft_model
+
+import peft_dect  # noqa: F401  (registers DecT with peft)
+from peft_dect import DecTConfig, DemonstrationConfig
+from peft_dect.dect import prompt_search
+
+
+OTHER = "Review: {text_a}\nSentiment: {mask}"
+THIRD = "{text_a} All in all, it was {mask}."
+ONE_SET = "demonstrations (1 set, 1 per class, random)"
+
+
+def config(**kwargs) -> DecTConfig:
+    return DecTConfig(**{"template": TEMPLATE, "label_words": LABEL_WORDS, **kwargs})
+
+
+def names(cfg, counts=(8, 8)) -> list[str]:
+    return [c.name for c in prompt_search.plan(cfg, list(counts))]
+
+
+def test_templates_follow_the_configured_template_within_the_budget():
+    assert names(config(templates=[OTHER])) == ["template", ONE_SET]  # the default budget: 2 passes
+    assert names(config(templates=[OTHER], budget=4)) == [
+        "template",
+        ONE_SET,
+        f"template {OTHER!r}",
+        f"{ONE_SET}, template {OTHER!r}",
+    ]
+    assert names(config(templates=[OTHER, THIRD], budget=3)) == ["template", ONE_SET, f"template {OTHER!r}"]
+    assert names(config(templates=[OTHER, TEMPLATE], budget=5)) == names(config(templates=[OTHER], budget=5))
+    with_demos = config(templates=[OTHER], budget=2, demonstrations=DemonstrationConfig())
+    assert [c.template for c in prompt_search.plan(with_demos, [8, 8])] == [None, OTHER]  # user's demos, 2 templates
+
+
+@pytest.mark.parametrize("kwargs", [{"budget": 1}, {"mode": "faithful"}, {"multi_label": True}])
+def test_templates_are_not_tried_where_auto_mode_does_not_search(kwargs):
+    assert names(config(templates=[OTHER], **kwargs)) == ["template"]
+
+
+def test_one_example_per_class_keeps_the_configured_template():
+    (only,) = prompt_search.plan(config(templates=[OTHER], budget=4), [1, 1])
+    assert only.template is None  # nothing is held out to choose a template by
+
+
+@pytest.mark.parametrize(
+    "templates, error, match",
+    [
+        ("{text_a} It was {mask}.", TypeError, "templates must be a list"),
+        ([3], TypeError, "templates must hold strings"),
+        (["{text_a} no mask"], ValueError, "template candidate '{text_a} no mask' does not parse"),
+        (["{text_a} {text_b} {mask}"], ValueError, "must have the text fields of template="),
+    ],
+)
+def test_a_bad_template_candidate_is_an_error_naming_it(templates, error, match):
+    with pytest.raises(error, match=match):
+        config(templates=templates)
+
+
+def test_a_chosen_template_must_be_one_of_the_configs():
+    with pytest.raises(ValueError, match="template_chosen=.* is not one of"):
+        config(templates=[OTHER], template_chosen=THIRD)
+    assert config(templates=[OTHER], template_chosen=OTHER).active_template == OTHER
+    assert config().active_template == TEMPLATE
+
+
+def test_a_template_candidate_must_end_at_the_mask_for_a_causal_lm(bpe_tokenizer):
+    with pytest.raises(ValueError, match="causal"):
+        get_peft_model(tiny_llama(bpe_tokenizer), config(templates=["{mask} : {text_a}"]))
+    get_peft_model(tiny_roberta(bpe_tokenizer), config(templates=["{mask} : {text_a}"]))  # a masked LM reads it
+
+
+def prefer(template: str | None):
+    """A held-out score under which the plain candidate with `template` wins whatever the tiny model's features say."""
+
+    def score(report):
+        return 1.0 if report["prompt_of_fit"] == (template, None) else 0.0
+
+    return score
+
+
+@pytest.mark.parametrize("winner", [None, OTHER])
+def test_the_chosen_template_predicts_saves_and_reloads_as_a_fit_with_it_configured(
+    winner, bpe_tokenizer, sentiment_train, sentiment_test, tmp_path, monkeypatch
+):
+    texts = sentiment_test["sentence"][:9]
+    original_fit = peft_dect.dect.model.DecTModel.fit_prompt
+
+    def tagged(self, *args):  # tag each candidate's report with its prompt, for `prefer`
+        report = original_fit(self, *args)
+        cfg = self.config_of_active
+        return {**report, "prompt_of_fit": (cfg.template_chosen, cfg.demonstrations)}
+
+    monkeypatch.setattr(peft_dect.dect.model.DecTModel, "fit_prompt", tagged)
+    monkeypatch.setattr(prompt_search, "heldout_score", prefer(winner))
+    peft_model = get_peft_model(tiny_llama(bpe_tokenizer), config(templates=[OTHER], budget=4))
+    report = peft_model.fit(sentiment_train, tokenizer=bpe_tokenizer, show_progress=False)
+    monkeypatch.undo()
+    n = len(sentiment_train["sentence"])
+    assert report["model_passes"] == 4 * (n + 1)  # four prompts; the chosen one refits from cached features
+    expected_name = "template" if winner is None else f"template {OTHER!r}"
+    assert report["prompt"] == expected_name and list(report["prompt_candidates"])[2] == f"template {OTHER!r}"
+    cfg = peft_model.peft_config["default"]
+    assert cfg.template_chosen == winner and cfg.template == TEMPLATE and cfg.demonstrations is None
+
+    reference = get_peft_model(tiny_llama(bpe_tokenizer), config(template=winner or TEMPLATE, budget=1))
+    reference.fit(sentiment_train, tokenizer=bpe_tokenizer, show_progress=False)
+    np.testing.assert_allclose(peft_model.predict_proba(texts), reference.predict_proba(texts), atol=1e-6)
+    card = peft_model.base_model.model_card("default")
+    assert f"- Template: `{winner or TEMPLATE}`" in card  # the template the adapter prompts with
+
+    peft_model.save_pretrained(tmp_path)
+    saved = PeftConfig.from_pretrained(tmp_path)
+    assert (
+        saved.template_chosen == winner
+        and saved.templates == [OTHER]
+        and saved.active_template == (winner or TEMPLATE)
+    )
+    loaded = PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
+    np.testing.assert_allclose(loaded.predict_proba(texts, tokenizer=bpe_tokenizer), reference.predict_proba(texts))
+
+    again = peft_model.fit(sentiment_train, show_progress=False)  # a refit searches again, from cached features
+    assert len(again["prompt_candidates"]) == 4 and again["model_passes"] == 0
+
+
+def test_adapters_of_different_templates_do_not_share_a_pass(bpe_tokenizer):
+    peft_model = get_peft_model(tiny_llama(bpe_tokenizer), config(templates=[OTHER]))
+    peft_model.add_adapter("other", config(templates=[OTHER], template_chosen=OTHER))
+    tuner = peft_model.base_model
+    assert tuner.pass_key("default") != tuner.pass_key("other")
+    plain = config(template=OTHER)
+    peft_model.add_adapter("plain", plain)
+    assert tuner.pass_key("other") == tuner.pass_key("plain")
