@@ -14,8 +14,11 @@ the same folds. The table then compares, on dev scores:
 - `templates=ALTERNATIVES` with `budget=6`: `peft_dect.dect.prompt_search.best` over all six candidates in the
   plan's order (what `fit` does);
 - the same without demonstrations (`budget=3`): the three templates alone;
-- ensembles (the mean of the candidates' probabilities; 3 passes per input at prediction), to see whether an
-  ensemble is worth building: of the three templates alone, and of the three with demonstrations.
+- ensembles of the three templates (3 passes per input at training and at prediction), alone and each with one
+  demonstration set, to see whether an ensemble is worth building: late fusion (the mean of the candidates'
+  probabilities) and early fusion (one decoder fitted by the library's own core, `DecTCore`, on each input's
+  features averaged over the templates, as `Backbone.extract` averages demonstration sets; from the candidates'
+  cached features, no model pass of its own).
 
 The alternatives were written for this study before it ran (no search on dev data): one plain rewording and one
 "field: value" prompt per task. Results go to `benchmarks/results/template_candidates_dev.json` (resumable).
@@ -81,6 +84,52 @@ def fit_and_score(lm, task: str, name: str, template: str, demos, train, dev, me
     }
 
 
+class MeanSource:
+    """A feature source (`peft_dect.dect.core.FeatureSource`) that averages several backbones' features per input."""
+
+    def __init__(self, backbones) -> None:
+        self.backbones = backbones
+        self.template = backbones[0].template
+        self.show_progress = False
+
+    def extract(self, texts_a, texts_b=None, *, desc: str = "features"):
+        from peft_dect import Features
+
+        feats = [bb.extract(texts_a, texts_b, desc=desc) for bb in self.backbones]
+        hidden = sum(f.hidden for f in feats) / len(feats)
+        return Features(hidden, sum(f.label_logits for f in feats) / len(feats))
+
+
+def ensemble_score(lm, task: str, templates, demos, train, dev, metric) -> dict:
+    """Held-out and dev score of one decoder on the features averaged over `templates` (early fusion)."""
+    from peft_dect.dect.core import DecTCore, DecTState
+    from peft_dect.tasks import main_metric, task_metric
+
+    peft_model, backbones = lm.peft_model, []
+    for i, template in enumerate(templates):
+        cfg = lm.config(task)
+        cfg.template, cfg.demonstrations = template, demos
+        name = f"{task}-ensemble-{i}"
+        peft_model.add_adapter(name, cfg)
+        peft_model.set_adapter(name)
+        tuner = peft_model.base_model
+        if demos is not None:
+            tuner.set_demonstrations(train, lm.tokenizer)
+        bb = tuner.backbone(lm.tokenizer, refit=True)
+        bb.show_progress = False
+        backbones.append(bb)
+    core = DecTCore(lm.config(task), MeanSource(backbones), DecTState(calibrate=True))
+    report = core.fit(train, None, metric=metric)
+    pred = core.logits(dev).argmax(-1).tolist()
+    for i in range(len(templates)):
+        peft_model.delete_adapter(f"{task}-ensemble-{i}")
+    key = report.get("selected_by", "accuracy")
+    return {
+        "heldout": float(report.get(f"heldout_{key}", report["heldout_accuracy"])),
+        "dev": float(task_metric(task, pred, dev["label"])[main_metric(task)]),
+    }
+
+
 def run(args) -> dict:
     from benchmarks.grid import TASKS
     from benchmarks.grid.methods import SmolLM
@@ -94,11 +143,14 @@ def run(args) -> dict:
     demos = DemonstrationConfig(num_sets=1, per_class=1, filter=prompt_search.DEMO_FILTER)
     for key, task, k, seed in dev_study.pending_cells(args, out, TASKS):
         train, dev, metric = dev_study.cell_data(lm, args, task, k, seed)
+        templates = (get_task(task).causal_template, *ALTERNATIVES[task])
         cell = {"task": task, "shots": k, "seed": seed, "dev_label": list(dev["label"])}
-        for t_name, template in zip(TEMPLATES, (get_task(task).causal_template, *ALTERNATIVES[task])):
+        for t_name, template in zip(TEMPLATES, templates):
             for p_name, d in zip(PROMPTS, (None, demos)):
                 name = f"{task}-{t_name}-{p_name}-{k}-{seed}"
                 cell[f"{t_name}/{p_name}"] = fit_and_score(lm, task, name, template, d, train, dev, metric)
+        for p_name, d in zip(PROMPTS, (None, demos)):
+            cell[f"early/{p_name}"] = ensemble_score(lm, task, templates, d, train, dev, metric)
         out["cells"][key] = cell
         out["settings"] = {"data": args.data, "model": "SmolLM2-135M-Instruct", "alternatives": ALTERNATIVES}
         out_path.write_text(json.dumps(out))
@@ -153,8 +205,10 @@ def table(out: dict) -> str:
         "default (task's template or demos)": lambda c: rule(c, ALL[:2]),
         "templates alone, chosen (budget 3)": lambda c: rule(c, PLAIN),
         "templates x demos, chosen (budget 6)": lambda c: rule(c, ALL),
-        "ensemble of templates": lambda c: ensemble(c, PLAIN),
-        "ensemble of templates with demos": lambda c: ensemble(c, DEMOS),
+        "late fusion of templates": lambda c: ensemble(c, PLAIN),
+        "late fusion, with demos": lambda c: ensemble(c, DEMOS),
+        "early fusion of templates": lambda c: c["early/template"]["dev"],
+        "early fusion, with demos": lambda c: c["early/demonstrations"]["dev"],
     }
     return dev_table(list(out["cells"].values()), columns, lambda mine: f"{len(mine)} seeds")
 

@@ -107,7 +107,8 @@ class DecTConfig(PromptSettings, PeftConfig):
             when DecT reads the model; set by `use_soft_prompt()`.
         demonstrations: LM-BFF demonstrations in every prompt (a `DemonstrationConfig`, a dict of its settings, or
             the number of sets per input); None for none. The training data of `fit` become the pool, saved beside
-            the adapter in `demonstration_pool.json`. Set, they fix the prompt: auto mode then tries no other.
+            the adapter in `demonstration_pool.json`. Set, they fix the demonstrations: auto mode then tries no
+            others (only the config's `templates`, with them).
         budget: model passes per training input that auto mode may spend on prompt candidates (2, the default:
             the template alone and the template with one set of LM-BFF demonstrations, chosen on the same held-out
             data as lam; see `peft_dect.dect.prompt_search`). 1 tries the template alone, as before this setting;
