@@ -14,6 +14,8 @@ the same folds. The table then compares, on dev scores:
 - `templates=ALTERNATIVES` with `budget=6`: `peft_dect.dect.prompt_search.best` over all six candidates in the
   plan's order (what `fit` does);
 - the same without demonstrations (`budget=3`): the three templates alone;
+- `templates=ALTERNATIVES, budget=12, max_passes_per_input=3`: the same choice with the two means over the three
+  templates (`PromptCandidate.averaged`, early fusion below) as candidates too;
 - ensembles of the three templates (3 passes per input at training and at prediction), alone and each with one
   demonstration set, to see whether an ensemble is worth building: late fusion (the mean of the candidates'
   probabilities) and early fusion (one decoder fitted by the library's own core, `DecTCore`, on each input's
@@ -168,7 +170,10 @@ def candidates_in_plan_order(names: list[str]):
     for n in names:
         t_name, p_name = n.split("/")
         demos = DemonstrationConfig(filter=DEMO_FILTER) if p_name == "demonstrations" else None
-        out.append(PromptCandidate(demos, template=None if t_name == "task" else t_name))
+        if t_name == "early":
+            out.append(PromptCandidate(demos, averaged=len(TEMPLATES)))
+        else:
+            out.append(PromptCandidate(demos, template=None if t_name == "task" else t_name))
     return out
 
 
@@ -192,6 +197,7 @@ def ensemble(cell: dict, names: list[str]) -> float:
 ALL = [f"{t}/{p}" for t in TEMPLATES for p in PROMPTS]
 PLAIN = [f"{t}/template" for t in TEMPLATES]
 DEMOS = [f"{t}/demonstrations" for t in TEMPLATES]
+EARLY = [f"early/{p}" for p in PROMPTS]  # what fit tries after the single templates: the means over all three
 
 
 def table(out: dict) -> str:
@@ -209,6 +215,7 @@ def table(out: dict) -> str:
         "late fusion, with demos": lambda c: ensemble(c, DEMOS),
         "early fusion of templates": lambda c: c["early/template"]["dev"],
         "early fusion, with demos": lambda c: c["early/demonstrations"]["dev"],
+        "all 8, chosen (budget 12, 3 passes at prediction)": lambda c: rule(c, ALL + EARLY),
     }
     return dev_table(list(out["cells"].values()), columns, lambda mine: f"{len(mine)} seeds")
 

@@ -75,28 +75,36 @@ def test_a_template_candidate_must_end_at_the_mask_for_a_causal_lm(bpe_tokenizer
     get_peft_model(tiny_roberta(bpe_tokenizer), config(templates=["{mask} : {text_a}"]))  # a masked LM reads it
 
 
-def prefer(template: str | None):
-    """A held-out score under which the plain candidate with `template` wins whatever the tiny model's features say."""
+def prefer(template: str | None, averaged: bool = False):
+    """A held-out score under which the plain candidate with `template` (or the mean over the templates) wins
+    whatever the tiny model's features say."""
 
     def score(report):
-        return 1.0 if report["prompt_of_fit"] == (template, None) else 0.0
+        return 1.0 if report["prompt_of_fit"] == (template, None, averaged) else 0.0
 
     return score
 
 
-@pytest.mark.parametrize("winner", [None, OTHER])
-def test_the_chosen_template_predicts_saves_and_reloads_as_a_fit_with_it_configured(
-    winner, bpe_tokenizer, sentiment_train, sentiment_test, tmp_path, monkeypatch
-):
-    texts = sentiment_test["sentence"][:9]
+@pytest.fixture
+def tagged_fits(monkeypatch):
+    """Tag each candidate's fit report with its prompt (template chosen, demonstrations, averaged), for `prefer`."""
     original_fit = peft_dect.dect.model.DecTModel.fit_prompt
 
-    def tagged(self, *args):  # tag each candidate's report with its prompt, for `prefer`
+    def tagged(self, *args):
         report = original_fit(self, *args)
         cfg = self.config_of_active
-        return {**report, "prompt_of_fit": (cfg.template_chosen, cfg.demonstrations)}
+        return {**report, "prompt_of_fit": (cfg.template_chosen, cfg.demonstrations, cfg.templates_averaged)}
 
     monkeypatch.setattr(peft_dect.dect.model.DecTModel, "fit_prompt", tagged)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("winner", [None, OTHER])
+def test_the_chosen_template_predicts_saves_and_reloads_as_a_fit_with_it_configured(
+    winner, bpe_tokenizer, sentiment_train, sentiment_test, tmp_path, tagged_fits
+):
+    texts = sentiment_test["sentence"][:9]
+    monkeypatch = tagged_fits
     monkeypatch.setattr(prompt_search, "heldout_score", prefer(winner))
     peft_model = get_peft_model(tiny_llama(bpe_tokenizer), config(templates=[OTHER], budget=4))
     report = peft_model.fit(sentiment_train, tokenizer=bpe_tokenizer, show_progress=False)
@@ -136,3 +144,85 @@ def test_adapters_of_different_templates_do_not_share_a_pass(bpe_tokenizer):
     plain = config(template=OTHER)
     peft_model.add_adapter("plain", plain)
     assert tuner.pass_key("other") == tuner.pass_key("plain")
+
+
+AVERAGED = "templates (mean of 2)"
+
+
+def test_the_mean_over_the_templates_is_a_candidate_where_the_prediction_cost_allows():
+    assert AVERAGED not in names(config(templates=[OTHER], budget=10))  # one pass per input at prediction
+    cfg = config(templates=[OTHER], budget=10, max_passes_per_input=2)
+    plan = prompt_search.plan(cfg, [8, 8])
+    # 1-pass candidates (4 passes), then the 2-pass ones: 2 demonstration sets per template, then the mean; the mean
+    # with demonstrations (2 more passes) would exceed the budget
+    assert [c.passes for c in plan] == [1, 1, 1, 1, 2, 2, 2] and plan[-1].name == AVERAGED
+    assert plan[-1].averaged == 2 and plan[-1].template is None
+    demos = prompt_search.PromptCandidate(DemonstrationConfig(num_sets=2), averaged=3)
+    assert demos.passes == 6 and demos.name.endswith(", templates (mean of 3)")
+
+
+def test_templates_averaged_needs_templates():
+    with pytest.raises(ValueError, match="give templates"):
+        config(templates_averaged=True)
+    with pytest.raises(ValueError, match="no template_chosen"):
+        config(templates=[OTHER], templates_averaged=True, template_chosen=OTHER)
+    with pytest.raises(TypeError, match="templates_averaged must be True or False"):
+        config(templates=[OTHER], templates_averaged=1)
+    assert config(templates=[OTHER], templates_averaged=True).prompt_templates == [TEMPLATE, OTHER]
+
+
+def test_the_mean_over_the_templates_averages_their_features_and_saves_and_reloads(
+    bpe_tokenizer, sentiment_train, sentiment_test, tmp_path, tagged_fits
+):
+    texts = sentiment_test["sentence"][:9]
+    tagged_fits.setattr(prompt_search, "heldout_score", prefer(None, averaged=True))
+    tagged_fits.setattr(prompt_search, "DEMO_MAX_CLASSES", 1)  # no demonstration candidates: the two templates, mean
+    peft_model = get_peft_model(tiny_llama(bpe_tokenizer), config(templates=[OTHER], budget=4, max_passes_per_input=2))
+    report = peft_model.fit(sentiment_train, tokenizer=bpe_tokenizer, show_progress=False)
+    tagged_fits.undo()
+    cfg = peft_model.peft_config["default"]
+    assert report["prompt"] == AVERAGED == cfg.chosen_prompt and cfg.templates_averaged
+    assert report["predict_passes_per_input"] == 2
+    n = len(sentiment_train["sentence"])
+    assert report["model_passes"] == 2 * (n + 1)  # the mean reads the two templates' cached passes
+    assert list(report["prompt_candidates"]) == ["template", f"template {OTHER!r}", AVERAGED]
+    tuner = peft_model.base_model
+    mean = tuner.embed(texts)
+    for name, template in (("a", TEMPLATE), ("b", OTHER)):
+        peft_model.add_adapter(name, config(template=template, budget=1))
+    singles = []
+    for name in ("a", "b"):
+        peft_model.set_adapter(name)
+        singles.append(tuner.embed(texts))
+    peft_model.set_adapter("default")
+    np.testing.assert_allclose(mean.numpy(), ((singles[0] + singles[1]) / 2).numpy(), rtol=1e-5, atol=1e-6)
+    assert tuner.pass_key("default") not in (tuner.pass_key("a"), tuner.pass_key("b"))
+    with pytest.raises(ValueError, match="Trainer path"):
+        tuner.prepare_dataset(sentiment_train)
+
+    expected = peft_model.predict_proba(texts)
+    peft_model.save_pretrained(tmp_path, selected_adapters=["default"])
+    loaded = PeftModel.from_pretrained(tiny_llama(bpe_tokenizer), tmp_path)
+    assert loaded.peft_config["default"].templates_averaged
+    np.testing.assert_allclose(loaded.predict_proba(texts, tokenizer=bpe_tokenizer), expected, atol=1e-6)
+    card = tuner.model_card("default")
+    assert f"- Template: `{TEMPLATE}`, `{OTHER}`" in card
+    assert ": templates (mean of 2), 2 model passes per input at prediction time" in card
+
+
+def test_templates_averaged_set_by_the_user_fixes_the_mean(bpe_tokenizer, sentiment_train, sentiment_test):
+    cfg = config(templates=[OTHER], templates_averaged=True)
+    (only,) = prompt_search.plan(cfg, [8, 8])  # its demonstrations variant costs 2 passes at prediction: not tried
+    assert only.averaged == 2 and only.demonstrations is None
+    fixed = config(templates=[OTHER], templates_averaged=True, demonstrations=DemonstrationConfig())
+    (only,) = prompt_search.plan(fixed, [8, 8])
+    assert only.averaged == 2 and only.demonstrations == fixed.demonstrations and only.passes == 2
+    (one_shot,) = prompt_search.plan(cfg, [1, 1])
+    assert one_shot.averaged == 2  # the 1-shot rule does not replace what the user asked for
+    chosen_before = config(templates=[OTHER], templates_averaged=True, chosen_prompt=AVERAGED)
+    assert prompt_search.plan(chosen_before, [8, 8])[0].averaged == 0  # a fit's choice fixes nothing
+    peft_model = get_peft_model(tiny_llama(bpe_tokenizer), config(templates=[OTHER], templates_averaged=True))
+    report = peft_model.fit(sentiment_train, tokenizer=bpe_tokenizer, show_progress=False)
+    assert report["prompt"] == AVERAGED and report["predict_passes_per_input"] == 2
+    assert peft_model.peft_config["default"].chosen_prompt is None  # still fixed for the next fit
+    assert report["model_passes"] == 2 * (len(sentiment_train["sentence"]) + 1)

@@ -80,13 +80,19 @@ def uncertainty_sentence(config) -> str:
     return text + f"; rejected inputs are answered {label})."
 
 
+def templates_shown(config) -> str:
+    """The card's template: the one the adapter prompts with, or every template its features are averaged over
+    (the card writes it between backticks, so several read `a`, `b`)."""
+    return "`, `".join(config.prompt_templates)
+
+
 def dect_record(config) -> RunRecord:
     """A new run record of a DecT adapter with this config."""
     return RunRecord(
         card="dect",
         tags=["dect", "prompting"],
         base_model=config.base_model_name_or_path,
-        template=config.active_template,
+        template=templates_shown(config),
         label_words=config.label_words,
     )
 
@@ -96,7 +102,7 @@ def dect_card(record: RunRecord | None, config, repo: str | None = None) -> str:
     record = record or dect_record(config)
     record.base_model, record.template, record.label_words = (
         config.base_model_name_or_path,
-        config.active_template,
+        templates_shown(config),
         config.label_words,
     )
     record.training = fit_sentence(record.fit, config) + uncertainty_sentence(config)

@@ -125,6 +125,10 @@ class DecTConfig(PromptSettings, PeftConfig):
             templates with and without demonstrations, give `budget=2 * (t + 1)`). Each must have the same text
             fields as `template`. In-process models only.
         template_chosen: written by an auto-mode `fit` that chose one of `templates`; None: `template` is used.
+        templates_averaged: each input's features averaged over `template` and `templates`, one pass per template
+            at training and at prediction (see `peft_dect.dect.template_mean`). Set by the user, it fixes that
+            ensemble (auto mode may still add demonstrations to it within `budget`); written by an auto-mode `fit`
+            that chose it among the candidates (only where `max_passes_per_input` allows as many passes).
         chat_template: wrap a causal LM's prompt in its tokenizer's chat template, the text as the user's message and
             the template's words before `{mask}` opening the answer (True); the plain prompt (False, the default);
             None: auto mode tries both within `budget`, the chat candidates after the plain ones of equal cost.
@@ -215,6 +219,10 @@ class DecTConfig(PromptSettings, PeftConfig):
     template_chosen: str | None = field(
         default=None,
         metadata={"help": "The one of templates an auto-mode fit chose (written by fit); None: template."},
+    )
+    templates_averaged: bool = field(
+        default=False,
+        metadata={"help": "Whether the features are averaged over template and templates (written by fit)."},
     )
     chat_template: bool | None = field(
         default=False,
@@ -326,6 +334,11 @@ class DecTConfig(PromptSettings, PeftConfig):
         return self.chat_template if self.chat_template is not None else bool(self.chat_chosen)
 
     @property
+    def prompt_templates(self) -> list[str]:
+        """The templates every input is read through: all of them when averaged, else the active one."""
+        return [self.template, *self.templates] if self.templates_averaged else [self.active_template]
+
+    @property
     def active_template(self) -> str:
         """The template the adapter prompts with: the one an auto-mode fit chose among `templates`, else `template`."""
         return self.template_chosen if self.template_chosen is not None else self.template
@@ -336,6 +349,8 @@ class DecTConfig(PromptSettings, PeftConfig):
         if self.templates is None:
             if self.template_chosen not in (None, self.template):
                 raise ValueError(f"template_chosen={self.template_chosen!r} is not one of the config's templates.")
+            if self.templates_averaged:
+                raise ValueError("templates_averaged=True averages template and templates: give templates.")
             return
         if isinstance(self.templates, str) or not isinstance(self.templates, (list, tuple)):
             raise TypeError(f"templates must be a list of templates (strings) or None, got {self.templates!r}.")
@@ -352,9 +367,15 @@ class DecTConfig(PromptSettings, PeftConfig):
                     f"The template candidate {template!r} must have the text fields of template={self.template!r} "
                     f"({'{text_a} and {text_b}' if pair else '{text_a} alone'}): auto mode reads one data set for all."
                 )
-        self.templates = list(dict.fromkeys(self.templates))
+        self.templates = [t for t in dict.fromkeys(self.templates) if t != self.template]
         if self.template_chosen not in (None, self.template, *self.templates):
             raise ValueError(f"template_chosen={self.template_chosen!r} is not one of the config's templates.")
+        if not isinstance(self.templates_averaged, bool):
+            raise TypeError(f"templates_averaged must be True or False, got {self.templates_averaged!r}.")
+        if self.templates_averaged and (not self.templates or self.template_chosen is not None):
+            raise ValueError(
+                "templates_averaged=True averages template and templates: give templates, and no template_chosen."
+            )
 
     def check_uncertainty_settings(self) -> None:
         """reject_label and out_of_scope_label must not name a class; reject_rate is a share in (0, 1)."""

@@ -32,6 +32,7 @@ from .core import ConfigUncertainty, DecTCore, class_logits
 from .layer import AdapterState, DecTLayer
 from .locking import serialized
 from .sources import AdapterSources, load_recorded_tokenizer, pass_key, tokenizer_record
+from .template_mean import TemplateMean
 from .trainer_path import DecTTrainerPath
 
 
@@ -149,8 +150,11 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
             for name in self.peft_config:
                 self.state(name).content_free = None
 
-    def backbone(self, tokenizer=None, *, adapter_name: str | None = None, refit: bool = False) -> Backbone:
-        """The feature extractor of an adapter (its template and label words) on the frozen model.
+    def backbone(
+        self, tokenizer=None, *, adapter_name: str | None = None, refit: bool = False
+    ) -> Backbone | TemplateMean:
+        """The feature extractor of an adapter (its template and label words) on the frozen model: a
+        `TemplateMean` of one backbone per template when the adapter averages over its templates.
 
         The label words' token ids must be those the adapter was fitted with, unless `refit` (fit records them).
         """
@@ -344,7 +348,11 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
             counts = prompt_search.distinct_per_class(*cfg.read_texts(pool), cfg.read_labels(pool), len(cfg.classes))
         candidates = prompt_search.plan(cfg, counts, self.chat_available(tokenizer))
         first = candidates[0]  # is the plan's first prompt the one configured (or chosen before)?
-        replaced = first.demonstrations != cfg.demonstrations or first.template != cfg.template_chosen
+        replaced = (first.demonstrations, first.template, first.averaged > 0) != (
+            cfg.demonstrations,
+            cfg.template_chosen,
+            cfg.templates_averaged,
+        )
         fit_args = (train_dataset, pool, tokenizer, eval_dataset, batch_size, show_progress, metric)
         reports = []
         for candidate in candidates:
@@ -375,10 +383,19 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         """Prompt the active adapter as `candidate` says from now on (its features and content-free scores anew)."""
         cfg = self.config_of_active
         chat_changes = cfg.chat_template is None and cfg.chat_chosen != candidate.chat
-        same = cfg.demonstrations == candidate.demonstrations and cfg.template_chosen == candidate.template
+        averaged = candidate.averaged > 0
+        same = (cfg.demonstrations, cfg.template_chosen, cfg.templates_averaged) == (
+            candidate.demonstrations,
+            candidate.template,
+            averaged,
+        )
         if same and not chat_changes:
             return
-        cfg.demonstrations, cfg.template_chosen = candidate.demonstrations, candidate.template
+        cfg.demonstrations, cfg.template_chosen, cfg.templates_averaged = (
+            candidate.demonstrations,
+            candidate.template,
+            averaged,
+        )
         if cfg.chat_template is None:
             cfg.chat_chosen = candidate.chat
         self.sources.drop_backbone(self.active_name)

@@ -50,27 +50,34 @@ class PromptCandidate:
         demonstrations: the demonstrations every prompt of this candidate carries (None: the template alone).
         chat: whether the prompt is wrapped in the tokenizer's chat template.
         template: one of the config's `templates` (None: the configured `template`).
+        averaged: how many templates (the configured one and the config's `templates`) each input's features are
+            averaged over (`peft_dect.dect.template_mean`); 0: one template.
     """
 
     demonstrations: DemonstrationConfig | None = None
     chat: bool = False
     template: str | None = None
+    averaged: int = 0
 
     @property
     def passes(self) -> int:
         """Model passes per input, at training and at prediction time."""
-        return 1 if self.demonstrations is None else self.demonstrations.num_sets
+        sets = 1 if self.demonstrations is None else self.demonstrations.num_sets
+        return sets * max(1, self.averaged)
 
     @property
     def name(self) -> str:
-        own = "" if self.template is None else f" {self.template!r}"
+        which = f" {self.template!r}" if self.template is not None else ""
+        if self.averaged:
+            which = f"s (mean of {self.averaged})"
         d = self.demonstrations
         if d is None:
-            return f"chat template{own}" if self.chat else f"template{own}"
+            return f"chat template{which}" if self.chat else f"template{which}"
         sets = f"{d.num_sets} set{'s' if d.num_sets > 1 else ''}"
         alone = ", a lone example its own" if d.self_if_alone else ""
         chat = "chat template, " if self.chat else ""
-        return f"{chat}demonstrations ({sets}, {d.per_class} per class, {d.filter}{alone}){own and ', template'}{own}"
+        which = which and f", template{which}"
+        return f"{chat}demonstrations ({sets}, {d.per_class} per class, {d.filter}{alone}){which}"
 
 
 def distinct_per_class(texts_a, texts_b, labels, num_classes: int) -> list[int]:
@@ -90,18 +97,21 @@ def plan(cfg, class_counts: list[int], chat_available: bool = False) -> list[Pro
     1). Demonstrations set by the user fix that part, as `chat_template=True` / `False` fixes the other; new
     demonstrations only when every class has 2 distinct texts (a query never demonstrates itself), chat candidates
     only with `chat_template=None`. The config's `templates` follow the configured template, each with the same
-    demonstration candidates. With one text per class (1 shot) nothing is held out to choose by: for a template
-    of one text the plain prompt with one demonstration set (`one_shot_candidate`) is then the only candidate
-    (`one_shot_demos`). What an earlier fit chose (`cfg.chosen_prompt`) fixes nothing: the plain template comes
-    first.
+    demonstration candidates, then the mean over all templates (`PromptCandidate.averaged`; as many passes per input
+    as templates, so a candidate only with `max_passes_per_input` that high); `templates_averaged=True` set by the
+    user (not by an earlier fit) fixes that mean, whatever its cost. With one text per class (1 shot)
+    nothing is held out to choose by: for a template of one text the plain prompt with one demonstration set
+    (`one_shot_candidate`) is then the only candidate (`one_shot_demos`). What an earlier fit chose
+    (`cfg.chosen_prompt`) fixes nothing: the plain template comes first.
     """
     chosen_before = cfg.chosen_prompt is not None
     fixed = cfg.demonstrations is not None and not chosen_before
+    fixed_mean = cfg.templates_averaged and not chosen_before  # the user asked for the mean over the templates
     demos = [None if chosen_before else cfg.demonstrations]
     chats = [cfg.chat_template is True]
     searching = cfg.mode == "auto" and not (cfg.multi_label or cfg.soft_prompt)
     demos_allowed = searching and not fixed and class_counts and len(class_counts) <= DEMO_MAX_CLASSES
-    if demos_allowed and min(class_counts) == max(class_counts) == 1 and one_shot_demos(cfg):
+    if demos_allowed and min(class_counts) == max(class_counts) == 1 and one_shot_demos(cfg) and not fixed_mean:
         return [one_shot_candidate()]  # nothing held out to choose by: the rule of the 1-shot dev study
     if demos_allowed and min(class_counts) >= 2:
         demos += [
@@ -114,6 +124,11 @@ def plan(cfg, class_counts: list[int], chat_available: bool = False) -> list[Pro
     if searching:
         templates += [t for t in cfg.templates or () if t != cfg.template]
     everything = [PromptCandidate(d, chat, t) for chat in chats for t in templates for d in demos]
+    if fixed_mean:  # that mean alone (with the demonstration candidates)
+        everything = []
+    if len(templates) > 1 or not everything:  # the mean over all templates, after the single ones (a pass each)
+        averaged = 1 + len(cfg.templates or ())
+        everything += [PromptCandidate(d, chat, averaged=averaged) for chat in chats for d in demos]
     out, spent = everything[:1], everything[0].passes
     for candidate in sorted(everything[1:], key=lambda c: c.passes):  # stable: plain before chat
         if candidate.passes > cfg.max_passes_per_input:

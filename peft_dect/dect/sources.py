@@ -22,11 +22,12 @@ from ..prompting import Template, Verbalizer
 from ..prompting.demonstrations import Demonstrations
 from ..saving import POOL_FILE, read_json_object
 from .checks import check_label_token_ids
+from .template_mean import TemplateMean
 
 
 def prompt_key(config) -> str:
     """The prompt settings a backbone is built from: a change of any (in place, on the config) builds a new one."""
-    fields = ("active_template", "label_words", "label_word_aggregation", "multi_token", "max_length")
+    fields = ("prompt_templates", "label_words", "label_word_aggregation", "multi_token", "max_length")
     return json.dumps([*(getattr(config, f) for f in fields), config.uses_chat_template], default=repr)
 
 
@@ -39,7 +40,8 @@ def pass_key(config, adapter_name: str) -> str:
     cannot tell (it then runs a pass of its own; its answers are the same)."""
     own = adapter_name if config.demonstrations is not None or config.soft_prompt else None
     chat = [True] if config.uses_chat_template else []  # keys of plain prompts stay those of earlier versions
-    return json.dumps([config.active_template, config.max_length, own, *chat])
+    template = config.prompt_templates if config.templates_averaged else config.active_template
+    return json.dumps([template, config.max_length, own, *chat])
 
 
 def load_recorded_tokenizer(config):
@@ -111,7 +113,7 @@ class AdapterSources:
         """Whether adapter `name`'s backbone was built from other prompt settings than its config holds now."""
         return name in self.backbones and self.backbone_keys.get(name) != prompt_key(config)
 
-    def backbone(self, name: str, config, *, record_ids: bool) -> Backbone:
+    def backbone(self, name: str, config, *, record_ids: bool) -> Backbone | TemplateMean:
         """The feature extractor of adapter `name`; its label words' token ids are recorded in the config
         (`record_ids`) or checked against the recorded ones."""
         if self.tokenizer is None:
@@ -130,22 +132,34 @@ class AdapterSources:
             key = prompt_key(config)
             del self.backbones[name]
         if name not in self.backbones:
-            template = Template(config.active_template)
-            verbalizer = Verbalizer.from_words(
-                config.label_words,
-                self.tokenizer,
-                space_before=template.space_before_mask,
-                aggregation=config.label_word_aggregation,
-                multi_token=config.multi_token,
-            )
-            check_label_token_ids(config, verbalizer, record=record_ids)
-            demos = self.demonstrations(name, config, template, verbalizer)
-            self.backbones[name] = Backbone(
-                model, self.tokenizer, template, verbalizer, max_length=config.max_length, cache=self.cache,
-                demonstrations=demos, runner=self.runner, chat=config.uses_chat_template,
-            )  # fmt: skip
+            # one backbone per template read; the first's label-word token ids are the ones recorded and checked
+            templates = config.prompt_templates
+            built = [
+                self.build(name, config, model, t, record_ids if i == 0 else None) for i, t in enumerate(templates)
+            ]
+            self.backbones[name] = built[0] if len(built) == 1 else TemplateMean(built)
             self.backbone_keys[name] = key
         return self.backbones[name]
+
+    def build(self, name: str, config, model, template_text: str, record_ids: bool | None) -> Backbone:
+        """A backbone of adapter `name` for one of its templates (its own label-word tokens and demonstrations);
+        its label words' token ids are recorded in the config (`record_ids` True), checked (False) or neither
+        (None: another template's are)."""
+        template = Template(template_text)
+        verbalizer = Verbalizer.from_words(
+            config.label_words,
+            self.tokenizer,
+            space_before=template.space_before_mask,
+            aggregation=config.label_word_aggregation,
+            multi_token=config.multi_token,
+        )
+        if record_ids is not None:
+            check_label_token_ids(config, verbalizer, record=record_ids)
+        demos = self.demonstrations(name, config, template, verbalizer)
+        return Backbone(
+            model, self.tokenizer, template, verbalizer, max_length=config.max_length, cache=self.cache,
+            demonstrations=demos, runner=self.runner, chat=config.uses_chat_template,
+        )  # fmt: skip
 
     def demonstrations(self, name: str, config, template: Template, verbalizer: Verbalizer) -> Demonstrations | None:
         """The demonstration sampler of an adapter that uses demonstrations (its pool must be known)."""

@@ -28,6 +28,12 @@ class DecTTrainerPath:
         labels of the first dataset prepared: prepare the training data first.
         """
         cfg = self.config_of_active
+        if cfg.templates_averaged:
+            raise ValueError(
+                "This adapter averages its features over several templates (templates_averaged=True, chosen by an "
+                "auto-mode fit), which the Trainer path's one tokenised prompt per row cannot carry: train it with "
+                "fit(), or set templates_averaged=False and max_passes_per_input=1 and fit again for one template."
+            )
         cfg.uncertainty = None  # a fit's calibration does not describe the decoder the Trainer is about to train
         cfg.thresholds = None  # nor do a multi-label fit's thresholds (0.5 until fit() chooses them again)
         core = self.core(tokenizer, refit=True)
