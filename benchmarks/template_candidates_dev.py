@@ -17,10 +17,9 @@ the same folds. The table then compares, on dev scores:
 - `templates=ALTERNATIVES, budget=12, max_passes_per_input=3`: the same choice with the two means over the three
   templates (`PromptCandidate.averaged`, early fusion below) as candidates too;
 - ensembles of the three templates (3 passes per input at training and at prediction), alone and each with one
-  demonstration set, to see whether an ensemble is worth building: late fusion (the mean of the candidates'
-  probabilities) and early fusion (one decoder fitted by the library's own core, `DecTCore`, on each input's
-  features averaged over the templates, as `Backbone.extract` averages demonstration sets; from the candidates'
-  cached features, no model pass of its own).
+  demonstration set: late fusion (the mean of the candidates' probabilities) and early fusion, the library's
+  `DecTConfig(templates_averaged=True)` (one decoder on each input's features averaged over the templates, as
+  `Backbone.extract` averages demonstration sets; from the candidates' cached features, no model pass of its own).
 
 The alternatives were written for this study before it ran (no search on dev data): one plain rewording and one
 "field: value" prompt per task. Results go to `benchmarks/results/template_candidates_dev.json` (resumable).
@@ -62,14 +61,15 @@ TEMPLATES = ("task", "alt1", "alt2")
 PROMPTS = ("template", "demonstrations")
 
 
-def fit_and_score(lm, task: str, name: str, template: str, demos, train, dev, metric) -> dict:
-    """Held-out score, dev score and dev probabilities of one candidate fitted on `train` alone."""
+def fit_and_score(lm, task: str, name: str, template: str, demos, train, dev, metric, cfg=None) -> dict:
+    """Held-out score, dev score and dev probabilities of one candidate (`template`, or `cfg` as given) fitted on
+    `train` alone."""
     import torch
 
     from peft_dect.tasks import main_metric, task_metric
 
     peft_model = lm.peft_model
-    cfg = lm.config(task)
+    cfg = cfg if cfg is not None else lm.config(task)
     cfg.template, cfg.budget, cfg.demonstrations = template, 1, demos
     peft_model.add_adapter(name, cfg)
     peft_model.set_adapter(name)
@@ -86,50 +86,14 @@ def fit_and_score(lm, task: str, name: str, template: str, demos, train, dev, me
     }
 
 
-class MeanSource:
-    """A feature source (`peft_dect.dect.core.FeatureSource`) that averages several backbones' features per input."""
-
-    def __init__(self, backbones) -> None:
-        self.backbones = backbones
-        self.template = backbones[0].template
-        self.show_progress = False
-
-    def extract(self, texts_a, texts_b=None, *, desc: str = "features"):
-        from peft_dect import Features
-
-        feats = [bb.extract(texts_a, texts_b, desc=desc) for bb in self.backbones]
-        hidden = sum(f.hidden for f in feats) / len(feats)
-        return Features(hidden, sum(f.label_logits for f in feats) / len(feats))
-
-
 def ensemble_score(lm, task: str, templates, demos, train, dev, metric) -> dict:
-    """Held-out and dev score of one decoder on the features averaged over `templates` (early fusion)."""
-    from peft_dect.dect.core import DecTCore, DecTState
-    from peft_dect.tasks import main_metric, task_metric
-
-    peft_model, backbones = lm.peft_model, []
-    for i, template in enumerate(templates):
-        cfg = lm.config(task)
-        cfg.template, cfg.demonstrations = template, demos
-        name = f"{task}-ensemble-{i}"
-        peft_model.add_adapter(name, cfg)
-        peft_model.set_adapter(name)
-        tuner = peft_model.base_model
-        if demos is not None:
-            tuner.set_demonstrations(train, lm.tokenizer)
-        bb = tuner.backbone(lm.tokenizer, refit=True)
-        bb.show_progress = False
-        backbones.append(bb)
-    core = DecTCore(lm.config(task), MeanSource(backbones), DecTState(calibrate=True))
-    report = core.fit(train, None, metric=metric)
-    pred = core.logits(dev).argmax(-1).tolist()
-    for i in range(len(templates)):
-        peft_model.delete_adapter(f"{task}-ensemble-{i}")
-    key = report.get("selected_by", "accuracy")
-    return {
-        "heldout": float(report.get(f"heldout_{key}", report["heldout_accuracy"])),
-        "dev": float(task_metric(task, pred, dev["label"])[main_metric(task)]),
-    }
+    """Held-out and dev score of the library's mean over `templates` (`DecTConfig(templates_averaged=True)`: one
+    decoder on each input's features averaged over them; early fusion)."""
+    cfg = lm.config(task)
+    cfg.template, cfg.templates, cfg.templates_averaged = templates[0], list(templates[1:]), True
+    cfg.check_templates()
+    scores = fit_and_score(lm, task, f"{task}-mean", templates[0], demos, train, dev, metric, cfg=cfg)
+    return {k: scores[k] for k in ("heldout", "dev")}
 
 
 def run(args) -> dict:
