@@ -257,7 +257,7 @@ def test_bad_input(stub, tmp_path):
     with pytest.raises(ValueError, match="demonstrations"):
         BlackBoxDecT(config(demonstrations=1), endpoint(stub))
     with pytest.raises(ValueError, match="template candidates"):
-        BlackBoxDecT(config(templates=["{text_a} It was {mask}."]), endpoint(stub))
+        BlackBoxDecT(config(templates=["{text_a} All in all, it was {mask}."]), endpoint(stub))
     with pytest.raises(ValueError, match="causal LM"):
         BlackBoxDecT(DecTConfig(template="{mask}: {text_a}", label_words=WORDS), endpoint(stub))
     with pytest.raises(ValueError, match="label .neutral., which label_words does not name"):

@@ -34,6 +34,7 @@ def test_templates_follow_the_configured_template_within_the_budget():
     ]
     assert names(config(templates=[OTHER, THIRD], budget=3)) == ["template", ONE_SET, f"template {OTHER!r}"]
     assert names(config(templates=[OTHER, TEMPLATE], budget=5)) == names(config(templates=[OTHER], budget=5))
+    assert config(templates=[OTHER, TEMPLATE, OTHER]).templates == [OTHER]  # the template itself and doubles dropped
     with_demos = config(templates=[OTHER], budget=2, demonstrations=DemonstrationConfig())
     assert [c.template for c in prompt_search.plan(with_demos, [8, 8])] == [None, OTHER]  # user's demos, 2 templates
 
