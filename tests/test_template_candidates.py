@@ -198,6 +198,9 @@ def test_the_mean_over_the_templates_averages_their_features_and_saves_and_reloa
     peft_model.set_adapter("default")
     np.testing.assert_allclose(mean.numpy(), ((singles[0] + singles[1]) / 2).numpy(), rtol=1e-5, atol=1e-6)
     assert tuner.pass_key("default") not in (tuner.pass_key("a"), tuner.pass_key("b"))
+    tokens = [tuner.backbone(adapter_name=name).tokenize(sentiment_train["sentence"]) for name in ("a", "b")]
+    per_input = sum(sum(map(len, ids)) / len(ids) for ids in tokens)  # one prompt per template
+    assert report["prompt_tokens_per_input"] == pytest.approx(per_input)
     with pytest.raises(ValueError, match="Trainer path"):
         tuner.prepare_dataset(sentiment_train)
 

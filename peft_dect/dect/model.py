@@ -422,11 +422,13 @@ class DecTModel(ConfigUncertainty, DecTTrainerPath, BaseTuner, FewShotClassifier
         """What the fit report says of the prompt: the one chosen, what it costs per input at prediction (model
         passes, mean prompt tokens over the training inputs), and every candidate's held-out score."""
         texts_a, texts_b = self.config_of_active.read_texts(pool)
-        ids = self.backbone().tokenize(texts_a, texts_b)
+        ids = self.backbone().tokenize(texts_a, texts_b)  # a mean over templates: every template's prompt
+        picked = candidates[chosen]
+        sets = picked.passes // max(1, picked.averaged)  # demonstration sets: one prompt each
         out = {
-            "prompt": candidates[chosen].name,
-            "predict_passes_per_input": candidates[chosen].passes,
-            "prompt_tokens_per_input": candidates[chosen].passes * sum(map(len, ids)) / max(1, len(ids)),
+            "prompt": picked.name,
+            "predict_passes_per_input": picked.passes,
+            "prompt_tokens_per_input": sets * sum(map(len, ids)) / max(1, len(ids)),
         }
         if len(candidates) > 1:
             scores = [prompt_search.heldout_score(r) for r in reports]

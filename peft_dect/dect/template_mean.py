@@ -1,6 +1,6 @@
 """A template ensemble as one feature source: each input's features averaged over several templates' backbones.
 
-An adapter whose auto-mode fit chose the mean over its templates (`DecTConfig.templates_averaged`) reads every input
+An adapter that averages over its templates (`DecTConfig.templates_averaged`, set or chosen by fit) reads every input
 through one `Backbone` per template (the configured `template` and each of `templates`, each with its own label-word
 tokens and demonstrations) and averages the hidden states at their prediction positions and the label-word scores,
 as `Backbone.extract` averages demonstration sets; one DecT decoder is then fitted on the means. Each input costs one
