@@ -190,6 +190,20 @@ def test_report_compares_dect_with_its_peers():
     assert "within 1.1x" in text and "median fit / plain-inference ratio 1.05" in text
 
 
+def test_report_pairs_a_peer_run_on_fewer_seeds():
+    """A peer at a larger budget, run on one seed of five, is compared with DecT on that seed alone."""
+
+    def rec(method, score, seed):
+        return {"task": "SST-2", "method": method, "shots": 16, "seed": seed, "metric": "accuracy", "score": score,
+                "train_seconds": 1.0, "model_passes": 10, "peak_memory_mb": 100.0, "test_source": "t"}  # fmt: skip
+
+    records = [rec("dect", s, seed) for s, seed in ((0.9, 13), (0.5, 21), (0.5, 42))]
+    records += [rec("prompt_tuning_e8", 0.8, 13)] + [rec("prompt_tuning", 0.7, seed) for seed in (13, 21, 42)]
+    text = render(Grid(records))
+    assert "DecT is ahead of prompt tuning (8 epochs): 90.0 vs 80.0 (mean over 1 tasks, paired on seed 13)" in text
+    assert "DecT is NOT ahead of prompt tuning: 63.3 vs 70.0 (mean over 1 tasks); behind" in text
+
+
 def test_peak_memory_is_measured():
     with PeakMemory() as mem:
         block = bytearray(50_000_000)
@@ -197,7 +211,7 @@ def test_peak_memory_is_measured():
     assert mem.mb > 40 and mem.source
 
 
-@pytest.mark.parametrize("name", ["prompt_tuning", "lmbff_ft"])
+@pytest.mark.parametrize("name", ["prompt_tuning", "lmbff_ft", "prompt_tuning_e8", "lmbff_ft_s96"])
 def test_methods_that_train_the_model_run_a_cell(name, data_dir, tmp_path, bpe_tokenizer):
     """Prompt tuning and LM-BFF fine-tuning as grid methods, on a tiny Llama: they train, predict the test
     subsample and hand the base model back unchanged for the next cell."""
@@ -215,5 +229,5 @@ def test_methods_that_train_the_model_run_a_cell(name, data_dir, tmp_path, bpe_t
     record = read_record(cells[1].path(out), cells[1])
     assert record["test_size"] == 6 and record["train_seconds"] > 0 and record["train_passes"] > 0
     assert "6 of the 20 capped test rows" in record["details"]["test_subsample"]
-    base = method.base if name == "lmbff_ft" else method.prompt_model.get_base_model()
+    base = method.base if name.startswith("lmbff_ft") else method.prompt_model.get_base_model()
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())

@@ -24,6 +24,8 @@ METHODS = (
     "setfit_i20",
     "prompt_tuning",
     "lmbff_ft",
+    "prompt_tuning_e8",
+    "lmbff_ft_s96",
 )
 
 
@@ -55,7 +57,8 @@ def method_factories(args) -> dict:
         return TRAINED_METHODS[name](test_cap=args.trained_test_cap or None)
 
     factories["prompt_tuning"] = lambda: trained("prompt_tuning")
-    factories["lmbff_ft"] = lambda: trained("lmbff_ft")
+    for name in ("lmbff_ft", "prompt_tuning_e8", "lmbff_ft_s96"):
+        factories[name] = lambda name=name: trained(name)
     return factories
 
 

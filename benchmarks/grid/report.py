@@ -24,6 +24,8 @@ METHOD_ORDER = (
     "setfit_i20",
     "prompt_tuning",
     "lmbff_ft",
+    "prompt_tuning_e8",
+    "lmbff_ft_s96",
     "dect",
     "dect_prompts",
 )
@@ -36,14 +38,28 @@ LABELS = {
     "setfit_i20": "SetFit (num_iterations=20, its default)",
     "prompt_tuning": "prompt tuning",
     "lmbff_ft": "LM-BFF fine-tuning (LoRA)",
+    "prompt_tuning_e8": "prompt tuning (8 epochs)",
+    "lmbff_ft_s96": "LM-BFF fine-tuning (LoRA, 96 steps)",
     "dect": "DecT",
     "dect_prompts": "DecT, prompt chosen (default)",
 }
-PEERS = ("calibrated_zero_shot", "icl", "linear_probe", "setfit", "setfit_i20", "prompt_tuning", "lmbff_ft")
+PEERS = (
+    "calibrated_zero_shot",
+    "icl",
+    "linear_probe",
+    "setfit",
+    "setfit_i20",
+    "prompt_tuning",
+    "lmbff_ft",
+    "prompt_tuning_e8",
+    "lmbff_ft_s96",
+)
 WHY_SUBSAMPLED = {
     "icl": "its prompts carry demonstrations and are several times longer",
     "prompt_tuning": "it trains and runs the whole model, with no feature cache to share",
     "lmbff_ft": "it trains and runs the whole model, with no feature cache to share",
+    "prompt_tuning_e8": "it trains and runs the whole model, with no feature cache to share",
+    "lmbff_ft_s96": "it trains and runs the whole model, with no feature cache to share",
 }
 TIME_FLOOR = 1e-2  # seconds: where methods without training sit on the log axis
 
@@ -176,15 +192,21 @@ def verdict(grid: Grid, shots: int = 16, method: str = "dect") -> str:
     paired = method != "dect"  # a newer method may have fewer seeds: its peers are averaged over the same ones
     for peer in ("dect", *PEERS) if paired else PEERS:
         other = grid.task_means(peer, shots, like=method if paired else None)
-        common = [t for t in dect if t in other]
+        mine, note = dect, ""
+        fewer = sorted({s for t in other for s in grid.seeds(t, peer, shots)})
+        if any(grid.seeds(t, peer, shots) < grid.seeds(t, method, shots) for t in other):
+            # a peer run on fewer seeds (a larger budget): this method averaged over the same seeds
+            mine = grid.task_means(method, shots, like=peer)
+            note = f", paired on seed{'s' if len(fewer) > 1 else ''} {', '.join(map(str, fewer))}"
+        common = [t for t in mine if t in other]
         if not common:
             lines.append(f"- {LABELS[peer]}: no records, no comparison.")
             continue
-        d = statistics.mean(dect[t] for t in common)
+        d = statistics.mean(mine[t] for t in common)
         o = statistics.mean(other[t] for t in common)
-        behind = [f"{t} ({dect[t]:.1f} vs {other[t]:.1f})" for t in common if dect[t] < other[t]]
+        behind = [f"{t} ({mine[t]:.1f} vs {other[t]:.1f})" for t in common if mine[t] < other[t]]
         word = "ahead of" if d > o else "NOT ahead of"
-        line = f"- {name} is {word} {LABELS[peer]}: {d:.1f} vs {o:.1f} (mean over {len(common)} tasks)"
+        line = f"- {name} is {word} {LABELS[peer]}: {d:.1f} vs {o:.1f} (mean over {len(common)} tasks{note})"
         line += f"; behind on {', '.join(behind)}." if behind else "; ahead or equal on every task."
         lines.append(line)
     if paired:

@@ -204,4 +204,20 @@ class LMBFFFineTuning(_TrainsTheModel):
         return MethodResult(pred, seconds, passes, len(index), extra, test_index=index)
 
 
-TRAINED_METHODS = {m.name: m for m in (PromptTuning, LMBFFFineTuning)}
+class PromptTuningLonger(PromptTuning):
+    """Prompt tuning at four times the grid's budget (8 epochs, the same learning rate): the larger budget the
+    shared 2 cores allow beside the grid, to see whether the 2-epoch column undersells it."""
+
+    name = "prompt_tuning_e8"
+    EPOCHS = 8
+
+
+class LMBFFFineTuningLonger(LMBFFFineTuning):
+    """LM-BFF fine-tuning at four times the grid's budget: 96 steps, a dev evaluation every 24 (four, as many
+    dev passes in all as the 24-step run's three plus one), the best kept."""
+
+    name = "lmbff_ft_s96"
+    STEPS, EVAL_EVERY = 96, 24
+
+
+TRAINED_METHODS = {m.name: m for m in (PromptTuning, LMBFFFineTuning, PromptTuningLonger, LMBFFFineTuningLonger)}
