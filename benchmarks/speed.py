@@ -6,7 +6,9 @@ test accuracy of auto mode per seed, SST-2 and CR 16-shot.
 Paths: ``float32`` (PyTorch, the GGUF de-quantised, today's default), ``llama.cpp`` (the body run in-process by
 llama.cpp from the GGUF file as stored, Q4_1; `model.base_model.use_llama_cpp(...)`), ``int8`` (PyTorch's dynamic
 int8 quantisation of the linear layers), ``int8_outliers`` (the same by `peft_dect.quantize.quantize_int8`, which
-keeps the layers with outlier inputs on 8 training texts and the LM head in float32) and ``bfloat16`` (PyTorch).
+keeps the layers with outlier inputs on 8 training texts and the LM head in float32), ``int8_smooth`` (the same
+with SmoothQuant folded into the other layers, `smooth_alpha=SMOOTH_ALPHA`), ``int8_smooth_all`` (SmoothQuant, every
+body layer int8) and ``bfloat16`` (PyTorch).
 Prediction throughput is DecT's `predict` from a cold cache on the first `--predict-size` test sentences of each
 task, each path timed alternating with float32 in one run (`--repeats` pairs); the ratio is that of the medians.
 Accuracy: auto mode with the seed's dev split on the full test sets (`--test-size` caps them), for every path at
@@ -22,6 +24,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import platform
 import statistics
 import time
@@ -35,7 +38,7 @@ from .dect_bench import LABEL_WORDS, TEMPLATE, plain_inference
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = (13, 21, 42, 87, 100)
-PATHS = ("float32", "llama.cpp", "int8", "int8_outliers", "bfloat16")
+PATHS = ("float32", "llama.cpp", "int8", "int8_outliers", "int8_smooth", "int8_smooth_all", "bfloat16")
 OTHER_WORDS = {"negative": ["terrible"], "positive": ["good"]}
 
 
@@ -62,7 +65,7 @@ def build(path: str, base, tokenizer, gguf: Path, threads: int, calibration: lis
     from peft import get_peft_model
 
     from peft_dect import DecTConfig
-    from peft_dect.quantize import quantize_int8
+    from peft_dect.quantize import SMOOTH_ALPHA, quantize_int8
 
     before = rss_mb()
     with warnings.catch_warnings():
@@ -76,6 +79,11 @@ def build(path: str, base, tokenizer, gguf: Path, threads: int, calibration: lis
             model.model = torch.ao.quantization.quantize_dynamic(model.model, {torch.nn.Linear}, dtype=torch.qint8)
         elif path == "int8_outliers":  # the same, but layers with outlier inputs (and the LM head) stay float32
             model, _ = quantize_int8(base, tokenizer, calibration)
+        elif path == "int8_smooth":  # and SmoothQuant on the rest, weights per output channel
+            model, _ = quantize_int8(base, tokenizer, calibration, smooth_alpha=SMOOTH_ALPHA)
+        elif path == "int8_smooth_all":  # SmoothQuant, no layer kept in float32 but the LM head
+            no_outliers = dict(outlier_threshold=math.inf, smooth_alpha=SMOOTH_ALPHA)
+            model, _ = quantize_int8(base, tokenizer, calibration, **no_outliers)
         elif path == "bfloat16":
             model = copy.deepcopy(base).to(torch.bfloat16)
         else:
