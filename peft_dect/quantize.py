@@ -99,7 +99,9 @@ def quantize_int8(
     absmax = input_absmax(model, tokenizer, texts)
     names = {m: n for n, m in model.named_modules()}
     head_name = names.get(head) if head is not None else None
-    kept = [n for n, v in absmax.items() if n == head_name or not math.isfinite(v) or v > threshold]
+    in_head = lambda n: head_name is not None and (n == head_name or n.startswith(f"{head_name}."))  # noqa: E731
+    # (a model that already carries a DecT adapter wraps its head: the linear layer inside stays float32 too)
+    kept = [n for n, v in absmax.items() if in_head(n) or not math.isfinite(v) or v > threshold]
     copied = copy.deepcopy(model)
     qconfig = torch.ao.quantization.default_dynamic_qconfig
     if smooth_alpha is not None:

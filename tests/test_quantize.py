@@ -70,3 +70,16 @@ def test_bad_arguments_name_the_fix(bpe_tokenizer, texts, threshold, message):
 def test_a_bfloat16_model_is_refused(bpe_tokenizer):
     with pytest.raises(ValueError, match="float32 models on the CPU"):
         quantize_int8(tiny_llama(bpe_tokenizer).to(torch.bfloat16), bpe_tokenizer, TEXTS)
+
+
+def test_a_head_wrapped_by_a_dect_adapter_stays_float32(bpe_tokenizer):
+    """`get_peft_model` wraps the base model's LM head in place; quantising that model afterwards keeps the linear
+    layer inside the wrapper in float32, and a new DecT adapter goes onto the int8 copy."""
+    model = tiny_llama(bpe_tokenizer).eval()
+    get_peft_model(model, DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS))
+    quantized, kept = quantize_int8(model, bpe_tokenizer, TEXTS, outlier_threshold=math.inf)
+    assert kept == ["lm_head.base_layer"] and linear_names(quantized) == {"lm_head.base_layer"}
+    peft_model = get_peft_model(quantized, DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, budget=1))
+    train = sentiment_data(8, 1)
+    peft_model.fit(train, bpe_tokenizer, show_progress=False)
+    assert peft_model.predict_proba(sentiment_data(2, 2), bpe_tokenizer).shape == (4, 2)

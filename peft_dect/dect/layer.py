@@ -7,6 +7,8 @@ name, `set_adapter`, `delete_adapter`, `disable_adapter()`, and `save_pretrained
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -14,6 +16,15 @@ from torch import nn
 
 from .decoder import DecoderWeights, init_radii, init_weights
 from .fit import FitResult, shots_of
+
+
+def module_device(module: nn.Module) -> torch.device | None:
+    """Device of a module's tensors (a dynamically quantised linear layer keeps its weight behind a method)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    weight = getattr(module, "weight", None)
+    weight = weight() if callable(weight) else weight
+    return weight.device if isinstance(weight, torch.Tensor) else None
 
 
 class DecTLayer(nn.Module, BaseTunerLayer):
@@ -45,7 +56,7 @@ class DecTLayer(nn.Module, BaseTunerLayer):
         """(Re)initialise an adapter's tensors from its config: seeded W and prototypes, zero radii, not fitted."""
         num_classes = len(config.label_words)
         W, prototypes = init_weights(self.hidden_size, config.decoder_dim, num_classes, config.seed)
-        device = self.base_layer.weight.device if hasattr(self.base_layer, "weight") else None
+        device = module_device(self.base_layer)
         self.dect_W[adapter_name] = nn.Parameter(W.to(device))
         self.dect_radii[adapter_name] = nn.Parameter(torch.zeros(num_classes, device=device))
         self.dect_prototypes[adapter_name] = prototypes.to(device)
