@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .smoothing import smooth
+from .smoothing import channel_absmax, smooth
 
 
 logger = logging.getLogger(__name__)
@@ -45,24 +45,7 @@ SMOOTH_ALPHA = 0.7
 
 def input_absmax(model: nn.Module, tokenizer, texts: Sequence[str]) -> dict[str, float]:
     """The largest absolute input of every `nn.Linear` of `model` over `texts` (one forward pass per text)."""
-    seen: dict[str, float] = {}
-
-    def hook(name):
-        def record(module, inputs, output):
-            seen[name] = max(seen.get(name, 0.0), float(inputs[0].detach().abs().max()))
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            for text in texts:
-                model(**{k: v.to(device) for k, v in tokenizer(text, return_tensors="pt").items()})
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
+    return {name: float(values.max()) for name, values in channel_absmax(model, tokenizer, texts).items()}
 
 
 def quantize_int8(
