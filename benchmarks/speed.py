@@ -88,7 +88,9 @@ def build(path: str, base, tokenizer, gguf: Path, threads: int, calibration: lis
             model = copy.deepcopy(base).to(torch.bfloat16)
         else:
             raise ValueError(f"unknown path {path!r}; choose from {PATHS}")
-    config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, text_column="text_a")
+    # budget=1: the template alone on every path, so that each path runs the same prompts (auto mode's default
+    # budget would try a demonstration set too, choose per path, and time different prompts)
+    config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, text_column="text_a", budget=1)
     dect = get_peft_model(model, config)
     if path == "llama.cpp":
         dect.base_model.use_llama_cpp(gguf, n_threads=threads)
@@ -232,7 +234,8 @@ def run(args) -> dict:
                          "decoder_seconds": report["decoder_seconds"]}
                     )  # fmt: skip
                     # a second adapter with other label words on the texts just seen
-                    other_config = DecTConfig(template=TEMPLATE, label_words=OTHER_WORDS, text_column="text_a")
+                    other_settings = dict(template=TEMPLATE, label_words=OTHER_WORDS, text_column="text_a", budget=1)
+                    other_config = DecTConfig(**other_settings)
                     dect.add_adapter("other_words", other_config)
                     dect.set_adapter("other_words")
                     seconds, other = timed(dect.fit, data["train"], tokenizer, data["validation"], show_progress=False)
