@@ -43,23 +43,13 @@ LABELS = {
     "dect": "DecT",
     "dect_prompts": "DecT, prompt chosen (default)",
 }
-PEERS = (
-    "calibrated_zero_shot",
-    "icl",
-    "linear_probe",
-    "setfit",
-    "setfit_i20",
-    "prompt_tuning",
-    "lmbff_ft",
-    "prompt_tuning_e8",
-    "lmbff_ft_s96",
-)
+PEERS = tuple(m for m in METHOD_ORDER if m not in ("zero_shot", "dect", "dect_prompts"))
 WHY_SUBSAMPLED = {
     "icl": "its prompts carry demonstrations and are several times longer",
-    "prompt_tuning": "it trains and runs the whole model, with no feature cache to share",
-    "lmbff_ft": "it trains and runs the whole model, with no feature cache to share",
-    "prompt_tuning_e8": "it trains and runs the whole model, with no feature cache to share",
-    "lmbff_ft_s96": "it trains and runs the whole model, with no feature cache to share",
+    **dict.fromkeys(
+        ("prompt_tuning", "lmbff_ft", "prompt_tuning_e8", "lmbff_ft_s96"),
+        "it trains and runs the whole model, with no feature cache to share",
+    ),
 }
 TIME_FLOOR = 1e-2  # seconds: where methods without training sit on the log axis
 
