@@ -2,11 +2,12 @@
 
     nice -n 5 python -m benchmarks.int8_smooth_dev --data ../shared/data/fewshot
 
-For each alpha (and without smoothing), with the outlier layers kept in float32 (`quantize_int8`'s threshold) and
-with every body layer int8: the mean cosine between the int8 and float32 hidden states at DecT's prediction position
-(`benchmarks.speed`'s template) and the largest difference of the label words' log-probabilities, on the dev
-sentences of SST-2 and CR (seed 13's 16-shot dev files; no label read, no test data). Calibration: 8 training
-sentences, as `benchmarks.speed` uses. `peft_dect.quantize.SMOOTH_ALPHA` was chosen from this table; results go to
+For each alpha (and without smoothing), with one input scale per layer (the outlier layers kept in float32 by
+`quantize_int8`'s threshold, or every body layer int8) and with one input scale per token (every body layer int8):
+the mean cosine between the int8 and float32 hidden states at DecT's prediction position (`benchmarks.speed`'s
+template) and the largest difference of the label words' log-probabilities, on the dev sentences of SST-2 and CR
+(seed 13's 16-shot dev files; no label read, no test data). Calibration: 8 training sentences, as `benchmarks.speed`
+uses. `peft_dect.quantize.SMOOTH_ALPHA` and `SMOOTH_ALPHA_PER_TOKEN` were chosen from this table; results go to
 `benchmarks/results/int8_smooth_dev.json`.
 """
 
@@ -24,7 +25,7 @@ from .dect_bench import LABEL_WORDS, TEMPLATE
 
 
 RESULTS = Path(__file__).parent / "results"
-ALPHAS = (None, 0.5, 0.6, 0.7, 0.8, 0.9)
+ALPHAS = (None, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def features(model, tokenizer, prompts: list[str], word_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +46,7 @@ def agreement(scores: torch.Tensor, ref: torch.Tensor) -> float:
 
 def run(args) -> dict:
     from peft_dect.embedded import load_smollm2
-    from peft_dect.quantize import quantize_int8
+    from peft_dect.quantize import OUTLIER_THRESHOLD, quantize_int8
     from peft_dect.tasks import load_task
 
     warnings.simplefilter("ignore")  # torch.ao's deprecation notices
@@ -60,14 +61,17 @@ def run(args) -> dict:
     ]
     ref_hidden, ref_scores = features(base, tokenizer, prompts, word_ids)
     rows = []
+    settings = [("per_tensor", threshold) for threshold in (OUTLIER_THRESHOLD, math.inf)] + [("per_token", math.inf)]
+    settings = [(a, t) for a, t in settings if a in args.activations]
     for alpha in ALPHAS:
-        for threshold in (None, math.inf):
-            kwargs = {"smooth_alpha": alpha} | ({"outlier_threshold": threshold} if threshold else {})
+        for activations, threshold in settings:
+            kwargs = dict(smooth_alpha=alpha, outlier_threshold=threshold, activations=activations)
             model, kept = quantize_int8(base, tokenizer, calibration, **kwargs)
             hidden, scores = features(model, tokenizer, prompts, word_ids)
             row = {
                 "alpha": alpha,
-                "outlier_layers": "every body layer int8" if threshold else "kept in float32",
+                "activations": activations,
+                "outlier_layers": "every body layer int8" if math.isinf(threshold) else "kept in float32",
                 "float32_layers": len(kept),
                 "cosine": float(torch.nn.functional.cosine_similarity(hidden, ref_hidden).mean()),
                 "max_label_score_difference": float((scores - ref_scores).abs().max()),
@@ -84,14 +88,15 @@ def run(args) -> dict:
 
 def table(result: dict) -> str:
     lines = [
-        "| SmoothQuant alpha | outlier layers | float32 layers | hidden-state cosine | max label-score difference "
-        "| same label-word order |",
-        "|---|---|---|---|---|---|",
+        "| SmoothQuant alpha | input scales | outlier layers | float32 layers | hidden-state cosine "
+        "| max label-score difference | same label-word order |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         alpha = "none" if r["alpha"] is None else f"{r['alpha']:g}"
+        scales = "per token" if r.get("activations") == "per_token" else "per layer input"
         lines.append(
-            f"| {alpha} | {r['outlier_layers']} | {r['float32_layers']} | {r['cosine']:.4f} "
+            f"| {alpha} | {scales} | {r['outlier_layers']} | {r['float32_layers']} | {r['cosine']:.4f} "
             f"| {r['max_label_score_difference']:.2f} | {100 * r['label_margin_agreement']:.1f} % |"
         )
     return "\n".join(lines)
@@ -102,13 +107,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="../shared/data/fewshot")
     parser.add_argument("--tasks", nargs="+", default=["SST-2", "cr"])
     parser.add_argument("--out", default=str(RESULTS / "int8_smooth_dev.json"))
+    parser.add_argument(
+        "--activations",
+        nargs="+",
+        default=["per_tensor", "per_token"],
+        help="input scales to study; rows of the others already in --out are kept",
+    )
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = parser.parse_args(argv)
     if args.table:
         print(table(json.loads(Path(args.out).read_text())))
         return
     result = run(args)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    out = Path(args.out)
+    if out.exists():  # keep the rows of the settings not run this time
+        old = [
+            r
+            for r in json.loads(out.read_text())["rows"]
+            if r.get("activations", "per_tensor") not in args.activations
+        ]
+        result["rows"] = old + result["rows"]
+    out.write_text(json.dumps(result, indent=1))
     print(table(result))
 
 

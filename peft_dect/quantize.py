@@ -9,6 +9,10 @@ in higher precision; the LM head (the label words' scores) stays float32 too. It
 not remove it (figures at `OUTLIER_THRESHOLD`). `smooth_alpha` adds SmoothQuant (`peft_dect.smoothing`): the
 remaining layers' input outliers are folded into their weights, which are then quantised per output channel
 (figures at `SMOOTH_ALPHA`).
+
+`activations="per_token"` replaces that scheme: every body layer becomes a `peft_dect.int8_linear.Int8Linear`, whose
+input gets one scale per token, so a massive activation costs only its own token's precision and no layer needs to
+stay in float32; with SmoothQuant at `SMOOTH_ALPHA_PER_TOKEN` it is the int8 path that keeps DecT's accuracy.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .int8_linear import Int8Linear
 from .smoothing import channel_absmax, smooth
 
 
@@ -41,6 +46,9 @@ OUTLIER_THRESHOLD = 20.0
 # 0.983 / 0.987 / 0.986 / 0.981 (0.881 unsmoothed); with the outlier layers kept, 0.992 to 0.994 for all of them
 # (0.971 unsmoothed). The SmoothQuant paper uses 0.5 for most models and up to 0.85 for those with larger outliers.
 SMOOTH_ALPHA = 0.7
+# The same for `activations="per_token"` (same study): PLACEHOLDER
+SMOOTH_ALPHA_PER_TOKEN = 0.5
+ACTIVATIONS = ("per_tensor", "per_token")
 
 
 def input_absmax(model: nn.Module, tokenizer, texts: Sequence[str]) -> dict[str, float]:
@@ -53,21 +61,29 @@ def quantize_int8(
     tokenizer,
     texts: Sequence[str],
     *,
-    outlier_threshold: float = OUTLIER_THRESHOLD,
+    outlier_threshold: float | None = None,
     smooth_alpha: float | None = None,
+    activations: str = "per_tensor",
 ) -> tuple[nn.Module, list[str]]:
-    """A copy of `model` whose linear layers have int8 weights and dynamically quantised inputs (PyTorch's
-    `quantize_dynamic`, CPU), except the LM head and the layers whose inputs on `texts` exceed `outlier_threshold`;
-    returns (the copy, the names of the layers kept in float32). Pass it to `get_peft_model` like any model.
+    """A copy of `model` whose linear layers have int8 weights and dynamically quantised inputs (CPU), except the LM
+    head and the layers whose inputs on `texts` exceed `outlier_threshold`; returns (the copy, the names of the
+    layers kept in float32). Pass it to `get_peft_model` like any model.
 
     `texts` are a few inputs like the task's (e.g. 8 training texts): they locate the outlier layers and, with
     `smooth_alpha` (e.g. `SMOOTH_ALPHA`), measure SmoothQuant's per-channel factors for Llama-style decoder layers,
-    whose weights are then quantised per output channel.
+    whose weights are then quantised per output channel. `activations`: `"per_tensor"` (PyTorch's
+    `quantize_dynamic`, one scale per layer input; `outlier_threshold` defaults to `OUTLIER_THRESHOLD`) or
+    `"per_token"` (`Int8Linear`, one scale per token; no outlier layer by default, `smooth_alpha` is best at
+    `SMOOTH_ALPHA_PER_TOKEN`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_int8 takes a torch model, got {type(model).__name__}.")
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("quantize_int8 needs a non-empty list of calibration texts (e.g. 8 training texts).")
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}.")
+    if outlier_threshold is None:
+        outlier_threshold = OUTLIER_THRESHOLD if activations == "per_tensor" else math.inf
     threshold = outlier_threshold
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
         raise ValueError(f"outlier_threshold must be a positive number (or math.inf: no outlier), got {threshold!r}.")
@@ -92,8 +108,21 @@ def quantize_int8(
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         logger.info("int8: SmoothQuant (alpha %g) folded into %d decoder layers.", smooth_alpha, smoothed)
     spec = {n: qconfig for n in absmax if n not in kept}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
-        quantized = torch.ao.quantization.quantize_dynamic(copied, spec, dtype=torch.qint8, inplace=True)
-    logger.info("int8: %d linear layers quantised, %d kept in float32 (%s).", len(spec), len(kept), ", ".join(kept))
+    if activations == "per_token":
+        quantized = copied
+        for name in spec:
+            parent, _, child = name.rpartition(".")
+            owner = quantized.get_submodule(parent) if parent else quantized
+            setattr(owner, child, Int8Linear.from_linear(getattr(owner, child)))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+            quantized = torch.ao.quantization.quantize_dynamic(copied, spec, dtype=torch.qint8, inplace=True)
+    logger.info(
+        "int8 (%s): %d linear layers quantised, %d kept in float32 (%s).",
+        activations,
+        len(spec),
+        len(kept),
+        ", ".join(kept),
+    )
     return quantized.eval(), kept
