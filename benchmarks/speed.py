@@ -13,10 +13,11 @@ body layer int8), ``int8_token`` (every body layer int8 with one input scale per
 Prediction throughput is DecT's `predict` from a cold cache on the first `--predict-size` test sentences of each
 task, each path timed alternating with float32 in one run (`--repeats` pairs); the ratio is that of the medians.
 Accuracy: auto mode with the seed's dev split on the full test sets (`--test-size` caps them), for every path at
-least as fast as float32 (a slower path is reported without it). Also: the fit of seed 13 from a cold cache against
-one plain pass of the same path over the same inputs, and a second adapter with other label words fitted on texts
-already seen (model passes and seconds). Results go to
-`benchmarks/results/speed.json`; `--table` prints the README table from it.
+least as fast as float32 (a slower path is reported without it), and of float32's fit of the same seed predicting
+on the path's features (an adapter fitted once, served on a faster path). Also: the fit of seed 13 from a cold cache
+against one plain pass of the same path over the same inputs, and a second adapter with other label words fitted on
+texts already seen (model passes and seconds). Results go to `benchmarks/results/speed.json`; `--table` prints the
+README table from it.
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ def icl_prefix(dect, tokenizer, splits, args) -> list[dict]:
 
 
 def run(args) -> dict:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
     import peft_dect
     from peft_dect import DecTConfig
     from peft_dect.embedded import load_smollm2, smollm2_gguf
@@ -211,6 +214,7 @@ def run(args) -> dict:
     # ---- accuracy per seed (auto mode, full test sets) and the fit of the first seed against a plain pass
     accurate = ["float32"] + [p for p in args.paths if p != "float32" and throughput[p]["throughput_ratio"] >= 1]
     accuracy = {p: {} for p in accurate}
+    transfer = {p: {} for p in accurate}  # accuracy of float32's fit on each path's features
     fit_cost, second = {}, {}
     for path in accurate:
         dect = models[path]
@@ -227,6 +231,12 @@ def run(args) -> dict:
                 report = dect.fit(data["train"], tokenizer, data["validation"], show_progress=False)
                 pred = tuner.predict_logits(test).argmax(-1)
                 accuracy[path].setdefault(task, []).append(float((pred == labels).float().mean()) * 100)
+                if path != "float32":  # float32's fit of this seed, predicting on this path's features
+                    models["float32"].base_model.reset_adapter()
+                    models["float32"].fit(data["train"], tokenizer, data["validation"], show_progress=False)
+                    set_peft_model_state_dict(dect, get_peft_model_state_dict(models["float32"]))
+                    pred = tuner.predict_logits(test).argmax(-1)
+                    transfer[path].setdefault(task, []).append(float((pred == labels).float().mean()) * 100)
                 if seed == first:
                     inputs = list(data["train"]["text_a"]) + list(data["validation"]["text_a"]) + [""]
                     plain = plain_pass(path, dect, tokenizer, inputs, args.batch_size)
@@ -265,6 +275,12 @@ def run(args) -> dict:
             }  # fmt: skip
             rec["accuracy_delta_per_seed"] = deltas
             rec["accuracy_delta"] = {t: statistics.mean(d) for t, d in deltas.items()}
+            if transfer[path]:
+                rec["float32_fit_accuracy"] = transfer[path]
+                rec["float32_fit_accuracy_delta"] = {
+                    t: statistics.mean(a - b for a, b in zip(transfer[path][t], accuracy["float32"][t]))
+                    for t in args.tasks
+                }
         else:
             rec["accuracy_delta"] = None
             rec["accuracy_note"] = "slower than float32 here: accuracy not run"
@@ -296,8 +312,8 @@ def table(result: dict) -> str:
     """Markdown table of a result file."""
     rows = [
         "| path | predict sentences/s | × float32 (same run) | accuracy Δ vs float32, points (SST-2, CR) "
-        "| fit / plain pass of the path | 2nd adapter: passes, s |",
-        "|---|---|---|---|---|---|",
+        "| float32's fit on the path: Δ, points | fit / plain pass of the path | 2nd adapter: passes, s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for rec in result["records"]:
         speed = rec.get("sentences_per_second", rec.get("float32_sentences_per_second"))
@@ -306,13 +322,16 @@ def table(result: dict) -> str:
             speed = statistics.median(r["float32_sentences_per_second"] for r in others) if others else None
         delta = rec["accuracy_delta"]
         delta_s = ", ".join(f"{v:+.1f}" for v in delta.values()) if delta else "not run (slower)"
+        moved = rec.get("float32_fit_accuracy_delta")
+        moved_s = ", ".join(f"{v:+.1f}" for v in moved.values()) if moved else "-"
         fit = rec.get("fit")
         fit_s = ", ".join(f"{f['ratio']:.2f}" for f in fit) if fit else "-"
         second = rec.get("second_adapter")
         second_s = "; ".join(f"{s['model_passes']}, {s['seconds']:.2f}" for s in second) if second else "-"
         speed_s = f"{speed:.1f}" if speed else "-"
         rows.append(
-            f"| {rec['path']} | {speed_s} | {rec['throughput_ratio']:.2f} | {delta_s} | {fit_s} | {second_s} |"
+            f"| {rec['path']} | {speed_s} | {rec['throughput_ratio']:.2f} | {delta_s} | {moved_s} | {fit_s} "
+            f"| {second_s} |"
         )
     icl = result.get("icl_shared_prefix") or []
     if icl:
