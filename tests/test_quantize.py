@@ -44,11 +44,13 @@ def test_without_outliers_every_body_layer_is_int8_and_features_stay_close(bpe_t
     assert float(torch.nn.functional.cosine_similarity(ref, got, dim=-1).min()) > 0.95
 
 
-@pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
-def test_dect_fits_and_predicts_on_an_int8_model(bpe_tokenizer, activations):
+@pytest.mark.parametrize(
+    "settings", [{}, {"activations": "per_token"}, {"activations": "per_token", "dtype": torch.bfloat16}]
+)
+def test_dect_fits_and_predicts_on_an_int8_model(bpe_tokenizer, settings):
     model = tiny_llama(bpe_tokenizer).eval()
     train, test = sentiment_data(8, 1), sentiment_data(10, 2)
-    quantized, _ = quantize_int8(model, bpe_tokenizer, list(train["sentence"][:8]), activations=activations)
+    quantized, _ = quantize_int8(model, bpe_tokenizer, list(train["sentence"][:8]), **settings)
     results = {}
     for name, base in (("float32", model), ("int8", quantized)):
         config = DecTConfig(template=TEMPLATE, label_words=LABEL_WORDS, budget=1)  # one prompt on both paths
