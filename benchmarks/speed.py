@@ -9,8 +9,7 @@ int8 quantisation of the linear layers), ``int8_outliers`` (the same by `peft_de
 keeps the layers with outlier inputs on 8 training texts and the LM head in float32), ``int8_smooth`` (the same
 with SmoothQuant folded into the other layers, `smooth_alpha=SMOOTH_ALPHA`), ``int8_smooth_all`` (SmoothQuant, every
 body layer int8), ``int8_token`` (every body layer int8 with one input scale per token,
-`peft_dect.int8_linear.Int8Linear`, and SmoothQuant at `SMOOTH_ALPHA_PER_TOKEN`), ``int8_token_bf16`` (the same with
-the rest of the model in bfloat16) and ``bfloat16`` (PyTorch).
+`peft_dect.int8_linear.Int8Linear`, and SmoothQuant at `SMOOTH_ALPHA_PER_TOKEN`) and ``bfloat16`` (PyTorch).
 Prediction throughput is DecT's `predict` from a cold cache on the first `--predict-size` test sentences of each
 task, each path timed alternating with float32 in one run (`--repeats` pairs); the ratio is that of the medians.
 Accuracy: auto mode with the seed's dev split on the full test sets (`--test-size` caps them), for every path at
@@ -49,7 +48,6 @@ PATHS = (
     "int8_smooth",
     "int8_smooth_all",
     "int8_token",
-    "int8_token_bf16",
     "bfloat16",
 )
 OTHER_WORDS = {"negative": ["terrible"], "positive": ["good"]}
@@ -99,9 +97,6 @@ def build(path: str, base, tokenizer, gguf: Path, threads: int, calibration: lis
             model, _ = quantize_int8(base, tokenizer, calibration, **no_outliers)
         elif path == "int8_token":  # one input scale per token, SmoothQuant, every body layer int8
             per_token = dict(activations="per_token", smooth_alpha=SMOOTH_ALPHA_PER_TOKEN)
-            model, _ = quantize_int8(base, tokenizer, calibration, **per_token)
-        elif path == "int8_token_bf16":  # the same, the rest of the model (attention, norms, LM head) in bfloat16
-            per_token = dict(activations="per_token", smooth_alpha=SMOOTH_ALPHA_PER_TOKEN, dtype=torch.bfloat16)
             model, _ = quantize_int8(base, tokenizer, calibration, **per_token)
         elif path == "bfloat16":
             model = copy.deepcopy(base).to(torch.bfloat16)

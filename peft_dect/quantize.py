@@ -67,7 +67,6 @@ def quantize_int8(
     outlier_threshold: float | None = None,
     smooth_alpha: float | None = None,
     activations: str = "per_tensor",
-    dtype: torch.dtype | str = torch.float32,
 ) -> tuple[nn.Module, list[str]]:
     """A copy of `model` whose linear layers have int8 weights and dynamically quantised inputs (CPU), except the LM
     head and the layers whose inputs on `texts` exceed `outlier_threshold`; returns (the copy, the names of the
@@ -78,9 +77,7 @@ def quantize_int8(
     whose weights are then quantised per output channel. `activations`: `"per_tensor"` (PyTorch's
     `quantize_dynamic`, one scale per layer input; `outlier_threshold` defaults to `OUTLIER_THRESHOLD`) or
     `"per_token"` (`Int8Linear`, one scale per token; no outlier layer by default, `smooth_alpha` is best at
-    `SMOOTH_ALPHA_PER_TOKEN`). `dtype` (per token only): what the rest of the copy runs in, float32 or bfloat16
-    (attention, norms, the LM head; on a CPU with AVX-512 BF16); the int8 layers keep float32 scales and return
-    their input's dtype. Scales and smoothing are measured in float32 either way.
+    `SMOOTH_ALPHA_PER_TOKEN`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_int8 takes a torch model, got {type(model).__name__}.")
@@ -88,12 +85,6 @@ def quantize_int8(
         raise ValueError("quantize_int8 needs a non-empty list of calibration texts (e.g. 8 training texts).")
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}.")
-    dtype = getattr(torch, dtype, dtype) if isinstance(dtype, str) else dtype
-    if dtype not in (torch.float32, torch.bfloat16) or (dtype != torch.float32 and activations != "per_token"):
-        raise ValueError(
-            f"dtype must be torch.float32, or torch.bfloat16 with activations='per_token', got {dtype!r} "
-            f"(activations={activations!r})."
-        )
     if outlier_threshold is None:
         outlier_threshold = OUTLIER_THRESHOLD if activations == "per_tensor" else math.inf
     threshold = outlier_threshold
@@ -121,21 +112,20 @@ def quantize_int8(
         logger.info("int8: SmoothQuant (alpha %g) folded into %d decoder layers.", smooth_alpha, smoothed)
     spec = {n: qconfig for n in absmax if n not in kept}
     if activations == "per_token":
-        int8 = {name: Int8Linear.from_linear(copied.get_submodule(name)) for name in spec}  # from float32 weights
-        quantized = copied.to(dtype)
-        for name, layer in int8.items():
+        quantized = copied
+        for name in spec:
             parent, _, child = name.rpartition(".")
-            setattr(quantized.get_submodule(parent) if parent else quantized, child, layer)
+            owner = quantized.get_submodule(parent) if parent else quantized
+            setattr(owner, child, Int8Linear.from_linear(getattr(owner, child)))
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notices
             quantized = torch.ao.quantization.quantize_dynamic(copied, spec, dtype=torch.qint8, inplace=True)
     logger.info(
-        "int8 (%s): %d linear layers quantised, %d kept in %s (%s).",
+        "int8 (%s): %d linear layers quantised, %d kept in float32 (%s).",
         activations,
         len(spec),
         len(kept),
-        str(dtype).removeprefix("torch."),
         ", ".join(kept),
     )
     return quantized.eval(), kept

@@ -90,25 +90,3 @@ def test_per_token_quantisation_of_a_model_makes_every_body_layer_int8(bpe_token
 def test_an_unknown_activation_scheme_names_the_choices(bpe_tokenizer):
     with pytest.raises(ValueError, match=r"activations must be one of \('per_tensor', 'per_token'\)"):
         quantize_int8(tiny_llama(bpe_tokenizer), bpe_tokenizer, TEXTS, activations="per_row")
-
-
-def test_the_rest_of_the_model_may_run_in_bfloat16(bpe_tokenizer):
-    model = gqa_llama(bpe_tokenizer, outlier=50.0)
-    ref = last_hidden(model, bpe_tokenizer)
-    settings = dict(activations="per_token", smooth_alpha=SMOOTH_ALPHA_PER_TOKEN, dtype="bfloat16")
-    quantized, kept = quantize_int8(model, bpe_tokenizer, TEXTS, **settings)
-    assert kept == ["lm_head"] and quantized.lm_head.weight.dtype == torch.bfloat16
-    assert {p.dtype for p in quantized.parameters()} == {torch.bfloat16}
-    layer = quantized.model.layers[0].mlp.down_proj
-    assert isinstance(layer, Int8Linear) and layer.weight_scale.dtype == torch.float32
-    got = last_hidden(quantized, bpe_tokenizer)
-    assert got.dtype == torch.bfloat16
-    assert float(nn.functional.cosine_similarity(ref, got.float(), dim=-1).mean()) > 0.99
-
-
-@pytest.mark.parametrize("dtype, activations", [(torch.float16, "per_token"), (torch.bfloat16, "per_tensor")])
-def test_a_dtype_other_than_float32_needs_per_token_scales(bpe_tokenizer, dtype, activations):
-    with pytest.raises(
-        ValueError, match="dtype must be torch.float32, or torch.bfloat16 with activations='per_token'"
-    ):
-        quantize_int8(tiny_llama(bpe_tokenizer), bpe_tokenizer, TEXTS, activations=activations, dtype=dtype)
