@@ -27,6 +27,7 @@ from .io import check_text_values, read_columns, require_columns
 from .llama_cpp_runner import check_gguf_file, import_llama_cpp
 from .metrics import METRICS
 from .prompting import Template
+from .quantize import SMOOTH_ALPHA_PER_TOKEN, quantize_int8
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.saved import REMOTE_FILE
 from .stream import file_identity, predict_file
@@ -46,6 +47,8 @@ def _backbone(args) -> tuple[torch.dtype, Path | None]:
     API makes (`resolve_dtype`, `LlamaCppRunner`'s); --llama-cpp smollm2 is the embedded SmolLM2's GGUF file."""
     dtype = resolve_dtype(getattr(args, "dtype", None), DEVICE)
     gguf = getattr(args, "llama_cpp", None)
+    if getattr(args, "int8", False) and (dtype != torch.float32 or gguf or torch.device(DEVICE).type != "cpu"):
+        raise ValueError("--int8 quantises a float32 model on the CPU: drop --dtype or --llama-cpp (or --int8).")
     if not gguf:
         return dtype, None
     if gguf == EMBEDDED and not Path(gguf).exists():
@@ -61,8 +64,16 @@ def _use_llama_cpp(peft_model, gguf: Path | None) -> None:
         peft_model.base_model.use_llama_cpp(gguf)
 
 
-def _load_base(model: str | None, kind: str | None, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer): the embedded SmolLM2 for 'smollm2' (or its folder), else a transformers LM, in `dtype`."""
+def _load_base(model: str | None, kind: str | None, dtype: torch.dtype = torch.float32, int8: bool = False):
+    """(model, tokenizer): the embedded SmolLM2 for 'smollm2' (or its folder), else a transformers LM, in `dtype`;
+    `int8`: its body's linear layers quantised as `quantize_int8` does per token (the same calibration every time)."""
+    model, tokenizer = _load_float(model, kind, dtype)
+    if int8:
+        model, _ = quantize_int8(model, tokenizer, activations="per_token", smooth_alpha=SMOOTH_ALPHA_PER_TOKEN)
+    return model, tokenizer
+
+
+def _load_float(model: str | None, kind: str | None, dtype: torch.dtype):
     if model in (None, EMBEDDED):
         return load_smollm2(dtype)
     try:
@@ -223,7 +234,7 @@ REMOTE_ONLY = (
     "missing_label_words",
     "prompts_per_request",
 )
-LOCAL_ONLY = ("cache_dir", "kind", "dtype", "llama_cpp")
+LOCAL_ONLY = ("cache_dir", "kind", "dtype", "llama_cpp", "int8")
 
 
 def _check_options(args) -> None:
@@ -276,7 +287,7 @@ def cmd_fit(args) -> None:
         model = tokenizer = None
         kind = "causal"  # an OpenAI-compatible server continues the prompt: causal-LM templates
     else:
-        model, tokenizer = _load_base(args.model, args.kind, dtype)
+        model, tokenizer = _load_base(args.model, args.kind, dtype, getattr(args, "int8", False))
         kind = lm_kind(model)
     template = args.template or (spec.template_for(kind) if spec else None)
     words = _names(args, spec) if args.label_words == "names" else _label_words(args.label_words)
@@ -343,7 +354,9 @@ def _load_adapter(args):
 
     dtype, gguf = _backbone(args)
     config = PeftConfig.from_pretrained(args.adapter)
-    model, tokenizer = _load_base(args.model or config.base_model_name_or_path, args.kind, dtype)
+    model, tokenizer = _load_base(
+        args.model or config.base_model_name_or_path, args.kind, dtype, getattr(args, "int8", False)
+    )
     peft_model = PeftModel.from_pretrained(model, args.adapter)
     peft_model.base_model.set_tokenizer(tokenizer)
     _use_llama_cpp(peft_model, gguf)
@@ -369,7 +382,7 @@ def _adapter_identity(folder: str) -> dict:
 
 
 def _model_identity(args) -> dict:
-    """What names the model of a resumable output beside the adapter: --model, --dtype and --llama-cpp if given
+    """What names the model of a resumable output beside the adapter: --model, --dtype, --llama-cpp and --int8 if given
     (the default float32 PyTorch model adds nothing, so outputs written before these options resume)."""
     identity = {"model": args.model} if args.model else {}
     if _is_remote_folder(args.adapter):
@@ -377,6 +390,8 @@ def _model_identity(args) -> dict:
     dtype, gguf = _backbone(args)
     if dtype != torch.float32:
         identity["dtype"] = str(dtype).removeprefix("torch.")
+    if getattr(args, "int8", False):
+        identity["int8"] = "per_token"
     return identity | ({"llama_cpp": str(gguf)} if gguf is not None else {})
 
 
@@ -513,7 +528,7 @@ def cmd_serve(args) -> None:
     dtype, gguf = _backbone(args)
     sources = _adapter_sources(args.adapters)
     base = args.model or PeftConfig.from_pretrained(sources[0][1]).base_model_name_or_path
-    model, tokenizer = _load_base(base, args.kind, dtype)
+    model, tokenizer = _load_base(base, args.kind, dtype, getattr(args, "int8", False))
     if args.feature_cache_mb < 0:
         raise ValueError(f"--feature-cache-mb must be 0 or more, got {args.feature_cache_mb}.")
     registry = AdapterRegistry(model, tokenizer, cache_max_bytes=max(1, int(args.feature_cache_mb * 2**20)))

@@ -54,6 +54,20 @@ SMOOTH_ALPHA = 0.7
 # a massive activation from flattening the other tokens; smoothing then evens out the channels within a token.
 SMOOTH_ALPHA_PER_TOKEN = 0.6
 ACTIVATIONS = ("per_tensor", "per_token")
+# Calibration texts when none are given: plain sentences of several kinds (reviews, requests, news, facts), so that
+# every model quantised without texts of its own is quantised the same way (the command line's `--int8` fits and
+# predicts with one int8 model). On SmolLM2-135M, per token at SMOOTH_ALPHA_PER_TOKEN, they give a hidden-state
+# cosine to float32 of 0.9984 on the SST-2 and CR dev sentences, against 0.9983 with 8 SST-2 training sentences.
+CALIBRATION_TEXTS = (
+    "The meeting was moved to Thursday afternoon because the room was booked.",
+    "I ordered a new card last week and it still has not arrived.",
+    "How do I reset my password if I no longer have access to my email?",
+    "The film starts slowly, but the last hour is gripping and beautifully shot.",
+    "Water boils at a lower temperature at high altitude.",
+    "She said the battery lasts two days, which matched what the reviews claimed.",
+    "Is there a fee for transferring money to an account abroad?",
+    "The committee approved the budget after a long debate on Monday.",
+)
 
 
 def input_absmax(model: nn.Module, tokenizer, texts: Sequence[str]) -> dict[str, float]:
@@ -64,7 +78,7 @@ def input_absmax(model: nn.Module, tokenizer, texts: Sequence[str]) -> dict[str,
 def quantize_int8(
     model: nn.Module,
     tokenizer,
-    texts: Sequence[str],
+    texts: Sequence[str] | None = None,
     *,
     outlier_threshold: float | None = None,
     smooth_alpha: float | None = None,
@@ -74,15 +88,16 @@ def quantize_int8(
     head and the layers whose inputs on `texts` exceed `outlier_threshold`; returns (the copy, the names of the
     linear layers not quantised). Pass it to `get_peft_model` like any model.
 
-    `texts` are a few inputs like the task's (e.g. 8 training texts): they locate the outlier layers and, with
-    `smooth_alpha` (e.g. `SMOOTH_ALPHA`), measure SmoothQuant's per-channel factors for Llama-style decoder layers,
-    whose weights are then quantised per output channel. `activations`: `"per_tensor"` (PyTorch's
-    `quantize_dynamic`, one scale per layer input; `outlier_threshold` defaults to `OUTLIER_THRESHOLD`) or
-    `"per_token"` (`Int8Linear`, one scale per token; no outlier layer by default, `smooth_alpha` is best at
+    `texts` are a few inputs like the task's (e.g. 8 training texts; default `CALIBRATION_TEXTS`): they locate
+    the outlier layers and, with `smooth_alpha` (e.g. `SMOOTH_ALPHA`), measure SmoothQuant's per-channel factors for
+    Llama-style decoder layers, whose weights are then quantised per output channel. `activations`: `"per_tensor"`
+    (PyTorch's `quantize_dynamic`, one scale per layer input; `outlier_threshold` defaults to `OUTLIER_THRESHOLD`)
+    or `"per_token"` (`Int8Linear`, one scale per token; no outlier layer by default, `smooth_alpha` is best at
     `SMOOTH_ALPHA_PER_TOKEN`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_int8 takes a torch model, got {type(model).__name__}.")
+    texts = CALIBRATION_TEXTS if texts is None else texts
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("quantize_int8 needs a non-empty list of calibration texts (e.g. 8 training texts).")
     if activations not in ACTIVATIONS:

@@ -1,5 +1,6 @@
-"""The backbone switches of the command line: `--dtype` (the weights' precision) and `--llama-cpp GGUF` (the body
-run in-process by llama.cpp), on the tiny Llama of the other CLI tests and its float32 GGUF file.
+"""The backbone switches of the command line: `--dtype` (the weights' precision), `--llama-cpp GGUF` (the body
+run in-process by llama.cpp) and `--int8` (the body's linear layers int8 per token), on the tiny Llama of the other
+CLI tests and its float32 GGUF file.
 
 Commands run in-process through `peft_dect.commands.run` where a test looks inside (which dtype the backbone ran
 in, whether llama.cpp ran the body); errors a user sees run as a subprocess, as in `test_cli`.
@@ -7,7 +8,8 @@ in, whether llama.cpp ran the body); errors a user sees run as a subprocess, as 
 Tolerances: bfloat16 keeps 8 bits of mantissa; through the fitted decoder (whose temperature sharpens the logits)
 the tiny model's probabilities moved by at most 0.03 from float32's when this was written, asserted within 0.06.
 llama.cpp on the float32 GGUF file agrees with PyTorch to 2e-3 on features (see `test_llama_cpp`), and its
-probabilities through the same decoder are asserted within 1e-2.
+probabilities through the same decoder are asserted within 1e-2. int8 per token moved the float32 adapter's
+probabilities by at most 0.021 when this was written, asserted within 0.06.
 """
 
 import json
@@ -27,6 +29,7 @@ from peft_dect.cli import build_parser
 
 BF16_PROBABILITY_TOLERANCE = 0.06
 LLAMA_CPP_PROBABILITY_TOLERANCE = 1e-2
+INT8_PROBABILITY_TOLERANCE = 0.06
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +131,50 @@ def test_an_unsupported_dtype_fails_before_the_model_loads_naming_the_supported_
     out = cli("fit", "--endpoint", "http://127.0.0.1:9", "--model", "m", "--train", str(root / "train.csv"),
               "--out", str(root / "never"), "--dtype", "bfloat16")  # fmt: skip
     assert out.returncode == 2 and "--dtype applies to an in-process model" in out.stderr
+
+
+@pytest.fixture
+def int8_passes(monkeypatch):
+    """Per PyTorch pass of a backbone (`Backbone.forward`), how many of the model's layers are `Int8Linear`."""
+    from peft_dect.int8_linear import Int8Linear
+
+    seen: list[int] = []
+    forward = Backbone.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(sum(isinstance(m, Int8Linear) for m in self.model.modules()))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Backbone, "forward", spy)
+    return seen
+
+
+def test_int8_quantises_the_body_per_token_for_fit_and_predict(workspace, tmp_path, capsys, int8_passes):
+    root, model_dir, adapter, test_file = workspace
+    reference = predictions(capsys, adapter, test_file)
+    assert int8_passes and set(int8_passes) == {0}
+    int8_passes.clear()
+    ours = predictions(capsys, adapter, test_file, "--int8")  # the float32 adapter on the int8 body
+    assert int8_passes and set(int8_passes) == {14}  # q/k/v/o and gate/up/down of 2 layers; the LM head stays
+    assert not torch.equal(positive(ours), positive(reference))
+    torch.testing.assert_close(positive(ours), positive(reference), atol=INT8_PROBABILITY_TOLERANCE, rtol=0)
+    run(
+        "fit", "--model", str(model_dir), "--train", str(root / "train.csv"), "--template", TEMPLATE,
+        "--label-words", json.dumps(LABEL_WORDS), "--out", str(tmp_path / "int8"), "--mode", "faithful",
+        "--int8", "--quiet",
+    )  # fmt: skip
+    rows = predictions(capsys, tmp_path / "int8", test_file, "--int8")
+    assert len(rows) == 20 and {r["label"] for r in rows} <= set(LABEL_WORDS)
+    output = tmp_path / "out.jsonl"
+    run("predict", str(adapter), str(test_file), "--output", str(output), "--quiet")
+    with pytest.raises(ValueError, match="another classifier.*int8"):  # a streamed output resumes on its own path
+        run("predict", str(adapter), str(test_file), "--output", str(output), "--quiet", "--int8")
+
+
+def test_int8_with_another_backbone_option_is_refused(workspace):
+    _, _, adapter, test_file = workspace
+    out = cli("predict", str(adapter), str(test_file), "--int8", "--dtype", "bfloat16")
+    assert out.returncode == 2 and "--int8 quantises a float32 model on the CPU: drop --dtype" in out.stderr
 
 
 @pytest.fixture
