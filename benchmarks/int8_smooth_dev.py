@@ -7,8 +7,8 @@ For each alpha (and without smoothing), with one input scale per layer (the outl
 the mean cosine between the int8 and float32 hidden states at DecT's prediction position (`benchmarks.speed`'s
 template) and the largest difference of the label words' log-probabilities, on the dev sentences of SST-2 and CR
 (seed 13's 16-shot dev files; no label read, no test data). Calibration: 8 training sentences, as `benchmarks.speed`
-uses. `peft_dect.quantize.SMOOTH_ALPHA` and `SMOOTH_ALPHA_PER_TOKEN` were chosen from this table; results go to
-`benchmarks/results/int8_smooth_dev.json`.
+uses (`--builtin-calibration`: `quantize.CALIBRATION_TEXTS` instead). `peft_dect.quantize.SMOOTH_ALPHA` and
+`SMOOTH_ALPHA_PER_TOKEN` were chosen from this table; results go to `benchmarks/results/int8_smooth_dev.json`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def agreement(scores: torch.Tensor, ref: torch.Tensor) -> float:
 
 def run(args) -> dict:
     from peft_dect.embedded import load_smollm2
-    from peft_dect.quantize import OUTLIER_THRESHOLD, quantize_int8
+    from peft_dect.quantize import CALIBRATION_TEXTS, OUTLIER_THRESHOLD, quantize_int8
     from peft_dect.tasks import load_task
 
     warnings.simplefilter("ignore")  # torch.ao's deprecation notices
@@ -54,6 +54,8 @@ def run(args) -> dict:
     word_ids = [tokenizer(" " + words[0], add_special_tokens=False)["input_ids"][0] for words in LABEL_WORDS.values()]
     splits = {task: load_task(task, args.data, k=16, seed=13) for task in args.tasks}
     calibration = list(splits[args.tasks[0]]["train"]["text_a"][:8])
+    if args.builtin_calibration:  # what quantize_int8 measures on when given no texts
+        calibration = list(CALIBRATION_TEXTS)
     prompts = [
         TEMPLATE.replace("{text_a}", t).replace(" {mask}", "")
         for s in splits.values()
@@ -63,7 +65,7 @@ def run(args) -> dict:
     rows = []
     settings = [("per_tensor", threshold) for threshold in (OUTLIER_THRESHOLD, math.inf)] + [("per_token", math.inf)]
     settings = [(a, t) for a, t in settings if a in args.activations]
-    for alpha in ALPHAS:
+    for alpha in args.alphas:
         for activations, threshold in settings:
             kwargs = dict(smooth_alpha=alpha, outlier_threshold=threshold, activations=activations)
             model, kept = quantize_int8(base, tokenizer, calibration, **kwargs)
@@ -83,7 +85,14 @@ def run(args) -> dict:
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
-    return {"benchmark": "int8_smooth_dev", "tasks": args.tasks, "sentences": len(prompts), "rows": rows}
+    source = "quantize.CALIBRATION_TEXTS" if args.builtin_calibration else f"8 {args.tasks[0]} training sentences"
+    return {
+        "benchmark": "int8_smooth_dev",
+        "tasks": args.tasks,
+        "sentences": len(prompts),
+        "calibration": source,
+        "rows": rows,
+    }
 
 
 def table(result: dict) -> str:
@@ -112,6 +121,12 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=["per_tensor", "per_token"],
         help="input scales to study; rows of the others already in --out are kept",
+    )
+    parser.add_argument("--alphas", nargs="+", type=lambda v: None if v == "none" else float(v), default=ALPHAS)
+    parser.add_argument(
+        "--builtin-calibration",
+        action="store_true",
+        help="calibrate on quantize.CALIBRATION_TEXTS (what quantize_int8 uses without texts of its own)",
     )
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = parser.parse_args(argv)

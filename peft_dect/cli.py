@@ -42,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--int8",
             action="store_true",
-            help="int8 weights and inputs (one scale per token, SmoothQuant) for the body's linear layers of a "
-            "float32 model on the CPU, as peft_dect.quantize_int8(model, tokenizer, activations='per_token', "
-            "smooth_alpha=SMOOTH_ALPHA_PER_TOKEN): 2.3-2.4x float32's speed on SmolLM2 here, 0.3-1.7 accuracy "
-            "points",
+            help="int8 weights and inputs (one scale per token; SmoothQuant for Llama-style models) for the body's "
+            "linear layers of a float32 model on the CPU, as peft_dect.quantize_int8(model, tokenizer, "
+            "activations='per_token', smooth_alpha=SMOOTH_ALPHA_PER_TOKEN): 2.3-2.4x float32's speed on SmolLM2 "
+            "here, 0.3-1.7 accuracy points",
         )
 
     def remote(p, fitting: bool):

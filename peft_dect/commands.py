@@ -30,6 +30,7 @@ from .prompting import Template
 from .quantize import SMOOTH_ALPHA_PER_TOKEN, quantize_int8
 from .remote import BlackBoxDecT, OpenAIEndpoint
 from .remote.saved import REMOTE_FILE
+from .smoothing import decoder_layers
 from .stream import file_identity, predict_file
 from .tasks import get_task, load_task, sample_k_shot
 from .uncertainty import prediction_sets
@@ -66,10 +67,12 @@ def _use_llama_cpp(peft_model, gguf: Path | None) -> None:
 
 def _load_base(model: str | None, kind: str | None, dtype: torch.dtype = torch.float32, int8: bool = False):
     """(model, tokenizer): the embedded SmolLM2 for 'smollm2' (or its folder), else a transformers LM, in `dtype`;
-    `int8`: its body's linear layers quantised as `quantize_int8` does per token (the same calibration every time)."""
+    `int8`: its body's linear layers quantised as `quantize_int8` does per token (the same calibration every time;
+    SmoothQuant where the model has Llama-style decoder layers, as the masked LMs have not)."""
     model, tokenizer = _load_float(model, kind, dtype)
     if int8:
-        model, _ = quantize_int8(model, tokenizer, activations="per_token", smooth_alpha=SMOOTH_ALPHA_PER_TOKEN)
+        alpha = SMOOTH_ALPHA_PER_TOKEN if decoder_layers(model) else None
+        model, _ = quantize_int8(model, tokenizer, activations="per_token", smooth_alpha=alpha)
     return model, tokenizer
 
 

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import tiny_bert, tiny_llama
 from test_smoothing import TEXTS, gqa_llama, last_hidden
 from torch import nn
 
@@ -90,3 +90,14 @@ def test_per_token_quantisation_of_a_model_makes_every_body_layer_int8(bpe_token
 def test_an_unknown_activation_scheme_names_the_choices(bpe_tokenizer):
     with pytest.raises(ValueError, match=r"activations must be one of \('per_tensor', 'per_token'\)"):
         quantize_int8(tiny_llama(bpe_tokenizer), bpe_tokenizer, TEXTS, activations="per_row")
+
+
+def test_a_masked_lm_is_quantised_per_token_without_smoothing(wordpiece_tokenizer):
+    """What `peft-dect --int8` does for a model without Llama-style layers (BERT, RoBERTa)."""
+    model = tiny_bert(wordpiece_tokenizer).eval()
+    quantized, kept = quantize_int8(model, wordpiece_tokenizer, TEXTS, activations="per_token")
+    assert any(isinstance(m, Int8Linear) for m in quantized.modules())
+    ids = wordpiece_tokenizer(TEXTS[0], return_tensors="pt")
+    with torch.no_grad():
+        ref, got = model(**ids).logits, quantized(**ids).logits
+    assert float(nn.functional.cosine_similarity(ref, got, dim=-1).min()) > 0.99
