@@ -57,7 +57,8 @@ ACTIVATIONS = ("per_tensor", "per_token")
 # Calibration texts when none are given: plain sentences of several kinds (reviews, requests, news, facts), so that
 # every model quantised without texts of its own is quantised the same way (the command line's `--int8` fits and
 # predicts with one int8 model). On SmolLM2-135M, per token at SMOOTH_ALPHA_PER_TOKEN, they give a hidden-state
-# cosine to float32 of 0.9984 on the SST-2 and CR dev sentences, against 0.9983 with 8 SST-2 training sentences.
+# cosine to float32 of 0.9984 on the SST-2 and CR dev sentences, against 0.9983 with 8 SST-2 training sentences
+# (benchmarks/int8_smooth_dev.py --builtin-calibration; results/int8_calibration_dev.json).
 CALIBRATION_TEXTS = (
     "The meeting was moved to Thursday afternoon because the room was booked.",
     "I ordered a new card last week and it still has not arrived.",
