@@ -8,7 +8,7 @@ and `PeftModel.from_pretrained` work on peft-dect adapters, and the ``few-shot-c
 from ._enums import FEW_SHOT_CLS
 from .backbone import Backbone
 from .classifier import FewShotClassifier, LabelWordClassifier
-from .dect import DecTConfig, DecTModel
+from .dect import ClassQuestions, DecTConfig, DecTModel
 from .features import FeatureCache, Features
 from .peft_model import PeftModelForFewShotClassification
 from .pipeline import FewShotClassificationPipeline
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FEW_SHOT_CLS",
     "Backbone",
+    "ClassQuestions",
     "DecTConfig",
     "DecTModel",
     "DemonstrationConfig",

@@ -11,9 +11,10 @@ from .config import DecTConfig, RecordedValues
 from .core import DecTCore, DecTState
 from .layer import DecTLayer
 from .model import DecTModel
+from .questions import ClassQuestions
 
 
-__all__ = ["DecTConfig", "DecTCore", "DecTLayer", "DecTModel", "DecTState", "RecordedValues"]
+__all__ = ["ClassQuestions", "DecTConfig", "DecTCore", "DecTLayer", "DecTModel", "DecTState", "RecordedValues"]
 
 if DECT_TYPE not in PEFT_TYPE_TO_CONFIG_MAPPING:  # a reloaded module must not register twice
     register_peft_method(name="dect", config_cls=DecTConfig, model_cls=DecTModel, prefix=DecTModel.prefix)
