@@ -32,7 +32,7 @@ from ..cards import RunRecord
 from ..classifier import FewShotClassifier
 from ..data import read_multi_labels, read_texts
 from ..metrics import metric_value, multi_label_value
-from ..saving import read_json_object
+from ..saving import adapter_folder, read_json_object
 from .config import DecTConfig
 from .multilabel import binary_ece, choose_thresholds, fit_binary_temperature, random_folds
 
@@ -43,7 +43,7 @@ QUESTIONS_FILE = "class_questions.json"
 """The classes, their questions, T and the thresholds, beside the two-class DecT adapter."""
 QUESTIONS_FORMAT = 1
 QUESTION_FOLDS = 4  # held-out folds of training texts for T and the thresholds (auto mode's own fold count)
-NEGATIVES_PER_POSITIVE = None
+NEGATIVES_PER_POSITIVE = None  # train on every pair; `fit(negatives=r)` samples r No pairs per Yes pair (unmeasured)
 
 
 def positive_f1(index: int):
@@ -91,7 +91,7 @@ class ClassQuestions(FewShotClassifier):
         if len(cfg.classes) != 2 or positive not in cfg.classes:
             raise ValueError(
                 f"The DecT adapter must have two classes, one of them {positive!r} (the answer 'the class applies'); "
-                f"it has {list(cfg.classes)}. Give label_words={{'no': ' No', 'yes': ' Yes'}} or set positive=."
+                f"it has {list(cfg.classes)}. Give label_words={{'no': ['No'], 'yes': ['Yes']}} or set positive=."
             )
         if not cfg.parsed_template.is_pair:
             raise ValueError(
@@ -292,8 +292,7 @@ class ClassQuestions(FewShotClassifier):
                 "upgrade peft-dect or save the classifier again."
             )
         name = record.get("adapter_name", "default")
-        folder = os.fspath(directory) if name == "default" else os.path.join(os.fspath(directory), name)
-        peft_model = PeftModel.from_pretrained(model, folder, adapter_name=name)
+        peft_model = PeftModel.from_pretrained(model, adapter_folder(directory, name), adapter_name=name)
         out = cls(peft_model, record["questions"], positive=record["positive"], label_column=record["label_column"])
         out.fitted_temperature = float(record["temperature"])
         thresholds = record.get("thresholds")
